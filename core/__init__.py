@@ -1,0 +1,19 @@
+"""GPT-2 Dictionary: train, evaluate and analyze sparse dictionaries on language-model activations.
+
+Scripts and notebooks import everything from here:
+
+    from core import TrainingConfig, train, load_dictionary, FeatureStore
+"""
+
+from .activations import ActivationBuffer, ActivationSource, expected_norm_scale, sample_activations
+from .analysis import TextActivations, analyze, encode_text
+from .config import (AnalysisConfig, ActivationStoreConfig, ConfigError, DatasetConfig, LanguageModelConfig,
+                     LoggingConfig, SAEConfig, TrainerConfig, TrainingConfig, OFFLINE_MODEL_NAME, BUILTIN_CORPUS)
+from .data import DatasetError, TokenBatches, builtin_corpus_file, iterate_sequences, load_text_dataset
+from .evals import EvalResult, evaluate, explained_variance, l0_norm, mean_squared_error
+from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
+from .sae import DictionaryLoadError, SparseAutoencoder, load_dictionary
+from .store import FeatureStore, FeatureStoreWriter, StoreError
+from .training import Trainer, TrainingResult, train
+
+__all__ = [name for name in dir() if not name.startswith("_")]

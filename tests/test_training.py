@@ -1,0 +1,160 @@
+"""Training end to end on the tiny GPT-2: every architecture, exact resume, schedules, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from core import ConfigError, SAEConfig, SparseAutoencoder, TrainerConfig, load_dictionary, train
+from core.evals import evaluate, explained_variance
+from core.training import Trainer, latest_checkpoint, learning_rate
+from tests.conftest import TINY_HOOK, tiny_training_config
+
+
+@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu"])
+def test_each_architecture_trains_and_saves_an_evaluated_dictionary(architecture, tiny_gpt2_dir, tiny_model,
+                                                                      tmp_path):
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name=f"t-{architecture}", architecture=architecture,
+                               steps=25, eval_every_steps=10)
+    cfg.sae.normalize_activations = "expected_average_only_in"
+    result = train(cfg, model=tiny_model)
+    run_dir = tmp_path / f"t-{architecture}"
+    assert result.steps == 25 and result.tokens == 25 * 128
+    assert json.loads((run_dir / "config.json").read_text())["sae"]["architecture"] == architecture
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["mse_loss"] for r in lines if "mse_loss" in r]
+    assert losses[-1] < losses[0]  # it learns
+    assert any("eval" in r for r in lines) and "final_eval" in lines[-1]
+    sae = load_dictionary(result.dictionary_path)
+    assert sae.cfg.architecture == architecture and sae.hook_name == TINY_HOOK and sae.d_sae == 128
+    metrics = sae.saved_config["metrics"]
+    for key in ("l0", "explained_variance", "ce_loss_recovered", "kl_divergence", "ce_loss_clean", "mse"):
+        assert key in metrics
+    assert metrics["explained_variance"] > 0.0
+    if architecture in ("topk", "batchtopk"):
+        assert metrics["l0"] == pytest.approx(8, abs=4 if architecture == "batchtopk" else 1e-6)
+    # The saved dictionary (normalization folded) reproduces the saved metrics on raw activations.
+    again = evaluate(tiny_model, sae, _eval_batches(cfg, tiny_model))
+    assert again.explained_variance == pytest.approx(metrics["explained_variance"], abs=1e-4)
+
+
+def _eval_batches(cfg, model):
+    from core import TokenBatches
+
+    batches = TokenBatches(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
+                           separator_token_id=model.separator_token_id, batch_size=cfg.activations.model_batch_size)
+    return [next(batches) for _ in range(2 * cfg.trainer.eval_batches)]
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_gpt2_dir, tiny_model, tmp_path):
+    whole = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="whole", steps=24, checkpoint_every_steps=100)
+    reference = train(whole, model=tiny_model)
+
+    part = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="parted", steps=24, checkpoint_every_steps=10)
+    trainer = Trainer(part, model=tiny_model)
+    while trainer.step < 13:  # "crash" after step 13: the newest checkpoint is step 10
+        trainer.train_step(trainer.buffer.next_batch())
+        if trainer.step % 10 == 0:
+            trainer.save_checkpoint()
+    assert latest_checkpoint(tmp_path / "parted").name == "step_10"
+    resumed = train(part, model=tiny_model)
+    assert resumed.steps == 24 and resumed.tokens == reference.tokens
+
+    a, b = load_dictionary(reference.dictionary_path), load_dictionary(resumed.dictionary_path)
+    for name, tensor in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "parted" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # lines after the checkpoint were replaced, not duplicated
+
+
+def test_existing_results_are_never_overwritten(tiny_gpt2_dir, tiny_model, tiny_dictionary):
+    results_dir = tiny_dictionary.parent.parent
+    before = (tiny_dictionary / "sae.safetensors").read_bytes()
+    cfg = tiny_training_config(tiny_gpt2_dir, results_dir, exp_name="tiny-topk")
+    with pytest.raises(ConfigError, match="already holds a trained dictionary"):
+        Trainer(cfg, model=tiny_model)
+    assert (tiny_dictionary / "sae.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_a_different_config_and_resume_false(tiny_gpt2_dir, tiny_model, tmp_path):
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="c", steps=12, checkpoint_every_steps=5)
+    trainer = Trainer(cfg, model=tiny_model)
+    for _ in range(5):
+        trainer.train_step(trainer.buffer.next_batch())
+    trainer.save_checkpoint()
+    changed = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="c", steps=12, checkpoint_every_steps=5)
+    changed.sae.k = 4
+    with pytest.raises(ConfigError, match="`sae` config differs"):
+        Trainer(changed, model=tiny_model)
+    fresh = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="c", steps=12)
+    fresh.resume = False
+    with pytest.raises(ConfigError, match="resume=False"):
+        Trainer(fresh, model=tiny_model)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_gpt2_dir, tiny_model, tmp_path):
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="corrupt", steps=12)
+    trainer = Trainer(cfg, model=tiny_model)
+    trainer.train_step(trainer.buffer.next_batch())
+    path = trainer.save_checkpoint()
+    (path / "sae.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="unreadable.*delete that folder"):
+        Trainer(cfg, model=tiny_model)
+
+
+def test_unknown_hook_name_fails_before_training(tiny_gpt2_dir, tiny_model, tmp_path):
+    from core import HookNameError
+
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path)
+    cfg.activations.hook_name = "blocks.0.hook_resid_postt"
+    with pytest.raises(HookNameError, match="blocks.0.hook_resid_post"):
+        Trainer(cfg, model=tiny_model)
+
+
+def test_wandb_offline_logging(tiny_gpt2_dir, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="wb", steps=6)
+    cfg.logging.wandb_mode = "offline"
+    train(cfg, model=tiny_model)
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+def test_learning_rate_schedules():
+    cfg = TrainerConfig(lr=1.0, lr_warmup_steps=10, lr_schedule="cosine", lr_end_factor=0.1)
+    assert learning_rate(0, 110, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, 110, cfg) == pytest.approx(1.0)
+    assert learning_rate(60, 110, cfg) == pytest.approx(0.55)
+    assert learning_rate(110, 110, cfg) == pytest.approx(0.1)
+    cfg.lr_schedule = "linear"
+    assert learning_rate(60, 110, cfg) == pytest.approx(0.55)
+    cfg.lr_schedule, cfg.lr_decay_steps = "linear", 20
+    assert learning_rate(80, 110, cfg) == 1.0 and learning_rate(100, 110, cfg) == pytest.approx(0.55)
+    cfg.lr_schedule = "constant"
+    assert learning_rate(100, 110, cfg) == 1.0
+
+
+def test_evaluate_an_exact_dictionary_recovers_all_loss(tiny_model, tiny_gpt2_dir):
+    """relu(x) - relu(-x) = x: an SAE with W_enc = [I, -I], W_dec = [I; -I] reconstructs perfectly."""
+    d = tiny_model.d_model
+    sae = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=2 * d), d, hook_name=TINY_HOOK,
+                            model_name=str(tiny_gpt2_dir))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    cfg = tiny_training_config(tiny_gpt2_dir, "unused")
+    result = evaluate(tiny_model, sae, _eval_batches(cfg, tiny_model)[:1])
+    assert result.explained_variance == pytest.approx(1.0, abs=1e-5)
+    assert result.ce_loss_recovered == pytest.approx(1.0, abs=1e-4)
+    assert result.kl_divergence == pytest.approx(0.0, abs=1e-5)
+    assert result.ce_loss_zero_ablation > result.ce_loss_clean
+    assert result.dead_features == 0
+
+
+def test_explained_variance_formula():
+    x = torch.randn(100, 8)
+    assert explained_variance(x, x) == pytest.approx(1.0)
+    assert explained_variance(x, x.mean(0, keepdim=True).expand_as(x)) == pytest.approx(0.0, abs=1e-6)
