@@ -1,0 +1,1 @@
+"""HTTP server of the feature viewer (FastAPI); see server/API.md."""

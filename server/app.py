@@ -1,0 +1,264 @@
+"""FastAPI server of the feature viewer: the API of server/API.md, plus the built UI.
+
+    uvicorn server.app:app --port 24577        # from the repository root
+
+Settings come from `GPT2DICT_*` environment variables or `.env` (see server/settings.py and
+server/.env.example). Dictionaries and analyses are discovered by scanning the results folder on
+every request (server/results.py); custom text is run through the dictionary's model on demand
+(server/inference.py). Endpoints are plain `def`s so FastAPI runs them in its threadpool: SQLite
+reads and torch work never block the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal, Optional
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from core.config import ConfigError
+from core.lm import HookNameError, ModelLoadError
+from core.sae import DictionaryLoadError
+from core.store import FeatureStore, StoreError
+
+from . import schemas
+from .inference import ModelCache
+from .results import DictionaryError, DictionaryInfo, NotFound, ResultsFolder
+from .settings import Settings
+
+log = logging.getLogger("server")
+
+_ERRORS = {404: {"model": schemas.ErrorDetail, "description": "unknown dictionary, analysis or feature"},
+           422: {"model": schemas.ErrorDetail, "description": "malformed parameter"},
+           500: {"model": schemas.ErrorDetail, "description": "corrupt store or config; other requests still work"}}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application for `settings` (default: read from the environment and `.env`)."""
+    settings = settings or Settings()
+    results = ResultsFolder(settings.results_dir)
+    models = ModelCache(size=settings.model_cache_size, device=settings.device)
+
+    app = FastAPI(title="GPT-2 Dictionary feature viewer",
+                  description="Browse the dictionaries (sparse autoencoders) and analyses of a results folder. "
+                              "See server/API.md.",
+                  version="1")
+    app.state.settings, app.state.results, app.state.models = settings, results, models
+    origins = settings.cors_origin_list
+    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+    _install_error_handlers(app)
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    @app.get("/api/health", response_model=schemas.Health, tags=["viewer"])
+    def health():
+        return {"status": "ok", "results_dir": str(results.root), "n_dictionaries": len(results.dictionary_names())}
+
+    @app.get("/api/dictionaries", response_model=schemas.DictionaryList, response_model_exclude_unset=True,
+             tags=["viewer"])
+    def list_dictionaries():
+        """Every dictionary of the results folder, sorted by name."""
+        summaries = []
+        for name in results.dictionary_names():
+            try:
+                summaries.append(_summary(results, results.dictionary(name)))
+            except (NotFound, DictionaryError) as e:  # vanished or damaged: listed nowhere, logged
+                log.warning("Skipping dictionary %r: %s", name, e)
+        return {"dictionaries": summaries}
+
+    @app.get("/api/dictionaries/{name}", response_model=schemas.DictionaryDetail, response_model_exclude_unset=True,
+             responses=_ERRORS, tags=["viewer"])
+    def get_dictionary(name: str):
+        """One dictionary: its summary, full config.json and a summary of each analysis."""
+        info = results.dictionary(name)
+        summary = _summary(results, info)
+        analysis_summaries = []
+        for analysis in summary["analyses"]:
+            try:
+                s = results.store(name, analysis).summary()
+            except (NotFound, StoreError) as e:  # replaced or damaged since it was listed
+                log.warning("Skipping analysis %r of %r: %s", analysis, name, e)
+                continue
+            analysis_summaries.append({"name": analysis, "n_tokens": s.n_tokens, "n_features": s.n_features,
+                                       "n_alive": s.n_alive, "n_dead": s.n_dead,
+                                       "density_histogram": s.density_histogram.to_dict()})
+        return {**summary, "config": info.config, "analysis_summaries": analysis_summaries}
+
+    @app.get("/api/dictionaries/{name}/analyses/{analysis}/features", response_model=schemas.FeaturePage,
+             responses=_ERRORS, tags=["viewer"])
+    def list_features(
+        name: str, analysis: str,
+        sort: Literal["index", "density", "max_act", "mean_act", "act_count"] = "max_act",
+        order: Literal["asc", "desc"] = "desc",
+        min_density: Optional[float] = Query(None, description="inclusive lower bound on density"),
+        max_density: Optional[float] = Query(None, description="inclusive upper bound on density"),
+        min_max_act: Optional[float] = Query(None, description="inclusive lower bound on max_act"),
+        offset: int = Query(0, ge=0),
+        limit: int = Query(50, ge=1, le=500),
+    ):
+        """One page of the features' statistics, sorted (ties by index) and filtered; `total` counts
+        every feature matching the filters."""
+        store = _store(results, name, analysis)
+        try:
+            total, features = store.list_features(sort=sort, descending=order == "desc", min_density=min_density,
+                                                  max_density=max_density, min_max_act=min_max_act,
+                                                  offset=offset, limit=limit)
+        except ValueError as e:  # NaN filters
+            raise HTTPException(422, str(e)) from None
+        return {"total": total, "offset": offset, "limit": limit, "features": [f.to_dict() for f in features]}
+
+    # Declared before /features/{index} so "random" is not read as an index.
+    @app.get("/api/dictionaries/{name}/analyses/{analysis}/features/random", response_model=schemas.FeatureDetail,
+             responses=_ERRORS, tags=["viewer"])
+    def random_feature(name: str, analysis: str, response: Response):
+        """A uniformly chosen alive feature (act_count > 0), as /features/{index} answers it."""
+        store = _store(results, name, analysis)
+        try:
+            index = store.random_alive_feature()
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from None
+        response.headers["Cache-Control"] = "no-store"
+        return _feature(store, index)
+
+    @app.get("/api/dictionaries/{name}/analyses/{analysis}/features/{index}", response_model=schemas.FeatureDetail,
+             responses=_ERRORS, tags=["viewer"])
+    def get_feature(name: str, analysis: str, index: int):
+        """Statistics, activation histogram, logit lens, top contexts and interval samples of one feature."""
+        return _feature(_store(results, name, analysis), index)
+
+    @app.post("/api/dictionaries/{name}/activations", response_model=schemas.ActivationsResponse,
+              responses={**_ERRORS, 413: {"model": schemas.ErrorDetail, "description": "text too long"}},
+              tags=["viewer"])
+    def activations(name: str, body: schemas.ActivationsRequest):
+        """Run `text` through the dictionary's model and dictionary (loaded on first use, then cached):
+        the requested feature's activation on every token and each token's strongest features."""
+        if len(body.text) > settings.max_text_chars:
+            raise HTTPException(413, f"The text has {len(body.text)} characters; the limit is "
+                                     f"{settings.max_text_chars} (GPT2DICT_MAX_TEXT_CHARS).")
+        info = results.dictionary(name)
+        d_sae = info.d_sae
+        if body.feature is not None and not 0 <= body.feature < d_sae:
+            raise HTTPException(404, f"feature {body.feature} does not exist; this dictionary has features "
+                                     f"0..{d_sae - 1}.")
+        try:
+            out = models.encode(info, body.text, max_tokens=settings.max_text_tokens)
+        except (ModelLoadError, DictionaryLoadError, ConfigError, HookNameError) as e:
+            log.warning("Cannot run dictionary %r: %s", name, e)
+            raise HTTPException(500, f"Cannot run dictionary {name!r} on custom text: {e}") from None
+        acts = out.acts  # [n_tokens, d_sae]
+        k = min(body.top_k, acts.shape[1])
+        values, indices = acts.topk(k, dim=-1) if acts.shape[0] else (acts[:, :0], acts[:, :0].long())
+        top_features = [[{"index": i, "act": v} for i, v in zip(row_i, row_v) if v > 0]
+                        for row_i, row_v in zip(indices.tolist(), values.tolist())]
+        feature = None
+        if body.feature is not None:
+            feature = {"index": body.feature, "acts": acts[:, body.feature].tolist()}
+        return {"token_ids": out.token_ids, "tokens": out.tokens, "feature": feature,
+                "top_features": top_features, "truncated": out.truncated}
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
+    def unknown_api(rest: str):
+        raise HTTPException(404, f"There is no API endpoint /api/{rest}; see /docs for the endpoints.")
+
+    # -- the built UI ----------------------------------------------------------------------
+
+    @app.api_route("/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+    def ui(path: str):
+        return _ui_response(Path(settings.ui_dist), path)
+
+    app.router.on_shutdown.append(results.close)
+    return app
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _summary(results: ResultsFolder, info: DictionaryInfo) -> dict:
+    c = info.config
+    return {"name": info.name, "model_name": c["model_name"], "hook_name": c["hook_name"],
+            "architecture": c["architecture"], "d_in": c["d_in"], "d_sae": info.d_sae,
+            "metrics": info.metrics, "analyses": results.analysis_names(info.name)}
+
+
+def _store(results: ResultsFolder, name: str, analysis: str) -> FeatureStore:
+    results.dictionary(name)  # 404 for an unknown dictionary before looking at its analyses
+    return results.store(name, analysis)
+
+
+def _feature(store: FeatureStore, index: int) -> dict:
+    try:
+        return store.get_feature(index).to_dict()
+    except IndexError as e:
+        raise HTTPException(404, str(e)) from None
+
+
+_HINT = ("<!doctype html><meta charset=utf-8><title>GPT-2 Dictionary</title>"
+         "<h1>GPT-2 Dictionary API</h1><p>The viewer is not built ({dist} does not exist). Build it with "
+         "<code>cd ui &amp;&amp; bun install &amp;&amp; bun run build</code> and reload, or run the dev server "
+         "with <code>cd ui &amp;&amp; bun dev --port 24576</code>.</p>"
+         "<p>The API is under <a href=/api/health>/api</a>; its documentation is at <a href=/docs>/docs</a>.</p>")
+
+
+def _ui_response(dist: Path, path: str) -> Response:
+    """A file of the built UI, or index.html for client-side routes; a hint when the UI is not built."""
+    if not (dist / "index.html").is_file():
+        if path in ("", "index.html"):
+            return HTMLResponse(_HINT.format(dist=dist))
+        raise HTTPException(404, f"Not found; the UI is not built ({dist} does not exist).")
+    if path:
+        root = dist.resolve()
+        candidate = (dist / path).resolve()
+        if candidate.is_relative_to(root) and candidate.is_file():
+            immutable = candidate.parent.name == "assets"  # Vite puts a content hash in these names
+            return FileResponse(candidate, headers={
+                "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache"})
+        if "." in path.rsplit("/", 1)[-1]:  # a missing file, not a client-side route
+            raise HTTPException(404, f"No file {path} in the built UI.")
+    return FileResponse(dist / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        where = ".".join(loc[1:]) if loc and loc[0] in ("query", "path", "body") else ".".join(loc)
+        kind = {"query": "query parameter", "path": "path parameter", "body": "body field"}.get(loc[0] if loc else "", "")
+        msg = err.get("msg", "invalid value")
+        parts.append(f"{kind} {where!r}: {msg}".strip() if where else msg)
+    return "Malformed request: " + "; ".join(parts) + "."
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def error(status: int, detail: str) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error(422, _validation_message(exc))
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound):
+        return error(404, str(exc))
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError):
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return error(500, str(exc))
+
+    @app.exception_handler(DictionaryError)
+    async def dictionary_error(request: Request, exc: DictionaryError):
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return error(500, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # Logged with its traceback here; the client only learns that something went wrong.
+        log.exception("Unexpected error in %s %s", request.method, request.url.path)
+        return error(500, f"Internal server error ({type(exc).__name__}); the server log has the details.")
+
+
+app = create_app()

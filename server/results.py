@@ -1,0 +1,240 @@
+"""Discovery of dictionaries and analyses in the results folder, and the cache of open stores.
+
+The folder is scanned on every request (a listdir and a few stats), so results written while the
+server runs appear without a restart. Parsed dictionary configs and open `FeatureStore` readers
+are cached per file and reused while the file's identity (device, inode, size, mtime) is
+unchanged; a rerun that replaces a store (a rename gives a new inode) is picked up on the next
+request, and the old reader is closed when the last request using it lets go of it.
+
+Every name that comes from a URL is checked here: a plain folder name (no `/`, `\\`, NUL, no
+leading `.`, so neither `.` nor `..`), and the path it leads to must resolve (symlinks followed)
+inside the results folder. Anything else is `NotFound` and never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.store import STORE_FILENAME, FeatureStore, StoreError
+
+log = logging.getLogger(__name__)
+
+DICTIONARY_FOLDER = "dictionary"
+DICTIONARY_CONFIG = "config.json"
+ANALYSIS_FOLDER = "analysis"
+_REQUIRED_KEYS = {"model_name": str, "hook_name": str, "architecture": str, "d_in": int}
+
+
+class NotFound(LookupError):
+    """No such dictionary / analysis (or a name that is refused); HTTP 404."""
+
+
+class DictionaryError(RuntimeError):
+    """A dictionary's config.json exists but cannot be read; HTTP 500."""
+
+
+FileSignature = tuple[int, int, int, int]
+
+
+def file_signature(path: Path) -> FileSignature:
+    """Identity of a file's current contents (symlinks followed); OSError when it is missing."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None (JSON has neither), recursively; config.json written by json.dumps may hold them."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def check_name(name: str, what: str) -> str:
+    if (not name or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name
+            or os.path.isabs(name) or len(name) > 255):
+        raise NotFound(f"{name!r} is not a valid {what} name; names are plain folder names inside the results folder.")
+    return name
+
+
+@dataclass(frozen=True)
+class DictionaryInfo:
+    name: str
+    folder: Path
+    """The dictionary folder, `<results>/<name>/dictionary` (as found, not resolved)."""
+    config: dict
+    """config.json with NaN/inf replaced by None."""
+    signature: FileSignature
+    """Of config.json, which `SparseAutoencoder.save` writes last: a new save changes it."""
+
+    @property
+    def d_sae(self) -> int:
+        if isinstance(self.config.get("d_sae"), int):
+            return self.config["d_sae"]
+        sae = self.config.get("sae") if isinstance(self.config.get("sae"), dict) else {}
+        if isinstance(sae.get("d_sae"), int):
+            return sae["d_sae"]
+        factor = sae.get("expansion_factor", 8)  # SAEConfig's default
+        return factor * self.config["d_in"] if isinstance(factor, int) else 0
+
+    @property
+    def metrics(self) -> dict[str, float | int | None]:
+        """The scalar evaluation metrics (nested ones such as histograms stay in `config`)."""
+        metrics = self.config.get("metrics") or {}
+        return {k: v for k, v in metrics.items()
+                if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))} if isinstance(metrics, dict) else {}
+
+
+class ResultsFolder:
+    """Read-only view of one results folder, safe to share between server threads."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self._lock = threading.Lock()
+        # Failures are cached as their message (re-raising one exception object would grow its traceback).
+        self._configs: dict[Path, tuple[FileSignature, dict | str]] = {}
+        self._stores: dict[Path, tuple[FileSignature, FeatureStore | str]] = {}
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def _inside(self, *parts: str) -> Path:
+        """root/parts..., refused unless it resolves inside the (resolved) results folder."""
+        path = self.root.joinpath(*parts)
+        try:
+            real = path.resolve()
+            root = self.root.resolve()
+        except (OSError, RuntimeError) as e:  # symlink loops
+            raise NotFound(f"{'/'.join(parts)} cannot be resolved ({e}).") from e
+        if real != root and not real.is_relative_to(root):
+            raise NotFound(f"{'/'.join(parts)} resolves outside the results folder and is not served.")
+        return path
+
+    def _listdir(self, path: Path) -> list[str]:
+        try:
+            return sorted(e for e in os.listdir(path) if not e.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            log.warning("Cannot list %s: %s", path, e)
+            return []
+
+    # -- dictionaries ----------------------------------------------------------------------
+
+    def dictionary_names(self) -> list[str]:
+        """Names of the folders holding `dictionary/config.json`, sorted (unsafe ones skipped)."""
+        names = []
+        for name in self._listdir(self.root):
+            try:
+                config = self._inside(name, DICTIONARY_FOLDER, DICTIONARY_CONFIG)
+            except NotFound:
+                continue
+            if config.is_file():
+                names.append(name)
+        return names
+
+    def dictionary(self, name: str) -> DictionaryInfo:
+        """The dictionary `<results>/<name>/dictionary`; NotFound or DictionaryError."""
+        check_name(name, "dictionary")
+        config_path = self._inside(name, DICTIONARY_FOLDER, DICTIONARY_CONFIG)
+        try:
+            signature = file_signature(config_path)
+        except OSError:
+            with self._lock:
+                self._configs.pop(config_path, None)
+            raise NotFound(f"No dictionary named {name!r} in the results folder "
+                           f"(expected {name}/{DICTIONARY_FOLDER}/{DICTIONARY_CONFIG}).") from None
+        with self._lock:
+            cached = self._configs.get(config_path)
+        if cached is None or cached[0] != signature:
+            cached = (signature, self._read_config(name, config_path))
+            with self._lock:
+                self._configs[config_path] = cached
+        config = cached[1]
+        if isinstance(config, str):
+            raise DictionaryError(config)
+        return DictionaryInfo(name=name, folder=config_path.parent, config=config, signature=signature)
+
+    @staticmethod
+    def _read_config(name: str, path: Path) -> dict | str:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            return (f"The config.json of dictionary {name!r} cannot be read ({e}); "
+                    "save or copy the dictionary again.")
+        if not isinstance(data, dict):
+            return f"The config.json of dictionary {name!r} is not a JSON object; save or copy the dictionary again."
+        bad = [key for key, kind in _REQUIRED_KEYS.items()
+               if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool)]
+        if bad:
+            return (f"The config.json of dictionary {name!r} lacks or has invalid {', '.join(bad)}; "
+                    "it was not written by SparseAutoencoder.save or is damaged, save the dictionary again.")
+
+        return json_safe(data)
+
+    # -- analyses --------------------------------------------------------------------------
+
+    def analysis_names(self, name: str) -> list[str]:
+        """Analyses of dictionary `name` whose store opens as a complete store, sorted."""
+        check_name(name, "dictionary")
+        names = []
+        for analysis in self._listdir(self._inside(name, ANALYSIS_FOLDER)):
+            try:
+                self.store(name, analysis)
+            except (NotFound, StoreError):
+                continue
+            names.append(analysis)
+        return names
+
+    def store(self, name: str, analysis: str) -> FeatureStore:
+        """The open reader of `<results>/<name>/analysis/<analysis>/features.sqlite`.
+
+        NotFound when the dictionary or analysis does not exist (or is still being written);
+        StoreError when the file exists but is not a usable store.
+        """
+        check_name(name, "dictionary")
+        check_name(analysis, "analysis")
+        path = self._inside(name, ANALYSIS_FOLDER, analysis, STORE_FILENAME)
+        try:
+            signature = file_signature(path)
+        except OSError:
+            with self._lock:
+                self._stores.pop(path, None)  # deleted: let its reader close
+            folder = path.parent
+            if (folder / (STORE_FILENAME + ".partial")).exists():
+                raise NotFound(f"Analysis {analysis!r} of {name!r} is not complete yet (it is still running or "
+                               "was interrupted); wait for it or rerun it.") from None
+            raise NotFound(f"Dictionary {name!r} has no analysis named {analysis!r}.") from None
+        with self._lock:
+            cached = self._stores.get(path)
+        if cached is None or cached[0] != signature:
+            try:
+                opened: FeatureStore | str = FeatureStore(path)
+            except StoreError as e:
+                log.warning("Cannot open feature store %s: %s", path, e)
+                opened = f"Analysis {analysis!r} of dictionary {name!r} cannot be read: {e}"
+
+            cached = (signature, opened)
+            with self._lock:
+                self._stores[path] = cached  # a replaced reader closes once no request holds it
+        store = cached[1]
+        if isinstance(store, str):
+            raise StoreError(store)
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            for _, store in self._stores.values():
+                if isinstance(store, FeatureStore):
+                    store.close()
+            self._stores.clear()
+            self._configs.clear()

@@ -1,0 +1,45 @@
+import { QueryClientProvider, type QueryClient } from "@tanstack/react-query";
+import { useEffect } from "react";
+import { Link, Route, Routes, useLocation } from "react-router";
+import { DictionariesPage } from "./pages/DictionariesPage";
+import { DictionaryPage } from "./pages/DictionaryPage";
+import { FeaturePage } from "./pages/FeaturePage";
+import { NotFoundPage } from "./pages/NotFoundPage";
+
+export function AppRoutes() {
+  return (
+    <Routes>
+      <Route path="/" element={<DictionariesPage />} />
+      <Route path="/dictionaries/:name" element={<DictionaryPage />} />
+      <Route path="/dictionaries/:name/analyses/:analysis/features/:index" element={<FeaturePage />} />
+      <Route path="*" element={<NotFoundPage />} />
+    </Routes>
+  );
+}
+
+/** A new page starts at its top (links are often followed from far down a table). */
+function ScrollToTop() {
+  const { pathname } = useLocation();
+  useEffect(() => {
+    window.scrollTo(0, 0);
+  }, [pathname]);
+  return null;
+}
+
+/** The whole viewer, minus the router (BrowserRouter in main.tsx, MemoryRouter in tests). */
+export function App({ queryClient }: { queryClient: QueryClient }) {
+  return (
+    <QueryClientProvider client={queryClient}>
+      <div className="app">
+        <header className="topbar">
+          <Link to="/" className="brand">
+            GPT-2 Dictionary
+          </Link>
+          <span className="muted small">feature viewer</span>
+        </header>
+        <ScrollToTop />
+        <AppRoutes />
+      </div>
+    </QueryClientProvider>
+  );
+}

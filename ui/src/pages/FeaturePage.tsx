@@ -1,0 +1,162 @@
+import { useQueryClient } from "@tanstack/react-query";
+import { useCallback, useState } from "react";
+import { Link, useNavigate, useParams } from "react-router";
+import { api, type FeatureDetail } from "../api";
+import { FeatureActivationInput } from "../components/FeatureActivationInput";
+import { FeatureNav } from "../components/FeatureNav";
+import { Histogram } from "../components/Histogram";
+import { IntervalGroups } from "../components/IntervalGroups";
+import { LogitLensTable } from "../components/LogitLensTable";
+import { ErrorMessage, Loading } from "../components/QueryState";
+import { SampleList } from "../components/SampleList";
+import { fmt, fmtDensity, fmtInt, log10Density } from "../format";
+import { dictionaryPath, featurePath } from "../paths";
+import { keys, useDictionary, useFeature } from "../queries";
+import { useTitle } from "../useTitle";
+
+const CONTEXT_WINDOW = { before: 24, after: 8 };
+
+/** `/dictionaries/:name/analyses/:analysis/features/:index`: everything recorded about one feature. */
+export function FeaturePage() {
+  const { name = "", analysis = "", index: indexParam = "" } = useParams();
+  const index = /^\d+$/.test(indexParam) ? Number(indexParam) : null;
+  useTitle(`${name} · feature ${indexParam}`);
+  const navigate = useNavigate();
+  const queryClient = useQueryClient();
+  const feature = useFeature(name, analysis, index);
+  const dict = useDictionary(name); // for d_sae and n_tokens; its errors show through the feature query
+  const summary = dict.data?.analysis_summaries.find((s) => s.name === analysis);
+  const dSae = feature.data?.d_sae ?? dict.data?.d_sae;
+
+  const [probeText, setProbeText] = useState<string | null>(null); // kept while moving between features
+  const [randomError, setRandomError] = useState<unknown>(null);
+  const [randomPending, setRandomPending] = useState(false);
+  const go = useCallback((i: number) => navigate(featurePath(name, analysis, i)), [navigate, name, analysis]);
+  const random = async () => {
+    setRandomPending(true);
+    setRandomError(null);
+    try {
+      const f = await api.randomFeature(name, analysis);
+      queryClient.setQueryData(keys.feature(name, analysis, f.index), f);
+      go(f.index);
+    } catch (e) {
+      setRandomError(e);
+    } finally {
+      setRandomPending(false);
+    }
+  };
+
+  return (
+    <main className="page">
+      <nav className="breadcrumbs">
+        <Link to="/">Dictionaries</Link> / <Link to={dictionaryPath(name, analysis)}>{name}</Link> / <span>{analysis}</span> /{" "}
+        <span>feature {indexParam}</span>
+      </nav>
+      <header className="page-header feature-header">
+        <h1>
+          Feature <span data-testid="feature-index">#{indexParam}</span>
+        </h1>
+        {dict.data && (
+          <span className="tags">
+            <span className="tag">{dict.data.model_name}</span>
+            <span className="tag mono">{dict.data.hook_name}</span>
+          </span>
+        )}
+      </header>
+      <FeatureNav index={index} dSae={dSae} onGo={go} onRandom={random} randomPending={randomPending} />
+      {randomError !== null && <ErrorMessage error={randomError} />}
+      {index === null ? (
+        <ErrorMessage error={new Error(`"${indexParam}" is not a feature index; use a whole number from 0${dSae ? ` to ${dSae - 1}` : ""}.`)} />
+      ) : (
+        <>
+          {feature.isPending && <Loading label={`Loading feature ${index}…`} />}
+          {feature.isError && <ErrorMessage error={feature.error} onRetry={() => feature.refetch()} />}
+          {feature.data && (
+            <FeatureBody name={name} f={feature.data} nTokens={summary?.n_tokens} probeText={probeText} onProbe={setProbeText} />
+          )}
+        </>
+      )}
+    </main>
+  );
+}
+
+interface FeatureBodyProps {
+  name: string;
+  f: FeatureDetail;
+  nTokens?: number;
+  probeText: string | null;
+  onProbe: (text: string) => void;
+}
+
+function FeatureBody({ name, f, nTokens, probeText, onProbe }: FeatureBodyProps) {
+  const [full, setFull] = useState(false);
+  const contextWindow = full ? undefined : CONTEXT_WINDOW;
+  const dead = f.act_count === 0 || f.max_act <= 0;
+  return (
+    <div className="feature-body" data-testid="feature-body" data-feature={f.index}>
+      <dl className="stat-row" data-testid="feature-stats">
+        <div className="stat" title="fraction of analysed tokens the feature fires on">
+          <dt>Density</dt>
+          <dd>
+            {fmtDensity(f.density)} <span className="muted small">log₁₀ {log10Density(f.density)}</span>
+          </dd>
+        </div>
+        <div className="stat">
+          <dt>Max activation</dt>
+          <dd data-testid="max-act">{fmt(f.max_act, 4)}</dd>
+        </div>
+        <div className="stat" title="mean over the tokens it fires on">
+          <dt>Mean activation</dt>
+          <dd>{fmt(f.mean_act, 4)}</dd>
+        </div>
+        <div className="stat">
+          <dt>Fires on</dt>
+          <dd>
+            {fmtInt(f.act_count)}
+            {nTokens ? <span className="muted small"> of {fmtInt(nTokens)} tokens</span> : " tokens"}
+          </dd>
+        </div>
+      </dl>
+      {dead && (
+        <p className="notice" data-testid="dead-notice">
+          Dead feature: it never fired on the analysed tokens, so there are no contexts to show.
+        </p>
+      )}
+      <div className="feature-grid">
+        <aside className="feature-side">
+          <section className="card">
+            <h2>Activation histogram</h2>
+            <Histogram data={f.histogram} xLabel="activation" label="Activation histogram" />
+          </section>
+          <section className="card" data-testid="logit-lens">
+            <h2>Logit lens</h2>
+            {f.logit_lens.note && <p className="muted small">{f.logit_lens.note}</p>}
+            <div className="logit-columns">
+              <LogitLensTable title="Promoted tokens" tokens={f.logit_lens.positive} sign="positive" />
+              <LogitLensTable title="Suppressed tokens" tokens={f.logit_lens.negative} sign="negative" />
+            </div>
+          </section>
+        </aside>
+        <div className="feature-main">
+          <section className="card">
+            <h2>Try it on text</h2>
+            <FeatureActivationInput dictionary={name} feature={f.index} maxAct={f.max_act} text={probeText} onRun={onProbe} />
+          </section>
+          <section className="card" data-testid="top-contexts">
+            <div className="section-head">
+              <h2>Top activations</h2>
+              <label className="checkbox">
+                <input type="checkbox" checked={full} onChange={(e) => setFull(e.target.checked)} /> full contexts
+              </label>
+            </div>
+            <SampleList samples={f.top} scale={f.max_act} window={contextWindow} emptyText="No activating contexts recorded." />
+          </section>
+          <section className="card" data-testid="intervals">
+            <h2>Samples by activation interval</h2>
+            <IntervalGroups groups={f.intervals} scale={f.max_act} window={contextWindow} />
+          </section>
+        </div>
+      </div>
+    </div>
+  );
+}

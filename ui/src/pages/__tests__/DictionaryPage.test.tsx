@@ -1,0 +1,104 @@
+import { fireEvent, screen, waitFor, within } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { describe, expect, test } from "vitest";
+import { activations, bareDictionary, dictionaryDetail, featurePage } from "../../test/fixtures";
+import { stubServer } from "../../test/http";
+import { renderAt } from "../../test/render";
+
+const routes = () => [
+  { path: /^\/api\/dictionaries\/gpt2-res6$/, body: dictionaryDetail },
+  { path: /^\/api\/dictionaries\/gpt2-res6\/analyses\/default\/features\?/, body: featurePage },
+  { method: "POST", path: /^\/api\/dictionaries\/gpt2-res6\/activations$/, body: activations },
+];
+
+describe("DictionaryPage", () => {
+  test("loading, then metrics, dead/alive counts, density histogram and feature table", async () => {
+    stubServer(routes());
+    renderAt("/dictionaries/gpt2-res6?analysis=default");
+    expect(screen.getByRole("status")).toHaveTextContent("Loading dictionary");
+    await screen.findByRole("heading", { name: "gpt2-res6", level: 1 });
+    const metrics = screen.getByTestId("metrics");
+    within(metrics).getByText("87.3%");
+    within(metrics).getByText("L0");
+    expect(screen.getByTestId("n-alive")).toHaveTextContent("3,950");
+    expect(screen.getByTestId("n-dead")).toHaveTextContent("658");
+    expect(screen.getByRole("figure", { name: "Feature density histogram" })).toHaveTextContent("3,950 in 6 bins from -6 to 0");
+    const link = await screen.findByRole("link", { name: "#1530" });
+    expect(link).toHaveAttribute("href", "/dictionaries/gpt2-res6/analyses/default/features/1530");
+    expect(screen.getByText("0 · dead")).toBeInTheDocument();
+    expect(screen.getByTestId("page-info")).toHaveTextContent("1–50 of 4,608");
+  });
+
+  test("sorting and filtering go to the URL and to the server's query", async () => {
+    const { calls } = stubServer(routes());
+    const view = renderAt("/dictionaries/gpt2-res6?analysis=default");
+    await screen.findByRole("link", { name: "#1530" });
+    expect(calls.at(-1)!.url).toContain("sort=max_act&order=desc&offset=0&limit=50");
+
+    fireEvent.click(screen.getByRole("button", { name: /Feature/ }));
+    await waitFor(() => expect(calls.at(-1)!.url).toContain("sort=index&order=asc"));
+    expect(view.location()).toContain("sort=index&order=asc");
+
+    await userEvent.type(screen.getByPlaceholderText("e.g. 1e-5"), "1e-4");
+    fireEvent.click(screen.getByRole("button", { name: "Filter" }));
+    await waitFor(() => expect(calls.at(-1)!.url).toContain("min_density=0.0001"));
+    expect(view.location()).toContain("min_density=0.0001");
+  });
+
+  test("text box: per-token top features that link to the feature page", async () => {
+    const { calls } = stubServer(routes());
+    renderAt("/dictionaries/gpt2-res6");
+    const box = await screen.findByTestId("text-activations");
+    await userEvent.type(within(box).getByRole("textbox"), "The cat sat");
+    fireEvent.click(within(box).getByRole("button", { name: "Run" }));
+    const table = await within(box).findByTestId("token-table");
+    expect(calls.at(-1)).toMatchObject({ method: "POST", body: { text: "The cat sat", feature: null, top_k: 5 } });
+    expect(within(table).getAllByRole("row")).toHaveLength(1 + 4);
+    const chip = within(table).getAllByRole("link", { name: /#1530/ })[0];
+    expect(chip).toHaveAttribute("href", "/dictionaries/gpt2-res6/analyses/default/features/1530");
+    expect(within(table).getByText("no feature fires")).toBeInTheDocument();
+    // the newline token is visible in the token row
+    expect(box.querySelector(".context")!.textContent).toContain("↵");
+    expect(within(box).queryByTestId("truncated")).toBeNull();
+  });
+
+  test("a text cut at the server's token limit says so", async () => {
+    stubServer([...routes().slice(0, 2), { method: "POST", path: /activations$/, body: { ...activations, truncated: true } }]);
+    renderAt("/dictionaries/gpt2-res6");
+    const box = await screen.findByTestId("text-activations");
+    await userEvent.type(within(box).getByRole("textbox"), "a very long text");
+    fireEvent.click(within(box).getByRole("button", { name: "Run" }));
+    expect(await within(box).findByTestId("truncated")).toHaveTextContent("Only the first 4 tokens were run");
+  });
+
+  test("413 from the text box shows the server's limit message", async () => {
+    stubServer([
+      ...routes().slice(0, 2),
+      { method: "POST", path: /activations$/, status: 413, body: { detail: "Text is 5000 characters long; the limit is 2000." } },
+    ]);
+    renderAt("/dictionaries/gpt2-res6");
+    const box = await screen.findByTestId("text-activations");
+    await userEvent.type(within(box).getByRole("textbox"), "long text");
+    fireEvent.click(within(box).getByRole("button", { name: "Run" }));
+    expect(await within(box).findByRole("alert")).toHaveTextContent("Text too long: Text is 5000 characters long; the limit is 2000.");
+  });
+
+  test("an unknown dictionary shows the server's 404 detail", async () => {
+    stubServer([{ path: /^\/api\/dictionaries\/nope$/, status: 404, body: { detail: "No dictionary named 'nope' in results/." } }]);
+    renderAt("/dictionaries/nope");
+    expect(await screen.findByRole("alert")).toHaveTextContent("Not found: No dictionary named 'nope' in results/.");
+  });
+
+  test("a dictionary without evaluation or analyses says so", async () => {
+    stubServer([{ path: /^\/api\/dictionaries\/smollm-mlp3$/, body: { ...bareDictionary, config: {}, analysis_summaries: [] } }]);
+    renderAt("/dictionaries/smollm-mlp3");
+    expect(await screen.findByText(/saved without evaluation/)).toBeInTheDocument();
+    expect(screen.getByText(/No analysis yet/)).toBeInTheDocument();
+  });
+
+  test("an analysis that does not exist is named in the error", async () => {
+    stubServer(routes());
+    renderAt("/dictionaries/gpt2-res6?analysis=missing");
+    expect(await screen.findByRole("alert")).toHaveTextContent('no analysis named "missing"; available: default');
+  });
+});

@@ -1,0 +1,45 @@
+// React Query hooks over the API client: one cache key scheme for the whole app.
+import { keepPreviousData, QueryClient, useQuery } from "@tanstack/react-query";
+import { api, type FeatureQuery } from "./api";
+
+export function createQueryClient(): QueryClient {
+  return new QueryClient({
+    defaultOptions: {
+      // Errors are shown with a Retry button instead of silently retrying: a 404 will not
+      // go away, and "server down" should be visible at once.
+      queries: { retry: false, staleTime: 60_000, refetchOnWindowFocus: false },
+      mutations: { retry: false },
+    },
+  });
+}
+
+export const keys = {
+  dictionaries: ["dictionaries"] as const,
+  dictionary: (name: string) => ["dictionary", name] as const,
+  features: (name: string, analysis: string, q: FeatureQuery) => ["features", name, analysis, q] as const,
+  feature: (name: string, analysis: string, index: number) => ["feature", name, analysis, index] as const,
+};
+
+export const useDictionaries = () =>
+  useQuery({ queryKey: keys.dictionaries, queryFn: ({ signal }) => api.dictionaries(signal) });
+
+export const useHealth = (enabled: boolean) =>
+  useQuery({ queryKey: ["health"], queryFn: ({ signal }) => api.health(signal), enabled });
+
+export const useDictionary = (name: string) =>
+  useQuery({ queryKey: keys.dictionary(name), queryFn: ({ signal }) => api.dictionary(name, signal) });
+
+export const useFeatureList = (name: string, analysis: string | undefined, q: FeatureQuery) =>
+  useQuery({
+    queryKey: keys.features(name, analysis ?? "", q),
+    queryFn: ({ signal }) => api.features(name, analysis!, q, signal),
+    enabled: !!analysis,
+    placeholderData: keepPreviousData, // keep the table while the next page loads
+  });
+
+export const useFeature = (name: string, analysis: string, index: number | null) =>
+  useQuery({
+    queryKey: keys.feature(name, analysis, index ?? -1),
+    queryFn: ({ signal }) => api.feature(name, analysis, index!, signal),
+    enabled: index !== null,
+  });
