@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .lm import LanguageModel
+from .store import density_histogram
 
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -38,15 +39,10 @@ def l0_norm(feature_acts: torch.Tensor) -> float:
     return float((feature_acts != 0).float().sum(dim=-1).mean())
 
 
-def density_histogram(density: torch.Tensor, n_bins: int = 40, min_log10: float = -7.0) -> dict:
-    """Histogram of log10 feature density over features; dead features (density 0) are counted
-    separately under "dead" rather than at -inf."""
-    alive = density[density > 0]
-    log_density = alive.double().log10().clamp(min=min_log10) if len(alive) else alive.double()
-    edges = torch.linspace(min_log10, 0.0, n_bins + 1, dtype=torch.float64)
-    counts = torch.histc(log_density, bins=n_bins, min=min_log10, max=0.0) if len(alive) else torch.zeros(n_bins)
-    return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts],
-            "dead": int((density == 0).sum())}
+def feature_density_histogram(density: torch.Tensor) -> dict:
+    """Histogram of log10 density over alive features (the feature store's binning), plus the
+    number of dead features (density 0), which have no place on a log axis."""
+    return {**density_histogram(density.double().cpu().numpy()), "dead": int((density == 0).sum())}
 
 
 class FeatureActivityTracker:
@@ -204,7 +200,7 @@ def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *
         ce_loss_zero_ablation=ce_zero,
         ce_loss_recovered=(ce_zero - ce_recon) / denominator if abs(denominator) > 1e-9 else float("nan"),
         kl_divergence=sums["kl"] / n_pred,
-        feature_density_histogram=density_histogram(density),
+        feature_density_histogram=feature_density_histogram(density),
     )
 
 

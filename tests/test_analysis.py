@@ -1,0 +1,425 @@
+"""The analyzer against a brute-force computation on the tiny GPT-2, the feature store it writes,
+encode_text, refusals and interruptions, and the notebook that reads the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+
+from core import (ActivationSource, AnalysisConfig, ConfigError, DictionaryLoadError, FeatureStore, HookNameError,
+                  SAEConfig, SparseAutoencoder, TokenBatches, analyze, encode_text, load_dictionary)
+from core.analysis import ContextSlots, FeatureRecords
+from core.store import FeatureStoreWriter
+from tests.conftest import ROOT, tiny_analysis_config
+
+
+class BruteForce(NamedTuple):
+    tokens: torch.Tensor
+    """[n_sequences, seq] every analyzed sequence."""
+    acts: torch.Tensor
+    """[n_sequences, seq, d_sae] feature activations, 0 where a position is not analyzed."""
+    n_tokens: int
+
+
+@pytest.fixture(scope="module")
+def analysis_cfg(tiny_analysis) -> AnalysisConfig:
+    return AnalysisConfig.load_json(tiny_analysis / "config.json")
+
+
+@pytest.fixture(scope="module")
+def sae(tiny_dictionary) -> SparseAutoencoder:
+    return load_dictionary(tiny_dictionary).eval()
+
+
+@pytest.fixture(scope="module")
+def store(tiny_analysis):
+    with FeatureStore(tiny_analysis) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def brute_force(tiny_model, sae, analysis_cfg) -> BruteForce:
+    """All activations of the analyzed tokens, recomputed batch by batch from the same data."""
+    cfg = analysis_cfg
+    batches = TokenBatches(cfg.dataset, tiny_model.tokenizer, bos_token_id=tiny_model.bos_token_id,
+                           separator_token_id=tiny_model.separator_token_id, batch_size=cfg.model_batch_size,
+                           cache_dir=cfg.model.cache_dir)
+    source = ActivationSource(tiny_model, sae.hook_name, iter(()))
+    all_tokens, all_acts, n = [], [], 0
+    with torch.no_grad():
+        while n < cfg.total_analyzing_tokens:
+            tokens = next(batches)
+            mask = tiny_model.token_mask(tokens)
+            # The analysis stops after exactly total_analyzing_tokens text tokens (row-major order).
+            running = mask.flatten().cumsum(0).view_as(mask)
+            mask &= running <= cfg.total_analyzing_tokens - n
+            acts = sae.encode(source.activations_of(tokens)) * mask[..., None]
+            all_tokens.append(tokens)
+            all_acts.append(acts)
+            n += int(mask.sum())
+    return BruteForce(torch.cat(all_tokens), torch.cat(all_acts), n)
+
+
+def _window(bf: BruteForce, feature: int, seq: int, pos: int, cfg: AnalysisConfig):
+    start = max(0, pos - cfg.context_left)
+    end = min(bf.tokens.shape[1], pos + cfg.context_right + 1)
+    return bf.tokens[seq, start:end].tolist(), bf.acts[seq, start:end, feature], pos - start
+
+
+def _matches_some_position(bf: BruteForce, feature: int, sample, cfg: AnalysisConfig) -> bool:
+    """True when the sample's window equals the brute-force window at some position where the
+    feature takes the sample's activation."""
+    target = torch.tensor(sample.max_act, dtype=torch.float32)
+    hits = torch.isclose(bf.acts[:, :, feature], target, rtol=1e-6, atol=0).nonzero().tolist()
+    for seq, pos in hits:
+        ids, acts, max_pos = _window(bf, feature, seq, pos, cfg)
+        if ids == sample.token_ids and max_pos == sample.max_pos and torch.allclose(
+                acts, torch.tensor(sample.acts, dtype=torch.float32), rtol=1e-5, atol=1e-7):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------ records vs brute force
+
+
+def test_statistics_match_brute_force(store, brute_force, analysis_cfg):
+    acts = brute_force.acts.flatten(0, 1)  # [tokens, d_sae]
+    active = acts > 0
+    count = active.sum(0)
+    assert brute_force.n_tokens == analysis_cfg.total_analyzing_tokens == store.n_tokens
+    total, stats = store.list_features(sort="index", descending=False, limit=500)
+    assert total == store.d_sae == acts.shape[1]
+    for s in stats:
+        f = s.index
+        assert s.act_count == int(count[f])
+        assert s.density == pytest.approx(int(count[f]) / brute_force.n_tokens)
+        if s.act_count:
+            values = acts[active[:, f], f].double()
+            assert s.max_act == pytest.approx(float(values.max()), rel=1e-6)
+            assert s.mean_act == pytest.approx(float(values.mean()), rel=1e-5)
+        else:
+            assert s.max_act == 0 and s.mean_act == 0
+    assert store.summary().n_dead == int((count == 0).sum()) == store.meta["n_dead"]
+
+
+def test_histograms_count_every_activation(store, brute_force, analysis_cfg):
+    edges = np.asarray(store.meta["histogram_edges"])
+    assert len(edges) == analysis_cfg.histogram_bins + 1 and np.all(np.diff(edges) > 0)
+    assert np.allclose(np.diff(np.log(edges)), np.log(edges[1] / edges[0]))  # log-spaced
+    acts = brute_force.acts.flatten(0, 1)
+    for f in range(store.d_sae):
+        record = store.get_feature(f)
+        counts = np.asarray(record.histogram.counts)
+        assert counts.sum() == record.stats.act_count
+        values = acts[:, f][acts[:, f] > 0].numpy()
+        expected, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
+        # Values lying within float error of a bin edge may land in the neighbouring bin.
+        assert np.abs(counts - expected).sum() <= 2
+
+
+def test_top_contexts_are_the_top_activations(store, brute_force, analysis_cfg):
+    acts = brute_force.acts.flatten(0, 1)
+    for f in range(store.d_sae):
+        record = store.get_feature(f)
+        values = acts[:, f][acts[:, f] > 0].sort(descending=True).values[:analysis_cfg.top_k]
+        got = [s.max_act for s in record.top]
+        assert got == sorted(got, reverse=True)
+        assert np.allclose(got, values.numpy(), rtol=1e-6), f"feature {f}"
+        for sample in record.top:
+            assert sample.acts[sample.max_pos] == pytest.approx(sample.max_act)
+            assert len(sample.token_ids) <= analysis_cfg.context_left + analysis_cfg.context_right + 1
+            assert _matches_some_position(brute_force, f, sample, analysis_cfg), f"feature {f}: top window differs"
+
+
+def test_interval_samples_lie_in_their_intervals(store, brute_force, analysis_cfg):
+    n = analysis_cfg.n_intervals
+    alive = [s for s in store.list_features(sort="index", descending=False, limit=500)[1] if s.act_count]
+    assert alive
+    for stats in alive:
+        record = store.get_feature(stats.index)
+        assert [g.name for g in record.intervals] == [f"interval_{i}" for i in reversed(range(n))]
+        for group in record.intervals:
+            i = int(group.name.split("_")[1])
+            assert group.lower == pytest.approx(stats.max_act * i / n)
+            assert group.upper == pytest.approx(stats.max_act * (i + 1) / n)
+            assert len(group.samples) <= analysis_cfg.samples_per_interval
+            for sample in group.samples:
+                assert group.lower * (1 + 1e-6) < sample.max_act <= group.upper * (1 + 1e-6)
+                assert _matches_some_position(brute_force, stats.index, sample, analysis_cfg)
+        # The occurrence that set the maximum fell into the top interval, which thus is never empty.
+        assert record.intervals[0].samples
+
+
+def test_logit_lens_reads_decoder_rows_through_the_unembedding(store, tiny_model, sae, analysis_cfg):
+    bridge = tiny_model.bridge
+    for f in (0, 17, store.d_sae - 1):
+        direction = sae.W_dec[f].detach()
+        direction = (direction - direction.mean()) * bridge.ln_final.weight  # GPT-2's final LayerNorm
+        logits = direction @ bridge.W_U
+        lens = store.get_feature(f).logit_lens
+        assert lens.note is None
+        assert [t.token_id for t in lens.positive] == logits.topk(analysis_cfg.logit_lens_k).indices.tolist()
+        assert [t.token_id for t in lens.negative] == logits.topk(analysis_cfg.logit_lens_k, largest=False).indices.tolist()
+        assert np.allclose([t.value for t in lens.positive], logits.topk(analysis_cfg.logit_lens_k).values, rtol=1e-4)
+
+
+def test_store_round_trip(store, tiny_analysis, tiny_dictionary, tiny_model, sae, analysis_cfg):
+    assert tiny_analysis == tiny_dictionary.resolve().parent / "analysis" / "default"
+    assert sorted(p.name for p in tiny_analysis.iterdir()) == ["config.json", "features.sqlite"]
+    summary = store.summary()
+    assert summary.n_features == 128 and summary.n_tokens == 4000
+    assert summary.n_alive + summary.n_dead == 128
+    assert sum(summary.density_histogram.counts) == summary.n_alive
+    assert summary.analysis_config == analysis_cfg.to_dict()
+    assert summary.dictionary_config["hook_name"] == sae.hook_name
+    assert summary.metrics == json.loads(json.dumps(sae.saved_config["metrics"]).replace("NaN", "null"))
+    assert store.meta["model_name"] == sae.model_name and store.meta["hook_name"] == sae.hook_name
+    vocab = tiny_model.token_strings()
+    assert store.decode([0, 198, 995, len(vocab) - 1]) == [vocab[0], vocab[198], vocab[995], vocab[-1]]
+    assert store.decode([198]) == ["\n"] and store.decode([995]) == [" world"]
+
+
+# ------------------------------------------------------------------------------ the slot merge itself
+
+
+def test_context_slots_keep_the_smallest_keys_of_each_group():
+    """Several merges of random candidates: each (feature, group) ends with exactly the `capacity`
+    smallest keys offered to it, each with the window of the candidate that brought the key."""
+    generator = torch.Generator().manual_seed(0)
+    d_sae, n_groups, capacity = 4, 3, 2
+    slots = ContextSlots(d_sae, n_groups=n_groups, capacity=capacity, window=1, device=torch.device("cpu"))
+    offered: dict[tuple[int, int], list[float]] = {}
+    entry_of_key: dict[float, int] = {}
+    next_entry = 0
+    for _ in range(6):
+        n = int(torch.randint(0, 12, (1,), generator=generator))
+        feature = torch.randint(0, d_sae, (n,), generator=generator)
+        group = torch.randint(0, n_groups, (n,), generator=generator)
+        key = torch.rand(n, generator=generator)
+        entry = torch.arange(next_entry, next_entry + n)
+        next_entry += n
+        for f, g, k, e in zip(feature.tolist(), group.tolist(), key.tolist(), entry.tolist()):
+            offered.setdefault((f, g), []).append(k)
+            entry_of_key[k] = e
+
+        def cut_windows(indices):
+            return entry[indices][:, None], key[indices][:, None], torch.zeros(len(indices), dtype=torch.long)
+
+        slots.merge(feature, group, key, key, cut_windows)
+    for f in range(d_sae):
+        for g in range(n_groups):
+            in_group = slots.occupied()[f] & (slots.group[f] == g)
+            kept = sorted(slots.key[f, in_group].tolist())
+            assert kept == pytest.approx(sorted(offered.get((f, g), []))[:capacity])
+            for slot in in_group.nonzero().squeeze(1).tolist():
+                assert int(slots.token_ids[f, slot, 0]) == entry_of_key[float(slots.key[f, slot])]
+
+
+def test_interval_samples_are_rebucketed_when_the_maximum_grows():
+    cfg = AnalysisConfig(top_k=2, n_intervals=2, samples_per_interval=3, context_left=0, context_right=0,
+                         histogram_bins=4)
+    records = FeatureRecords(1, cfg, "cpu")
+    tokens = torch.arange(4).view(1, 4)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    records.update(tokens, torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1), mask)  # max 0.4: 0.1, 0.2 | 0.3, 0.4
+    records.update(tokens, torch.tensor([0.0, 0.0, 0.0, 0.8]).view(1, 4, 1), mask)  # max 0.8: all but 0.8 fall low
+    samples = records.intervals.samples()
+    kept = {g: [float(s.acts[s.max_pos]) for s in samples.get((0, g), [])] for g in range(2)}
+    # After the maximum doubled, every earlier activation lies in the lower interval, which keeps 3 of them.
+    assert len(kept[0]) == 3 and all(any(abs(v - w) < 1e-6 for w in (0.1, 0.2, 0.3, 0.4)) for v in kept[0])
+    assert kept[1] == pytest.approx([0.8])
+    assert [float(s.acts[s.max_pos]) for s in records.top.samples()[(0, 0)]] == pytest.approx([0.8, 0.4])
+    assert records.n_tokens == 8
+    assert int(records.act_count[0]) == 5 and float(records.max_act[0]) == pytest.approx(0.8)
+
+
+# ------------------------------------------------------------------------------ encode_text
+
+
+def test_encode_text_matches_the_analyzer(tiny_model, sae, brute_force, store):
+    ids = brute_force.tokens[0, 1:21].tolist()
+    text = tiny_model.tokenizer.decode(ids)
+    encoded = encode_text(tiny_model, sae, text)
+    assert encoded.token_ids == ids
+    assert encoded.tokens == store.decode(ids)
+    assert encoded.acts.shape == (20, sae.d_sae) and encoded.acts.dtype == torch.float32
+    assert torch.allclose(encoded.acts, brute_force.acts[0, 1:21], atol=1e-5, rtol=1e-4)
+
+    short = encode_text(tiny_model, sae, text, max_tokens=3)
+    assert short.token_ids == ids[:3] and short.acts.shape == (3, sae.d_sae)
+    assert torch.allclose(short.acts, encoded.acts[:3], atol=1e-5, rtol=1e-4)
+    empty = encode_text(tiny_model, sae, "")
+    assert empty.token_ids == [] and empty.acts.shape == (0, sae.d_sae)
+
+
+def test_encode_text_zeroes_special_tokens(tiny_model, sae):
+    encoded = encode_text(tiny_model, sae, "Hello world<|endoftext|> again")
+    eos = encoded.token_ids.index(tiny_model.tokenizer.eos_token_id)
+    assert encoded.acts[eos].abs().sum() == 0 and encoded.acts[eos - 1].abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------ other hooks
+
+
+def test_non_residual_hook_has_no_logit_lens(tiny_model, tiny_gpt2_dir, tmp_path):
+    hook = "blocks.0.mlp.hook_post"  # [.., d_mlp = 256], not in the residual-stream basis
+    fresh = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=32), 256, hook_name=hook,
+                              model_name=str(tiny_gpt2_dir))
+    dictionary = fresh.save(tmp_path / "mlp" / "dictionary")
+    folder = analyze(tiny_analysis_config(dictionary, tiny_gpt2_dir, total_analyzing_tokens=200), model=tiny_model)
+    with FeatureStore(folder) as s:
+        assert s.n_tokens == 200 and s.meta["hook_name"] == hook
+        assert "not in the residual-stream basis" in s.meta["logit_lens_note"]
+        lens = s.get_feature(s.random_alive_feature()).logit_lens
+        assert lens.positive == [] and lens.negative == [] and lens.note == s.meta["logit_lens_note"]
+
+
+# ------------------------------------------------------------------------------ bad input, refusals
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_not_a_dictionary(tiny_gpt2_dir, tmp_path, tiny_model):
+    with pytest.raises(DictionaryLoadError, match="not a dictionary"):
+        analyze(tiny_analysis_config(tmp_path, tiny_gpt2_dir), model=tiny_model)
+    with pytest.raises(DictionaryLoadError, match="does not exist"):
+        analyze(tiny_analysis_config(tmp_path / "missing", tiny_gpt2_dir), model=tiny_model)
+
+
+def _edited_dictionary(tiny_dictionary: Path, tmp_path: Path, **changes) -> Path:
+    copy = tmp_path / "run" / "dictionary"
+    shutil.copytree(tiny_dictionary, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.update(changes)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_model_mismatch(tiny_dictionary, tiny_gpt2_dir, tiny_model, tmp_path):
+    # Configured model differs from the dictionary's: refused before loading anything.
+    with pytest.raises(ConfigError, match="set model.name to"):
+        analyze(tiny_analysis_config(tiny_dictionary, "gpt2", analysis_name="mismatch"))
+    # A loaded model that is not the dictionary's.
+    other = _edited_dictionary(tiny_dictionary, tmp_path, model_name="gpt2")
+    with pytest.raises(ConfigError, match="trained on model 'gpt2'"):
+        analyze(tiny_analysis_config(other, tiny_gpt2_dir), model=tiny_model)
+    assert not (other.parent / "analysis").exists()
+
+
+def test_hook_mismatch(tiny_dictionary, tiny_gpt2_dir, tiny_model, tmp_path):
+    other = _edited_dictionary(tiny_dictionary, tmp_path, hook_name="blocks.7.hook_resid_post")
+    with pytest.raises(HookNameError, match="blocks.1.hook_resid_post|layers are 0..1"):
+        analyze(tiny_analysis_config(other, tiny_gpt2_dir), model=tiny_model)
+
+
+def test_existing_analysis_is_refused_without_overwrite(tiny_analysis, tiny_dictionary, tiny_gpt2_dir, tiny_model):
+    before = _digest(tiny_analysis / "features.sqlite"), _digest(tiny_analysis / "config.json")
+    with pytest.raises(FileExistsError, match="overwrite=True.*another analysis_name"):
+        analyze(tiny_analysis_config(tiny_dictionary, tiny_gpt2_dir), model=tiny_model)
+    assert (_digest(tiny_analysis / "features.sqlite"), _digest(tiny_analysis / "config.json")) == before
+    FeatureStore(tiny_analysis).close()
+
+
+@pytest.fixture()
+def copied_analysis(tiny_analysis):
+    """A copy of the session analysis under another name, for tests that try to replace it."""
+    copy = tiny_analysis.parent / "copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(tiny_analysis, copy)
+    yield copy
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def _crash_on_call(n: int, original):
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise SimulatedCrash(f"crash on call {n}")
+        return original(*args, **kwargs)
+    return wrapper
+
+
+@pytest.mark.parametrize("where", ["streaming", "writing"])
+def test_interrupted_run_keeps_the_previous_analysis(where, copied_analysis, tiny_dictionary, tiny_gpt2_dir,
+                                                     tiny_model, monkeypatch):
+    before = _digest(copied_analysis / "features.sqlite"), _digest(copied_analysis / "config.json")
+    if where == "streaming":
+        monkeypatch.setattr(FeatureRecords, "update", _crash_on_call(3, FeatureRecords.update))
+    else:
+        monkeypatch.setattr(FeatureStoreWriter, "write_samples", _crash_on_call(20, FeatureStoreWriter.write_samples))
+    cfg = tiny_analysis_config(tiny_dictionary, tiny_gpt2_dir, analysis_name="copy", overwrite=True,
+                               total_analyzing_tokens=600)
+    with pytest.raises(SimulatedCrash):
+        analyze(cfg, model=tiny_model)
+    assert sorted(p.name for p in copied_analysis.iterdir()) == ["config.json", "features.sqlite"]
+    assert (_digest(copied_analysis / "features.sqlite"), _digest(copied_analysis / "config.json")) == before
+    with FeatureStore(copied_analysis) as s:
+        assert s.n_tokens == 4000
+
+
+def test_leftover_partial_is_replaced_and_overwrite_replaces(tiny_dictionary, tiny_gpt2_dir, tiny_model):
+    cfg = tiny_analysis_config(tiny_dictionary, tiny_gpt2_dir, analysis_name="rerun", total_analyzing_tokens=300)
+    folder = tiny_dictionary.resolve().parent / "analysis" / "rerun"
+    folder.mkdir(parents=True)
+    (folder / "features.sqlite.partial").write_bytes(b"left by a killed run")
+    try:
+        assert analyze(cfg, model=tiny_model) == folder
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "features.sqlite"]
+        with FeatureStore(folder) as s:
+            assert s.n_tokens == 300
+        cfg.total_analyzing_tokens, cfg.overwrite = 400, True
+        analyze(cfg, model=tiny_model)
+        with FeatureStore(folder) as s:
+            assert s.n_tokens == 400
+        assert AnalysisConfig.load_json(folder / "config.json").total_analyzing_tokens == 400
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ the notebook
+
+
+def test_notebook_runs_on_the_tiny_analysis(tiny_analysis, monkeypatch):
+    import nbclient
+    import nbformat
+
+    monkeypatch.setenv("FEATURE_STORE", str(tiny_analysis))
+    monkeypatch.setenv("TEXT", "Return the value of the attribute.")
+    monkeypatch.delenv("DICTIONARY_PATH", raising=False)
+    monkeypatch.delenv("FEATURE", raising=False)
+    path = ROOT / "notebooks" / "observe_feature_activation.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300,
+                                     resources={"metadata": {"path": str(path.parent)}})
+    client.execute()  # raises CellExecutionError on any failing cell
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "Top activations" in html and "background: rgba" in html
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the histogram
+
+
+def test_example_script_takes_overrides_and_refuses_an_existing_analysis(tiny_analysis, tiny_dictionary, tiny_gpt2_dir):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "run_analyze_example.py", "--dictionary-path", str(tiny_dictionary),
+               "--model.name", str(tiny_gpt2_dir), "--dataset.context-size", "32", "--total-analyzing-tokens", "100"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "set overwrite=True (--overwrite)" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,102 @@
+"""The viewer's own test suites, run from pytest so one command tests everything.
+
+- `bun run test`: Vitest component tests (token highlighting, page states).
+- `bun run test:e2e`: headless Debian Chromium (playwright-core) driving the built UI served by a
+  real uvicorn process over a real feature store built by the analyzer from the tiny GPT-2.
+
+They need bun and /usr/bin/chromium (`.ci/run` installs both); without them the tests fail with
+the install command rather than skipping, since a skipped viewer test proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+UI = ROOT / "ui"
+
+
+def _bun() -> str:
+    bun = shutil.which("bun")
+    if bun is None:
+        pytest.fail("bun is not installed; run `npm install -g bun` (or `bash .ci/run`).")
+    return bun
+
+
+def _run(args: list[str], *, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=UI, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"`{' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ui_dependencies():
+    bun = _bun()
+    if not (UI / "node_modules" / ".bin" / "vite").exists():
+        _run([bun, "install", "--frozen-lockfile"])
+    return bun
+
+
+@pytest.fixture(scope="module")
+def built_ui(ui_dependencies):
+    _run([ui_dependencies, "run", "build"])
+    assert (UI / "dist" / "index.html").is_file()
+    return UI / "dist"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def viewer_url(built_ui, tiny_analysis, tiny_results_dir, tmp_path_factory):
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("viewer") / "uvicorn.log").open("w")
+    env = {**os.environ, "GPT2DICT_RESULTS_DIR": str(tiny_results_dir), "GPT2DICT_UI_DIST": str(built_ui)}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"uvicorn did not start on {url}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def test_ui_component_tests(ui_dependencies):
+    proc = _run([ui_dependencies, "run", "test"])
+    assert "passed" in proc.stdout + proc.stderr
+
+
+def test_ui_end_to_end_in_headless_chromium(ui_dependencies, viewer_url, tiny_analysis):
+    if not Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")).exists():
+        pytest.fail("Chromium is missing; install it with `apt-get install -y chromium` (or `bash .ci/run`).")
+    dictionary = tiny_analysis.parent.parent.name
+    proc = _run([ui_dependencies, "run", "test:e2e"], env={
+        "VIEWER_URL": viewer_url, "E2E_DICTIONARY": dictionary, "E2E_ANALYSIS": tiny_analysis.name})
+    out = proc.stdout + proc.stderr
+    assert "passed" in out and "failed" not in out.lower().replace("0 failed", "")
+    assert list((UI / "screenshots").glob("*.png")), "the e2e run saved no screenshots"
