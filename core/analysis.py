@@ -42,8 +42,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
@@ -427,16 +425,6 @@ def _check_can_write(folder: Path, overwrite: bool) -> None:
                               "replace it or pick another analysis_name.")
 
 
-def _save_config_atomically(cfg: AnalysisConfig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(cfg.to_json() + "\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def write_feature_store(path: Path, records: FeatureRecords, *, vocab: list[str], meta: dict,
                         lens: Optional[LogitLens], overwrite: bool, progress: bool = True) -> None:
     """Write `records` as a complete feature store at `path` (atomically, see FeatureStoreWriter)."""
@@ -504,7 +492,7 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
     folder.mkdir(parents=True, exist_ok=True)
     write_feature_store(folder / STORE_FILENAME, records, vocab=model.token_strings(), meta=meta, lens=lens,
                         overwrite=cfg.overwrite)
-    _save_config_atomically(cfg, folder / CONFIG_FILENAME)
+    cfg.save_json(folder / CONFIG_FILENAME)
     log.info("Wrote the analysis of %d tokens to %s.", records.n_tokens, folder)
     return folder
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 
 class ConfigError(ValueError):
@@ -41,6 +40,23 @@ def _check_positive(owner: str, name: str, value: Any, allow_zero: bool = False)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{owner}.{name} is {value!r}; it must be {bound}.")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling and a rename: readers see the old file
+    or the new one, never half of one."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 class _JsonConfig:
@@ -74,7 +90,7 @@ class _JsonConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load_json(cls, path: str | Path):

@@ -15,16 +15,14 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import os
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from .config import BUILTIN_CORPUS, ConfigError, DatasetConfig
+from .config import BUILTIN_CORPUS, ConfigError, DatasetConfig, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +64,11 @@ def builtin_corpus_file(cache_dir: str | Path = "~/.cache/gpt2_dictionary") -> P
     import pydoc_data.topics
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".python-docs-", dir=target.parent)
-    n = 0
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for key in sorted(pydoc_data.topics.topics):
-            f.write(json.dumps({"text": pydoc_data.topics.topics[key].strip(), "source": f"pydoc:{key}"}) + "\n")
-            n += 1
-        for doc in _stdlib_docstrings():
-            f.write(json.dumps({"text": doc, "source": "stdlib"}) + "\n")
-            n += 1
-    os.replace(tmp, target)
-    log.info("Built the offline corpus %s (%d documents).", target, n)
+    lines = [json.dumps({"text": pydoc_data.topics.topics[key].strip(), "source": f"pydoc:{key}"})
+             for key in sorted(pydoc_data.topics.topics)]
+    lines += [json.dumps({"text": doc, "source": "stdlib"}) for doc in _stdlib_docstrings()]
+    atomic_write_text(target, "".join(line + "\n" for line in lines))
+    log.info("Built the offline corpus %s (%d documents).", target, len(lines))
     return target
 
 
