@@ -5,7 +5,7 @@ Scripts and notebooks import everything from here:
     from core import TrainingConfig, train, load_dictionary, FeatureStore
 """
 
-from .activations import ActivationBuffer, ActivationSource, expected_norm_scale, sample_activations
+from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
 from .analysis import TextActivations, analyze, encode_text
 from .config import (AnalysisConfig, ActivationStoreConfig, ConfigError, DatasetConfig, LanguageModelConfig,
                      LoggingConfig, SAEConfig, TrainerConfig, TrainingConfig, OFFLINE_MODEL_NAME, BUILTIN_CORPUS)

@@ -117,16 +117,6 @@ class ActivationBuffer:
         self.tokens_generated = int(state["tokens_generated"])
 
 
-def sample_activations(source: Iterator[torch.Tensor], n: int) -> torch.Tensor:
-    """At least `n` activations drawn from `source` (for bias init and normalization), [n, d]."""
-    chunks, have = [], 0
-    while have < n:
-        chunk = next(source)
-        chunks.append(chunk)
-        have += len(chunk)
-    return torch.cat(chunks)[:n].float()
-
-
 def expected_norm_scale(sample: torch.Tensor) -> float:
     """Scale that makes the mean squared norm of activations equal d_in (inputs then have unit
     variance per dimension on average): sqrt(d_in) / mean ||x||."""
@@ -134,4 +124,4 @@ def expected_norm_scale(sample: torch.Tensor) -> float:
     return float(sample.shape[-1] ** 0.5 / max(mean_norm, 1e-8))
 
 
-__all__ = ["ActivationSource", "ActivationBuffer", "sample_activations", "expected_norm_scale"]
+__all__ = ["ActivationSource", "ActivationBuffer", "expected_norm_scale"]

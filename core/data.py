@@ -179,15 +179,14 @@ class TokenBatches:
         self.cfg = cfg
         self.batch_size = batch_size
         self.sequences_served = 0
-        self._sequences = iterate_sequences(cfg, tokenizer, bos_token_id=bos_token_id,
-                                            separator_token_id=separator_token_id, cache_dir=cache_dir)
+        self.epochs = 0
+        self._restart = lambda: iterate_sequences(cfg, tokenizer, bos_token_id=bos_token_id,
+                                                  separator_token_id=separator_token_id, cache_dir=cache_dir)
+        self._sequences = self._restart()
         for _ in range(skip_sequences):
             if next(self._sequences, None) is None:
                 break
             self.sequences_served += 1
-        self.epochs = 0
-        self._restart = lambda: iterate_sequences(cfg, tokenizer, bos_token_id=bos_token_id,
-                                                  separator_token_id=separator_token_id, cache_dir=cache_dir)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self

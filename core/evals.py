@@ -11,7 +11,6 @@ entropy over text positions: clean, with the reconstruction, with the activation
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
 
@@ -202,7 +201,3 @@ def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *
         kl_divergence=sums["kl"] / n_pred,
         feature_density_histogram=feature_density_histogram(density),
     )
-
-
-def finite_or_none(value: float) -> Optional[float]:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None

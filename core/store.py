@@ -269,16 +269,16 @@ class SampleArrays(NamedTuple):
 # Helpers shared by writer and reader.
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """numpy -> Python, NaN/inf -> None (JSON has neither), recursively."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
+        return json_ready(value.tolist())
     if isinstance(value, np.generic):
-        return _json_ready(value.item())
+        return json_ready(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Path):
@@ -378,7 +378,7 @@ class FeatureStoreWriter:
         return self._conn
 
     def _put_meta(self, key: str, value: Any) -> None:
-        value = _json_ready(value)
+        value = json_ready(value)
         text = json.dumps(value, allow_nan=False)
         self._connection().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, text))
         self._meta[key] = value

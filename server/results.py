@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from core.store import STORE_FILENAME, FeatureStore, StoreError
+from core.store import STORE_FILENAME, FeatureStore, StoreError, json_ready
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +45,6 @@ def file_signature(path: Path) -> FileSignature:
     """Identity of a file's current contents (symlinks followed); OSError when it is missing."""
     st = os.stat(path)
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None (JSON has neither), recursively; config.json written by json.dumps may hold them."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def check_name(name: str, what: str) -> str:
@@ -179,7 +166,7 @@ class ResultsFolder:
             return (f"The config.json of dictionary {name!r} lacks or has invalid {', '.join(bad)}; "
                     "it was not written by SparseAutoencoder.save or is damaged, save the dictionary again.")
 
-        return json_safe(data)
+        return json_ready(data)
 
     # -- analyses --------------------------------------------------------------------------
 
