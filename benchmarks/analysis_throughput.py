@@ -4,14 +4,20 @@ On the same token batches of the built-in corpus, with SmolLM2-135M-Instruct at
 `blocks.3.hook_resid_post` and a 4,608-feature dictionary (576 x 8):
 
   (a) the truncated forward alone: `ActivationSource.activations_of` (blocks 0..3 only);
-  (b) (a) plus `sae.encode` (timed separately in the same pass), the dictionary's own cost;
+  (b) (a) plus `sae.encode_sparse` (timed separately in the same pass), the dictionary's own cost;
   (c) the analyzer's streaming loop, `accumulate_features`: forward, encode and all per-feature
       records (statistics, histograms, top-k contexts, interval reservoirs);
 
 then the one-off end of an analysis (logit lens + writing the SQLite store). The overhead of
 the analyzer is (c) / (a) - 1 in time; the target is under 30 %.
 
-    python benchmarks/analysis_throughput.py                 # 40k tokens, about 2 minutes on 2 CPU cores
+The batches are measured in segments of a few batches, (a), (b) and (c) one after the other on
+each segment, and every segment keeps its fastest time over the repeats. Measuring the three
+side by side, seconds apart, keeps slow phases of a shared machine from landing on one variant
+only. The analyzer continues the same records from segment to segment, so its figure includes
+the early batches, when every feature's slots are still filling and cost the most.
+
+    python benchmarks/analysis_throughput.py                 # 100k tokens, about 3 minutes on 2 CPU cores
     python benchmarks/analysis_throughput.py --tokens 200000 --device cuda
 
 It uses the trained demo dictionary (results/smollm2-topk-demo/dictionary) when it exists and a
@@ -43,14 +49,16 @@ DEMO_DICTIONARY = Path("results/smollm2-topk-demo/dictionary")
 
 @dataclass
 class Args:
-    tokens: int = 40_000
-    """Text tokens analyzed in each measurement."""
+    tokens: int = 100_000
+    """Text tokens analyzed (rounded up to whole batches)."""
     device: str = "auto"
     model_batch_size: int = 16
-    repeats: int = 1
-    """Measure this many times and keep the fastest time of each variant."""
+    segment_batches: int = 5
+    """Batches per segment: (a), (b) and (c) run one after the other on each segment."""
+    repeats: int = 2
+    """Measure every segment this many times and keep the fastest time of each variant."""
     threads: int = 0
-    """CPU threads for torch (0: torch's default). On a busy shared machine 1 thread gives steadier figures."""
+    """CPU threads for torch (0: torch's default)."""
 
 
 def _sync(device: torch.device) -> None:
@@ -71,64 +79,71 @@ def main(args: Args) -> None:
                                 hook_name=HOOK, model_name=model.name, device=device)
         which = "freshly initialized topk, k=32"
     sae.eval()
-    cfg = AnalysisConfig(total_analyzing_tokens=args.tokens, model_batch_size=args.model_batch_size)
+    cfg = AnalysisConfig(model_batch_size=args.model_batch_size)
     dev = model.device
 
     # The same batches for every measurement, tokenized beforehand.
     stream = TokenBatches(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
                           separator_token_id=model.separator_token_id, batch_size=cfg.model_batch_size,
                           cache_dir=cfg.model.cache_dir)
-    batches, n_text = [], 0
-    while n_text < args.tokens:
+    batches, text_tokens = [], []
+    while sum(text_tokens) < args.tokens:
         batch = next(stream).to(dev)
         batches.append(batch)
-        n_text += int(model.token_mask(batch).sum())
+        text_tokens.append(int(model.token_mask(batch).sum()))
+    n_text = sum(text_tokens)
+    segments = [range(i, min(i + args.segment_batches, len(batches)))
+                for i in range(0, len(batches), args.segment_batches)]
     source = ActivationSource(model, HOOK, iter(()))
     print(f"device {dev}, {torch.get_num_threads()} CPU threads; model {model.name} at {HOOK}; "
-          f"dictionary {which}, d_sae {sae.d_sae}; {len(batches)} batches of {tuple(batches[0].shape)}, "
-          f"{args.tokens:,} text tokens")
+          f"dictionary {which}, d_sae {sae.d_sae}; {len(batches)} batches of {tuple(batches[0].shape)} "
+          f"({n_text:,} text tokens) in {len(segments)} segments, best of {args.repeats}")
 
-    with torch.no_grad():  # warm-up: first calls allocate and pick kernels
-        sae.encode(source.activations_of(batches[0]))
-    first_batch_tokens = int(model.token_mask(batches[0]).sum())
-    accumulate_features(model, sae, batches[:1], replace(cfg, total_analyzing_tokens=first_batch_tokens),
-                        progress=False)
+    with torch.no_grad():  # warm-up: first calls allocate, pick kernels and load the compiled kernels
+        sae.encode_sparse(source.activations_of(batches[0]))
+    accumulate_features(model, sae, batches[:1], replace(cfg, total_analyzing_tokens=text_tokens[0]), progress=False)
 
-    def timed(run) -> float:
+    @torch.no_grad()
+    def forward(segment: range) -> float:
         _sync(dev)
         start = time.perf_counter()
-        run()
+        for i in segment:
+            source.activations_of(batches[i])
         _sync(dev)
         return time.perf_counter() - start
 
     @torch.no_grad()
-    def forward_then_encode() -> tuple[float, float]:
-        """Seconds spent in the forward and in sae.encode, timed separately in one pass."""
-        t_forward = t_encode = 0.0
-        for batch in batches:
+    def encode(segment: range) -> float:
+        """Seconds in encode_sparse alone (after each batch's forward, timed apart)."""
+        seconds = 0.0
+        for i in segment:
+            acts = source.activations_of(batches[i])
+            mask = model.token_mask(batches[i])
+            _sync(dev)
             start = time.perf_counter()
-            acts = source.activations_of(batch)
+            sae.encode_sparse(acts, rows=mask)
             _sync(dev)
-            middle = time.perf_counter()
-            sae.encode(acts)
-            _sync(dev)
-            t_forward, t_encode = t_forward + middle - start, t_encode + time.perf_counter() - middle
-        return t_forward, t_encode
+            seconds += time.perf_counter() - start
+        return seconds
 
+    t_forward = [float("inf")] * len(segments)
+    t_encode = [float("inf")] * len(segments)
+    t_analyzer = [float("inf")] * len(segments)
     records = None
-
-    def analyzer() -> None:
-        nonlocal records
-        records = accumulate_features(model, sae, batches, cfg, progress=False)
-
-    # The forward counts every position of the batches (the analyzer stops at exactly
-    # args.tokens text tokens, within the last batch); compare per text token of whole batches.
-    t_forward, t_encode, t_analyzer = float("inf"), float("inf"), float("inf")
-    for _ in range(args.repeats):  # the fastest of the repeats: less noise on shared machines
-        forward, encode = forward_then_encode()
-        t_forward, t_encode = min(t_forward, forward), min(t_encode, forward + encode)
-        t_analyzer = min(t_analyzer, timed(analyzer))
-    assert records is not None and records.n_tokens == args.tokens
+    for _ in range(args.repeats):
+        records, done = None, 0
+        for s, segment in enumerate(segments):
+            t_forward[s] = min(t_forward[s], forward(segment))
+            t_encode[s] = min(t_encode[s], encode(segment))
+            done += sum(text_tokens[i] for i in segment)
+            seg_cfg = replace(cfg, total_analyzing_tokens=done)
+            _sync(dev)
+            start = time.perf_counter()
+            records = accumulate_features(model, sae, [batches[i] for i in segment], seg_cfg, records=records,
+                                          progress=False)
+            _sync(dev)
+            t_analyzer[s] = min(t_analyzer[s], time.perf_counter() - start)
+    assert records is not None and records.n_tokens == n_text
 
     start = time.perf_counter()
     lens = logit_lens(model, sae, cfg.logit_lens_k)
@@ -141,13 +156,16 @@ def main(args: Args) -> None:
         t_write = time.perf_counter() - start
         size_mb = (Path(tmp) / "features.sqlite").stat().st_size / 2 ** 20
 
-    print(f"(a) truncated forward          {n_text / t_forward:10,.0f} tokens/s  ({t_forward:6.2f} s)")
-    print(f"(b) forward + sae.encode       {n_text / t_encode:10,.0f} tokens/s  ({t_encode:6.2f} s)")
-    print(f"(c) analyzer (streaming loop)  {args.tokens / t_analyzer:10,.0f} tokens/s  ({t_analyzer:6.2f} s)")
-    overhead = (n_text / t_forward) / (args.tokens / t_analyzer) - 1
-    bookkeeping = (n_text / t_encode) / (args.tokens / t_analyzer) - 1
-    print(f"analyzer overhead over the forward: {overhead:+.1%} (target < 30%); "
-          f"of which per-feature records: {bookkeeping:+.1%} over forward + encode")
+    forward_s, encode_s, analyzer_s = sum(t_forward), sum(t_encode), sum(t_analyzer)
+    print(f"(a) truncated forward          {n_text / forward_s:10,.0f} tokens/s  ({forward_s:6.2f} s)")
+    print(f"(b) forward + encode_sparse    {n_text / (forward_s + encode_s):10,.0f} tokens/s  "
+          f"({forward_s + encode_s:6.2f} s)")
+    print(f"(c) analyzer (streaming loop)  {n_text / analyzer_s:10,.0f} tokens/s  ({analyzer_s:6.2f} s)")
+    print(f"analyzer overhead over the forward: {analyzer_s / forward_s - 1:+.1%} (target < 30%): "
+          f"encode_sparse {encode_s / forward_s:+.1%}, per-feature records and the rest "
+          f"{(analyzer_s - forward_s - encode_s) / forward_s:+.1%}")
+    first, rest = t_analyzer[0] / t_forward[0] - 1, sum(t_analyzer[1:]) / max(sum(t_forward[1:]), 1e-9) - 1
+    print(f"overhead in the first segment (slots filling) {first:+.1%}, in the others {rest:+.1%}")
     print(f"once per analysis: logit lens + vocabulary {t_lens:.2f} s, writing the store {t_write:.2f} s "
           f"({size_mb:.1f} MiB)")
 

@@ -12,7 +12,7 @@ from .config import (AnalysisConfig, ActivationStoreConfig, ConfigError, Dataset
 from .data import DatasetError, TokenBatches, builtin_corpus_file, iterate_sequences, load_text_dataset
 from .evals import EvalResult, evaluate, explained_variance, l0_norm, mean_squared_error
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
-from .sae import DictionaryLoadError, SparseAutoencoder, load_dictionary
+from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, load_dictionary
 from .store import FeatureStore, FeatureStoreWriter, StoreError
 from .training import Trainer, TrainingResult, train
 

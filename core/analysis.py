@@ -20,13 +20,19 @@ A context is the window [pos - context_left, pos + context_right] around the act
 clipped to its sequence: token ids plus this feature's activation on every token of the window
 (0 on BOS / EOS / pad positions, which are not analyzed).
 
-Everything per batch is vectorized over features: the batch's non-zero activations become one
-flat list of (position, feature, value) entries, and statistics are `bincount` / `scatter_reduce`
-over it. Top-k contexts and interval samples share one mechanism, `ContextSlots`: every feature
-owns a few groups of slots, each candidate has a sort key (top-k: minus the activation; interval
-samples: a uniform random number), and a merge keeps in every group the entries with the
-smallest keys, by one sort by (group, key) over the kept entries and the new candidates. Context
-windows are cut out of the batch only for candidates that enter a slot.
+The dictionary encodes each batch straight into sparse rows (`SparseAutoencoder.encode_sparse`:
+for topk dictionaries on CPU a [tokens, d_sae] matrix is never built), and a compiled kernel
+(`core.kernels.update_records`) walks those non-zero activations feature by feature, in token
+order within each feature, updating only the arrays of the feature each activation belongs to:
+
+- count, sum, max and a fine log-spaced histogram;
+- top-k contexts: the `top_k` largest activations (an earlier occurrence wins a tie);
+- interval samples: every occurrence gets a random 64-bit key (a hash of the seed, the token's
+  ordinal in the analysis and the feature, so it does not depend on batching), and each interval
+  keeps the `samples_per_interval` occurrences with the smallest keys.
+
+A slot taken during a batch only notes the position; the context windows are cut at the end of
+the batch, once per slot that changed, so their cost does not grow with the number of tokens.
 
 Interval sampling. Keeping the `samples_per_interval` smallest of i.i.d. uniform keys among the
 occurrences of a group is a uniform sample without replacement of that group (reservoir sampling
@@ -39,21 +45,21 @@ the interval boundaries move).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import kernels
 from .activations import ActivationSource
 from .config import AnalysisConfig, ConfigError, resolve_device
 from .data import TokenBatches
 from .lm import LanguageModel, check_model_matches, is_residual_hook, load_language_model
-from .sae import SparseAutoencoder, load_dictionary
+from .sae import SparseAutoencoder, SparseFeatureActs, load_dictionary
 from .store import STORE_FILENAME, FeatureStoreWriter, SampleArrays
 
 log = logging.getLogger(__name__)
@@ -75,229 +81,107 @@ def analysis_dir(cfg: AnalysisConfig) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# Kept sample contexts
+# Running per-feature records
 
 
-class ContextSlots:
-    """Per feature, `n_groups` groups of at most `capacity` sample contexts each.
+class SampleSlots:
+    """Per feature, `n_slots` slots of kept sample contexts (numpy arrays on CPU).
 
-    Every feature owns `n_groups * capacity` slots; a slot holds a sort key (the smaller the better;
-    +inf marks an empty slot), the group of its entry, the activation the context was chosen for,
-    and its window: `token_ids` [window] (-1 after the window's end), `acts` [window] (the
-    feature's activation on each token) and `max_pos` (the activating token's index). An entry
-    never moves once written (only its group label may change), so a merge writes windows only
-    for the candidates that enter.
+    A slot holds the activation it was chosen for (`value`) and its window: `token_ids` [window]
+    (-1 past the window's end), `acts` [window] (the feature's activation on each token) and
+    `max_pos` (the activating token's place in the window). `pending` is the batch position of a
+    slot taken in the current batch whose window is not cut yet (-1 otherwise).
     """
 
-    def __init__(self, d_sae: int, *, n_groups: int, capacity: int, window: int, device: torch.device):
-        self.d_sae, self.n_groups, self.capacity, self.window = d_sae, n_groups, capacity, window
-        n_slots = n_groups * capacity
-        self.key = torch.full((d_sae, n_slots), math.inf, device=device)
-        self.group = torch.zeros(d_sae, n_slots, dtype=torch.long, device=device)
-        self.value = torch.zeros(d_sae, n_slots, device=device)
-        self.token_ids = torch.full((d_sae, n_slots, window), -1, dtype=torch.int32, device=device)
-        self.acts = torch.zeros(d_sae, n_slots, window, device=device)
-        self.max_pos = torch.zeros(d_sae, n_slots, dtype=torch.int32, device=device)
+    def __init__(self, d_sae: int, n_slots: int, window: int):
+        self.value = np.zeros((d_sae, n_slots), np.float32)
+        self.pending = np.full((d_sae, n_slots), -1, np.int64)
+        self.token_ids = np.full((d_sae, n_slots, window), -1, np.int32)
+        self.acts = np.zeros((d_sae, n_slots, window), np.float32)
+        self.max_pos = np.zeros((d_sae, n_slots), np.int32)
 
-    def occupied(self) -> Tensor:
-        """[d_sae, n_slots] True where a slot holds a context."""
-        return torch.isfinite(self.key)
-
-    def _group_thresholds(self) -> Tensor:
-        """[d_sae, n_groups] key a candidate must beat to enter a group: the largest kept key of
-        a full group, +inf while the group has room."""
-        occupied = self.occupied()
-        group = torch.where(occupied, self.group, self.n_groups)  # empty slots count in a spare column
-        size = torch.zeros(self.d_sae, self.n_groups + 1, dtype=torch.long, device=self.key.device)
-        size.scatter_add_(1, group, torch.ones_like(group))
-        largest = torch.full((self.d_sae, self.n_groups + 1), -math.inf, device=self.key.device)
-        largest.scatter_reduce_(1, group, torch.where(occupied, self.key, -math.inf), reduce="amax")
-        full = size[:, :-1] >= self.capacity
-        return torch.where(full, largest[:, :-1], math.inf)
-
-    @torch.no_grad()
-    def merge(self, feature: Tensor, group: Tensor, key: Tensor, value: Tensor,
-              cut_windows: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
-              *, regroup: Optional[Tensor] = None,
-              group_of: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> None:
-        """Merge candidates (1-D tensors of equal length) into the slots.
-
-        Afterwards every (feature, group) holds the `capacity` entries with the smallest keys among
-        its previous entries and the candidates. `cut_windows(candidate_indices)` returns the
-        windows (token_ids [m, window], acts [m, window], max_pos [m]) of the candidates that
-        entered. Features marked in `regroup` [d_sae] (bool) first have their kept entries moved to
-        the group `group_of(feature, value)` now gives them.
-        """
-        device = self.key.device
-        regroup = regroup if regroup is not None and bool(regroup.any()) else None
-        # A candidate can only enter a group whose threshold it beats; this cheap filter drops
-        # almost all candidates once the slots are full. It is checked before regrouping, so
-        # regrouped features (whose groups may now be over capacity) take all their candidates.
-        passes = key < self._group_thresholds()[feature, group]
-        if regroup is not None:
-            passes |= regroup[feature]
-            kept_feature, kept_slot = (self.occupied() & regroup[:, None]).nonzero(as_tuple=True)
-            self.group[kept_feature, kept_slot] = group_of(kept_feature, self.value[kept_feature, kept_slot])
-        candidates = passes.nonzero().squeeze(1)
-        if len(candidates) == 0 and regroup is None:
-            return
-        feature, group, key, value = feature[candidates], group[candidates], key[candidates], value[candidates]
-
-        # Competing kept entries: those in a group that receives a candidate or was regrouped.
-        touched = torch.zeros(self.d_sae, self.n_groups, dtype=torch.bool, device=device)
-        touched[feature, group] = True
-        if regroup is not None:
-            touched |= regroup[:, None]
-        occupied = self.occupied()
-        kept_feature, kept_slot = (occupied & touched.gather(1, self.group)).nonzero(as_tuple=True)
-
-        # The pool: kept entries, then candidates; sorted by (feature, group, key) in one sort.
-        n_kept = len(kept_feature)
-        pool_feature = torch.cat([kept_feature, feature])
-        pool_group = torch.cat([self.group[kept_feature, kept_slot], group])
-        pool_key = torch.cat([self.key[kept_feature, kept_slot], key])
-        group_id = pool_feature * self.n_groups + pool_group
-        order = torch.sort((group_id << 32) | _sortable_bits(pool_key)).indices
-        sorted_group_id = group_id[order]
-        group_size = torch.bincount(sorted_group_id, minlength=self.d_sae * self.n_groups)
-        rank = torch.arange(len(order), device=device) - (group_size.cumsum(0) - group_size)[sorted_group_id]
-        survives = torch.empty_like(rank, dtype=torch.bool)
-        survives[order] = rank < self.capacity
-
-        # Evicted kept entries free their slots; entering candidates take free slots of their feature.
-        evicted = ~survives[:n_kept]
-        self.key[kept_feature[evicted], kept_slot[evicted]] = math.inf
-        entering = survives[n_kept:].nonzero().squeeze(1)
-        if len(entering) == 0:
-            return
-        entering = entering[torch.sort(feature[entering], stable=True).indices]  # grouped by feature
-        new_feature = feature[entering]
-        per_feature = torch.bincount(new_feature, minlength=self.d_sae)
-        nth_new = torch.arange(len(new_feature), device=device) - (per_feature.cumsum(0) - per_feature)[new_feature]
-        free_slots_first = torch.argsort(self.occupied().to(torch.int8), dim=1, stable=True)  # [d_sae, n_slots]
-        new_slot = free_slots_first[new_feature, nth_new]
-        token_ids, acts, max_pos = cut_windows(candidates[entering])
-        self.key[new_feature, new_slot] = key[entering]
-        self.group[new_feature, new_slot] = group[entering]
-        self.value[new_feature, new_slot] = value[entering]
-        self.token_ids[new_feature, new_slot] = token_ids.to(torch.int32)
-        self.acts[new_feature, new_slot] = acts.to(self.acts.dtype)
-        self.max_pos[new_feature, new_slot] = max_pos.to(torch.int32)
-
-    def samples(self) -> dict[tuple[int, int], list[SampleArrays]]:
-        """Every kept context by (feature, group), highest activation first (for the store)."""
-        key, group, value = self.key.cpu().numpy(), self.group.cpu().numpy(), self.value.cpu().numpy()
-        token_ids, acts, max_pos = self.token_ids.cpu().numpy(), self.acts.cpu().numpy(), self.max_pos.cpu().numpy()
-        lengths = (token_ids >= 0).sum(-1)
-        feature, slot = np.nonzero(np.isfinite(key))
-        order = np.lexsort((-value[feature, slot], group[feature, slot], feature))
+    def samples(self, occupied: np.ndarray, group: np.ndarray) -> dict[tuple[int, int], list[SampleArrays]]:
+        """The contexts of the occupied slots by (feature, group), highest activation first."""
+        lengths = (self.token_ids >= 0).sum(-1)
+        feature, slot = np.nonzero(occupied)
+        order = np.lexsort((-self.value[feature, slot], group[feature, slot], feature))
         out: dict[tuple[int, int], list[SampleArrays]] = {}
         for f, s in zip(feature[order].tolist(), slot[order].tolist()):
             n = lengths[f, s]
             out.setdefault((f, int(group[f, s])), []).append(
-                SampleArrays(token_ids[f, s, :n], acts[f, s, :n], int(max_pos[f, s])))
+                SampleArrays(self.token_ids[f, s, :n], self.acts[f, s, :n], int(self.max_pos[f, s])))
         return out
-
-
-def _sortable_bits(key: Tensor) -> Tensor:
-    """Non-negative int64 codes of float32 keys with the same order (for one-pass composite sorts):
-    the float's bits, with the bits of negative numbers flipped so they sort in reverse."""
-    bits = key.float().contiguous().view(torch.int32).long()
-    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + 2 ** 31
-
-
-# ----------------------------------------------------------------------------------------------
-# Running per-feature records
 
 
 class FeatureRecords:
     """Running records of every feature over the tokens analyzed so far (see the module docstring).
 
-    Feed it with `update(tokens, feature_acts, mask)` batch by batch; read the finished statistics with
-    `statistics()`, `histogram()` and the two `ContextSlots`: `top` (one group of `top_k` slots
-    per feature, key = -activation) and `intervals` (`n_intervals` groups of
-    `samples_per_interval` slots, key = uniform random number).
+    Feed it batch by batch with `update(tokens, feature_acts, mask)`; read the finished records with
+    `statistics()`, `histogram()`, `top_samples()` and `interval_samples()`. Everything lives in
+    numpy arrays on CPU, sized by d_sae and the samples kept, and `update` is one compiled kernel
+    (`core.kernels.update_records`) over the batch's non-zero activations.
     """
 
-    def __init__(self, d_sae: int, cfg: AnalysisConfig, device: torch.device | str):
-        device = torch.device(device)
+    def __init__(self, d_sae: int, cfg: AnalysisConfig):
         self.d_sae = d_sae
         self.context_left, self.context_right = cfg.context_left, cfg.context_right
-        self.n_intervals = cfg.n_intervals
+        self.n_intervals, self.samples_per_interval = cfg.n_intervals, cfg.samples_per_interval
         self.histogram_bins = cfg.histogram_bins
+        self.seed = cfg.seed
         self.n_tokens = 0
-        # MPS has no float64; elsewhere sums of many activations keep their precision.
-        sum_dtype = torch.float32 if device.type == "mps" else torch.float64
-        self.act_count = torch.zeros(d_sae, dtype=torch.long, device=device)
-        self.act_sum = torch.zeros(d_sae, dtype=sum_dtype, device=device)
-        self.max_act = torch.zeros(d_sae, device=device)
+        self.act_count = np.zeros(d_sae, np.int64)
+        self.act_sum = np.zeros(d_sae, np.float64)
+        self.max_act = np.zeros(d_sae, np.float32)
         self.fine_bins = cfg.histogram_bins * HISTOGRAM_OVERSAMPLING
-        self.fine_hist = torch.zeros(d_sae, self.fine_bins, dtype=torch.int32, device=device)
+        self.fine_hist = np.zeros((d_sae, self.fine_bins), np.int64)
         window = cfg.context_left + cfg.context_right + 1
-        self.top = ContextSlots(d_sae, n_groups=1, capacity=cfg.top_k, window=window, device=device)
-        self.intervals = ContextSlots(d_sae, n_groups=cfg.n_intervals, capacity=cfg.samples_per_interval,
-                                      window=window, device=device)
-        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.top = SampleSlots(d_sae, cfg.top_k, window)
+        self.top_count = np.zeros(d_sae, np.int64)
+        self.top_min_slot = np.zeros(d_sae, np.int64)  # slot of the smallest kept value once full
+        self.intervals = SampleSlots(d_sae, cfg.n_intervals * cfg.samples_per_interval, window)
+        self.interval_key = np.zeros((d_sae, cfg.n_intervals * cfg.samples_per_interval), np.uint64)
+        self.interval_group = np.full((d_sae, cfg.n_intervals * cfg.samples_per_interval), -1, np.int64)
 
-    def interval_of(self, feature: Tensor, value: Tensor) -> Tensor:
-        """Interval index of activations under the current maxima: interval i is
-        (i * max / n, (i + 1) * max / n]."""
-        scaled = value * self.n_intervals / self.max_act[feature]
-        return (torch.ceil(scaled).long() - 1).clamp(0, self.n_intervals - 1)
-
-    def _fine_bin(self, value: Tensor) -> Tensor:
+    def update(self, tokens: Tensor, feature_acts: SparseFeatureActs, mask: Tensor) -> None:
+        """Add one batch: tokens [batch, seq], feature_acts with one row per position (row-major),
+        mask [batch, seq] (True on the positions analyzed; activations elsewhere are ignored and
+        shown as 0 in windows)."""
+        if feature_acts.n_tokens != tokens.numel() or mask.shape != tokens.shape:
+            raise ValueError(f"update: tokens {tuple(tokens.shape)}, mask {tuple(mask.shape)} and "
+                             f"{feature_acts.n_tokens} activation rows do not match.")
+        tokens = np.ascontiguousarray(tokens.cpu().numpy(), dtype=np.int64)
+        mask = np.ascontiguousarray(mask.cpu().numpy(), dtype=np.bool_)
+        row_ptr, features, values = (t.numpy() for t in feature_acts[:3])
         low, high = (math.log10(x) for x in HISTOGRAM_RANGE)
-        position = (value.log10() - low) / (high - low) * self.fine_bins
-        return position.floor().long().clamp(0, self.fine_bins - 1)
+        top, intervals = self.top, self.intervals
+        n_new = kernels.update_records(
+            tokens, mask, row_ptr, features, values, self.n_tokens, self.seed,
+            self.act_count, self.act_sum, self.max_act, self.fine_hist, low, self.fine_bins / (high - low),
+            top.value, self.top_count, self.top_min_slot, top.pending, top.token_ids, top.acts, top.max_pos,
+            intervals.value, self.interval_key, self.interval_group, intervals.pending, intervals.token_ids,
+            intervals.acts, intervals.max_pos, self.n_intervals, self.samples_per_interval,
+            self.context_left, self.context_right)
+        self.n_tokens += n_new
 
-    @torch.no_grad()
-    def update(self, tokens: Tensor, feature_acts: Tensor, mask: Tensor) -> None:
-        """Add one batch: tokens [batch, seq], feature_acts [batch, seq, d_sae], mask [batch, seq]
-        (True on the positions analyzed; activations elsewhere are ignored and shown as 0)."""
-        seq_len = tokens.shape[1]
-        self.n_tokens += int(mask.sum())
-        flat_acts = feature_acts.reshape(-1, self.d_sae)  # [batch * seq, d_sae]
-        position, feature = flat_acts.nonzero(as_tuple=True)  # one entry per non-zero activation
-        value = flat_acts[position, feature].float()
-        analyzed = (value > 0) & mask.flatten()[position]
-        position, feature, value = position[analyzed], feature[analyzed], value[analyzed]
+    def top_samples(self) -> dict[tuple[int, int], list[SampleArrays]]:
+        """The top contexts by (feature, 0), highest activation first."""
+        occupied = np.arange(self.top.value.shape[1]) < self.top_count[:, None]
+        return self.top.samples(occupied, np.zeros_like(self.top.max_pos))
 
-        self.act_count += torch.bincount(feature, minlength=self.d_sae)
-        self.act_sum.index_add_(0, feature, value.to(self.act_sum.dtype))
-        bins = feature * self.fine_bins + self._fine_bin(value)
-        self.fine_hist.view(-1).index_add_(0, bins, torch.ones_like(bins, dtype=torch.int32))
-        new_max = self.max_act.scatter_reduce(0, feature, value, reduce="amax")
-        max_grew = new_max > self.max_act
-        self.max_act = new_max
-
-        def cut_windows(entries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            row, pos = position[entries] // seq_len, position[entries] % seq_len
-            start = (pos - self.context_left).clamp_min(0)
-            end = (pos + self.context_right + 1).clamp_max(seq_len)
-            window_pos = start[:, None] + torch.arange(self.top.window, device=start.device)  # [m, window]
-            inside = window_pos < end[:, None]
-            window_pos = window_pos.clamp_max(seq_len - 1)
-            ids = tokens[row[:, None], window_pos].masked_fill(~inside, -1)
-            acts = feature_acts[row[:, None], window_pos, feature[entries][:, None]]
-            acts = (acts * mask[row[:, None], window_pos]).masked_fill(~inside, 0.0)
-            return ids, acts, pos - start
-
-        self.top.merge(feature, torch.zeros_like(feature), -value, value, cut_windows)
-        random_key = torch.rand(len(value), generator=self.generator, device=value.device)
-        self.intervals.merge(feature, self.interval_of(feature, value), random_key, value, cut_windows,
-                             regroup=max_grew, group_of=self.interval_of)
+    def interval_samples(self) -> dict[tuple[int, int], list[SampleArrays]]:
+        """The interval samples by (feature, interval), highest activation first."""
+        return self.intervals.samples(self.interval_group >= 0, self.interval_group)
 
     def statistics(self) -> dict[str, np.ndarray]:
         """act_count, density, max_act, mean_act as numpy arrays [d_sae]."""
-        count = self.act_count.cpu().numpy()
-        mean = (self.act_sum.double().cpu() / self.act_count.clamp_min(1).double().cpu()).numpy()
+        count = self.act_count.copy()
         return {"act_count": count, "density": count / max(self.n_tokens, 1),
-                "max_act": self.max_act.double().cpu().numpy(), "mean_act": mean}
+                "max_act": self.max_act.astype(np.float64), "mean_act": self.act_sum / np.maximum(count, 1)}
 
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """(edges [n+1], counts [d_sae, n]) with n = histogram_bins: the running histogram merged
         onto the stretch of the log grid the activations used (bins stay log-spaced)."""
-        fine = self.fine_hist.cpu().numpy().astype(np.int64)
+        fine = self.fine_hist
         low, high = (math.log10(x) for x in HISTOGRAM_RANGE)
         fine_edges = np.logspace(low, high, self.fine_bins + 1)
         used = np.flatnonzero(fine.sum(0))
@@ -315,23 +199,6 @@ class FeatureRecords:
 # Streaming
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the per-feature bookkeeping on one CPU thread. It is a few hundred small tensor ops per
-    batch: thread-parallel regions save little on them, and on a busy machine every region stalls
-    until its slowest thread is scheduled: on 2 busy shared cores, two threads made the bookkeeping
-    about 10x slower than one (and 70% of the forward's time instead of ~1%). GPUs are unaffected."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _first_tokens(mask: Tensor, n: int) -> Tensor:
     """`mask` [batch, seq] restricted to its first `n` True positions (row-major order)."""
     flat = mask.flatten()
@@ -340,27 +207,27 @@ def _first_tokens(mask: Tensor, n: int) -> Tensor:
 
 @torch.no_grad()
 def accumulate_features(model: LanguageModel, sae: SparseAutoencoder, token_batches: Iterable[Tensor],
-                        cfg: AnalysisConfig, *, progress: bool = True) -> FeatureRecords:
+                        cfg: AnalysisConfig, *, records: Optional[FeatureRecords] = None,
+                        progress: bool = True) -> FeatureRecords:
     """Run `token_batches` ([batch, seq], BOS first) through the model and `sae` until
-    `cfg.total_analyzing_tokens` text tokens are analyzed (or the batches run out)."""
+    `cfg.total_analyzing_tokens` text tokens are analyzed (or the batches run out). `records`
+    continues earlier records (the token count includes theirs) instead of starting new ones."""
     from tqdm.auto import tqdm
 
     device = model.device
     source = ActivationSource(model, sae.hook_name, iter(()))
-    records = FeatureRecords(sae.d_sae, cfg, device)
+    records = FeatureRecords(sae.d_sae, cfg) if records is None else records
     total = cfg.total_analyzing_tokens
-    bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"analyze {cfg.analysis_name}",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=records.n_tokens, unit="tok", unit_scale=True,
+               desc=f"analyze {cfg.analysis_name}", disable=not progress, dynamic_ncols=True)
     try:
         for tokens in token_batches:
             tokens = tokens.to(device)
             mask = _first_tokens(model.token_mask(tokens), total - records.n_tokens)
-            feature_acts = sae.encode(source.activations_of(tokens).to(sae.device))  # [batch, seq, d_sae]
+            feature_acts = sae.encode_sparse(source.activations_of(tokens).to(sae.device), rows=mask)
             n_before = records.n_tokens
-            with _one_cpu_thread(feature_acts.device):
-                records.update(tokens.to(feature_acts.device), feature_acts, mask.to(feature_acts.device))
-            n_new = records.n_tokens - n_before
-            bar.update(n_new)
+            records.update(tokens, feature_acts, mask)
+            bar.update(records.n_tokens - n_before)
             if records.n_tokens >= total:
                 break
     finally:
@@ -368,7 +235,6 @@ def accumulate_features(model: LanguageModel, sae: SparseAutoencoder, token_batc
     if records.n_tokens < total:
         log.warning("The token batches ran out after %d of %d tokens.", records.n_tokens, total)
     return records
-
 
 # ----------------------------------------------------------------------------------------------
 # Logit lens
@@ -432,7 +298,7 @@ def write_feature_store(path: Path, records: FeatureRecords, *, vocab: list[str]
 
     stats = records.statistics()
     edges, hist_counts = records.histogram()
-    top, intervals = records.top.samples(), records.intervals.samples()
+    top, intervals = records.top_samples(), records.interval_samples()
     max_act = stats["max_act"]
     n = records.n_intervals
     with FeatureStoreWriter(path, overwrite=overwrite) as writer:
@@ -516,7 +382,7 @@ class TextActivations(NamedTuple):
 def encode_text(model: LanguageModel, sae: SparseAutoencoder, text: str, *,
                 max_tokens: Optional[int] = None) -> TextActivations:
     """Feature activations on `text`, computed as the analyzer computes them: BOS prepended (as
-    in training sequences), the model run up to the hook, `sae.encode`, special tokens zeroed.
+    in training sequences), the model run up to the hook, `sae.encode_sparse`, special tokens zeroed.
     `max_tokens` caps the number of text tokens (the rest of the text is dropped)."""
     tokens = model.tokenize(text, prepend_bos=True, max_tokens=None if max_tokens is None else max_tokens + 1)
     n_ctx = getattr(model.bridge.cfg, "n_ctx", None)
@@ -524,12 +390,12 @@ def encode_text(model: LanguageModel, sae: SparseAutoencoder, text: str, *,
         raise ValueError(f"The text has {tokens.shape[1] - 1} tokens but {model.name!r} reads at most {n_ctx - 1} "
                          "after BOS; shorten it or pass max_tokens.")
     source = ActivationSource(model, sae.hook_name, iter(()))
-    feature_acts = sae.encode(source.activations_of(tokens).to(sae.device))[0]  # [1 + n, d_sae]
-    feature_acts = feature_acts.masked_fill(~model.token_mask(tokens)[0].to(feature_acts.device)[:, None], 0.0)
+    acts = sae.encode_sparse(source.activations_of(tokens).to(sae.device), rows=model.token_mask(tokens))
+    feature_acts = acts.to_dense()  # [1 + n, d_sae], rows of special tokens empty
     token_ids = tokens[0, 1:].tolist()
     strings = model.tokenizer.batch_decode([[i] for i in token_ids], clean_up_tokenization_spaces=False)
-    return TextActivations(token_ids, strings, feature_acts[1:].float().cpu())
+    return TextActivations(token_ids, strings, feature_acts[1:])
 
 
-__all__ = ["analyze", "analysis_dir", "encode_text", "TextActivations", "FeatureRecords", "ContextSlots",
+__all__ = ["analyze", "analysis_dir", "encode_text", "TextActivations", "FeatureRecords", "SampleSlots",
            "accumulate_features", "logit_lens", "LogitLens", "write_feature_store"]

@@ -15,7 +15,8 @@ import torch
 
 from core import (ActivationSource, AnalysisConfig, ConfigError, DictionaryLoadError, FeatureStore, HookNameError,
                   SAEConfig, SparseAutoencoder, TokenBatches, analyze, encode_text, load_dictionary)
-from core.analysis import ContextSlots, FeatureRecords
+from core.analysis import FeatureRecords
+from core.sae import SparseFeatureActs
 from core.store import FeatureStoreWriter
 from tests.conftest import ROOT, tiny_analysis_config
 
@@ -60,7 +61,9 @@ def brute_force(tiny_model, sae, analysis_cfg) -> BruteForce:
             # The analysis stops after exactly total_analyzing_tokens text tokens (row-major order).
             running = mask.flatten().cumsum(0).view_as(mask)
             mask &= running <= cfg.total_analyzing_tokens - n
-            acts = sae.encode(source.activations_of(tokens)) * mask[..., None]
+            # The analyzer's encoder (tests/test_sae.py checks it against sae.encode); the records are
+            # what is under test here.
+            acts = sae.encode_sparse(source.activations_of(tokens), rows=mask).to_dense().view(*mask.shape, -1)
             all_tokens.append(tokens)
             all_acts.append(acts)
             n += int(mask.sum())
@@ -186,58 +189,87 @@ def test_store_round_trip(store, tiny_analysis, tiny_dictionary, tiny_model, sae
     assert store.decode([198]) == ["\n"] and store.decode([995]) == [" world"]
 
 
-# ------------------------------------------------------------------------------ the slot merge itself
+# ------------------------------------------------------------------------------ the records kernels
 
 
-def test_context_slots_keep_the_smallest_keys_of_each_group():
-    """Several merges of random candidates: each (feature, group) ends with exactly the `capacity`
-    smallest keys offered to it, each with the window of the candidate that brought the key."""
-    generator = torch.Generator().manual_seed(0)
-    d_sae, n_groups, capacity = 4, 3, 2
-    slots = ContextSlots(d_sae, n_groups=n_groups, capacity=capacity, window=1, device=torch.device("cpu"))
-    offered: dict[tuple[int, int], list[float]] = {}
-    entry_of_key: dict[float, int] = {}
-    next_entry = 0
-    for _ in range(6):
-        n = int(torch.randint(0, 12, (1,), generator=generator))
-        feature = torch.randint(0, d_sae, (n,), generator=generator)
-        group = torch.randint(0, n_groups, (n,), generator=generator)
-        key = torch.rand(n, generator=generator)
-        entry = torch.arange(next_entry, next_entry + n)
-        next_entry += n
-        for f, g, k, e in zip(feature.tolist(), group.tolist(), key.tolist(), entry.tolist()):
-            offered.setdefault((f, g), []).append(k)
-            entry_of_key[k] = e
+def _feed(records: FeatureRecords, acts: list[list[float]]) -> None:
+    """One batch of one feature's activations: acts [batch][seq], every position analyzed."""
+    dense = torch.tensor(acts, dtype=torch.float32)
+    tokens = torch.arange(dense.numel()).view(dense.shape)
+    records.update(tokens, SparseFeatureActs.from_dense(dense.reshape(-1, 1)), torch.ones(dense.shape, dtype=torch.bool))
 
-        def cut_windows(indices):
-            return entry[indices][:, None], key[indices][:, None], torch.zeros(len(indices), dtype=torch.long)
 
-        slots.merge(feature, group, key, key, cut_windows)
-    for f in range(d_sae):
-        for g in range(n_groups):
-            in_group = slots.occupied()[f] & (slots.group[f] == g)
-            kept = sorted(slots.key[f, in_group].tolist())
-            assert kept == pytest.approx(sorted(offered.get((f, g), []))[:capacity])
-            for slot in in_group.nonzero().squeeze(1).tolist():
-                assert int(slots.token_ids[f, slot, 0]) == entry_of_key[float(slots.key[f, slot])]
+def test_interval_samples_are_uniform_over_their_interval():
+    """After the maximum is set, 40 occurrences fall into one interval that keeps 4: over many
+    seeds every occurrence is kept about equally often (4/40), whatever its value or position,
+    and however the tokens are batched."""
+    n_occurrences, capacity, n_seeds = 40, 4, 500
+    kept = np.zeros(n_occurrences)
+    for seed in range(n_seeds):
+        cfg = AnalysisConfig(top_k=1, n_intervals=2, samples_per_interval=capacity, context_left=0,
+                             context_right=0, histogram_bins=4, seed=seed)
+        records = FeatureRecords(1, cfg)
+        values = [1.0] + [0.1 + 0.01 * i for i in range(n_occurrences)]  # all but the first in (0, 0.5]
+        _feed(records, [values[:11]])
+        _feed(records, [values[11:21], values[21:31]])
+        _feed(records, [values[31:]])
+        samples = records.interval_samples()
+        low = samples[(0, 0)]
+        assert len(low) == capacity and [s.acts[0] for s in samples[(0, 1)]] == [1.0]
+        for sample in low:  # the activation tells the occurrence
+            kept[round((float(sample.acts[0]) - 0.1) / 0.01)] += 1
+    expected = n_seeds * capacity / n_occurrences
+    chi2 = float(((kept - expected) ** 2 / expected).sum())
+    assert chi2 < 80, f"chi-square {chi2:.1f} over {n_occurrences - 1} degrees of freedom: not uniform"  # p < 1e-4
+    # And the keys do not depend on batching: one batch gives the same samples as three.
+    cfg = AnalysisConfig(top_k=1, n_intervals=2, samples_per_interval=capacity, context_left=0, context_right=0,
+                         histogram_bins=4, seed=7)
+    one, three = FeatureRecords(1, cfg), FeatureRecords(1, cfg)
+    _feed(one, [values])
+    for part in (values[:11], values[11:31], values[31:]):
+        _feed(three, [part])
+    values_of = lambda r: sorted(float(s.acts[0]) for s in r.interval_samples()[(0, 0)])  # noqa: E731
+    assert values_of(one) == values_of(three) and len(values_of(one)) == capacity
 
 
 def test_interval_samples_are_rebucketed_when_the_maximum_grows():
     cfg = AnalysisConfig(top_k=2, n_intervals=2, samples_per_interval=3, context_left=0, context_right=0,
                          histogram_bins=4)
-    records = FeatureRecords(1, cfg, "cpu")
-    tokens = torch.arange(4).view(1, 4)
-    mask = torch.ones(1, 4, dtype=torch.bool)
-    records.update(tokens, torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1), mask)  # max 0.4: 0.1, 0.2 | 0.3, 0.4
-    records.update(tokens, torch.tensor([0.0, 0.0, 0.0, 0.8]).view(1, 4, 1), mask)  # max 0.8: all but 0.8 fall low
-    samples = records.intervals.samples()
+    records = FeatureRecords(1, cfg)
+    _feed(records, [[0.1, 0.2, 0.3, 0.4]])  # max 0.4: 0.1, 0.2 | 0.3, 0.4
+    _feed(records, [[0.0, 0.0, 0.0, 0.8]])  # max 0.8: all but 0.8 fall low
+    samples = records.interval_samples()
     kept = {g: [float(s.acts[s.max_pos]) for s in samples.get((0, g), [])] for g in range(2)}
     # After the maximum doubled, every earlier activation lies in the lower interval, which keeps 3 of them.
     assert len(kept[0]) == 3 and all(any(abs(v - w) < 1e-6 for w in (0.1, 0.2, 0.3, 0.4)) for v in kept[0])
     assert kept[1] == pytest.approx([0.8])
-    assert [float(s.acts[s.max_pos]) for s in records.top.samples()[(0, 0)]] == pytest.approx([0.8, 0.4])
+    assert [float(s.acts[s.max_pos]) for s in records.top_samples()[(0, 0)]] == pytest.approx([0.8, 0.4])
     assert records.n_tokens == 8
     assert int(records.act_count[0]) == 5 and float(records.max_act[0]) == pytest.approx(0.8)
+
+
+def test_windows_show_the_feature_on_every_token_and_zero_outside_the_mask():
+    """Two features in one batch of 2 sequences; the mask leaves out the first position of each."""
+    cfg = AnalysisConfig(top_k=2, n_intervals=1, samples_per_interval=1, context_left=2, context_right=1,
+                         histogram_bins=4)
+    records = FeatureRecords(2, cfg)
+    acts = torch.zeros(2, 4, 2)
+    acts[0, :, 0] = torch.tensor([9.0, 1.0, 2.0, 3.0])  # 9.0 sits on a masked position: ignored
+    acts[1, :, 1] = torch.tensor([0.0, 5.0, 0.0, 4.0])
+    tokens = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]])
+    mask = torch.tensor([[False, True, True, True], [False, True, True, True]])
+    records.update(tokens, SparseFeatureActs.from_dense(acts.view(8, 2)), mask)
+    top = records.top_samples()
+    first = top[(0, 0)][0]  # 3.0 at position 3: window [1, 4) with nothing right of it
+    assert first.token_ids.tolist() == [11, 12, 13] and first.acts.tolist() == [1.0, 2.0, 3.0] and first.max_pos == 2
+    second = top[(0, 0)][1]  # 2.0 at position 2: window [0, 4); position 0 is masked, so 0
+    assert second.token_ids.tolist() == [10, 11, 12, 13] and second.acts.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert second.max_pos == 2
+    other = top[(1, 0)][0]
+    assert other.token_ids.tolist() == [20, 21, 22] and other.acts.tolist() == [0.0, 5.0, 0.0] and other.max_pos == 1
+    stats = records.statistics()
+    assert stats["act_count"].tolist() == [3, 2] and stats["max_act"].tolist() == [3.0, 5.0]
+    assert records.n_tokens == 6
 
 
 # ------------------------------------------------------------------------------ encode_text

@@ -322,7 +322,7 @@ def test_model_cache_is_lru_and_shares_the_model(results_copy):
     app = create_app(make_settings(results_copy, model_cache_size=2))
     with TestClient(app) as c:
         first = c.post(f"/api/dictionaries/{DICT}/activations", json={"text": "Hello world"}).json()
-        second = c.post(f"/api/dictionaries/second/activations", json={"text": "Hello world"}).json()
+        second = c.post("/api/dictionaries/second/activations", json={"text": "Hello world"}).json()
         assert first == second  # same weights
         pairs = list(app.state.models._pairs.values())
         assert len(pairs) == 2 and pairs[0].model is pairs[1].model and pairs[0].lock is pairs[1].lock

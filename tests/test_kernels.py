@@ -1,0 +1,152 @@
+"""The compiled CPU kernels (core/kernels.py) against plain references, and the sparse encoder
+built on them (SparseAutoencoder.encode_sparse) against SparseAutoencoder.encode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import core.sae as sae_module
+from core.config import ARCHITECTURES, SAEConfig
+from core.kernels import positive_entries, top_k_rows
+from core.sae import SparseAutoencoder, SparseFeatureActs
+
+
+def reference_top_k(row: np.ndarray, k: int) -> set[int]:
+    """Indices of the k largest entries, the earlier index first among equal values, NaN last."""
+    keys = [(0 if np.isnan(v) else 1, -1e300 if np.isnan(v) else v, -j) for j, v in enumerate(row.tolist())]
+    return {-key[2] for key in sorted(keys, reverse=True)[:k]}
+
+
+def run_top_k(pre: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    values = np.empty((pre.shape[0], k), pre.dtype)
+    indices = np.empty((pre.shape[0], k), np.int64)
+    top_k_rows(pre, k, values, indices)
+    return values, indices
+
+
+@pytest.mark.parametrize("n, k", [(4608, 32), (1000, 7), (128, 8), (100, 7), (50, 50), (33, 1), (16, 16), (3000, 64)])
+def test_top_k_rows_matches_a_sort(n, k):
+    rng = np.random.default_rng(n * 100 + k)
+    pre = rng.standard_normal((40, n)).astype(np.float32)
+    pre[0] = np.abs(pre[0])  # an all-positive row
+    pre[1] = -np.abs(pre[1])  # an all-negative row
+    pre[2] *= 1e-30  # tiny values
+    values, indices = run_top_k(pre, k)
+    for r in range(len(pre)):
+        assert set(indices[r].tolist()) == reference_top_k(pre[r], k), f"row {r}"
+        assert np.array_equal(values[r], pre[r, indices[r]])
+
+
+def test_top_k_rows_breaks_ties_by_index_and_handles_inf_and_nan():
+    rng = np.random.default_rng(0)
+    ties = rng.integers(0, 5, size=(30, 700)).astype(np.float32)  # heavy ties, also at the k-th place
+    values, indices = run_top_k(ties, 40)
+    for r in range(len(ties)):
+        assert set(indices[r].tolist()) == reference_top_k(ties[r], 40)
+    constant = np.full((2, 4608), 3.0, np.float32)  # every entry ties: the first k win
+    assert all(set(row.tolist()) == set(range(32)) for row in run_top_k(constant, 32)[1])
+
+    special = rng.standard_normal((4, 4608)).astype(np.float32)
+    special[0, [5, 900, 4000]] = np.inf
+    special[1, [7, 11]] = np.nan  # NaN never beats a number
+    special[2, :] = np.nan
+    special[2, [100, 200]] = [1.0, -np.inf]  # two numbers, then the earliest NaN positions
+    special[3, :] = -np.inf
+    special[3, 10] = 0.0
+    _, indices = run_top_k(special, 32)
+    assert {5, 900, 4000} <= set(indices[0].tolist())
+    assert set(indices[1].tolist()) == reference_top_k(special[1], 32) and not {7, 11} & set(indices[1].tolist())
+    assert set(indices[2].tolist()) == {100, 200} | set(range(30))
+    assert 10 in indices[3].tolist() and len(set(indices[3].tolist())) == 32
+
+
+def test_top_k_rows_on_float64():
+    pre = np.random.default_rng(1).standard_normal((8, 2000))
+    values, indices = run_top_k(pre, 20)
+    assert values.dtype == np.float64
+    assert all(set(indices[r].tolist()) == reference_top_k(pre[r], 20) for r in range(8))
+
+
+def test_positive_entries_and_sparse_round_trip():
+    rng = np.random.default_rng(2)
+    dense = rng.standard_normal((50, 70)).astype(np.float32)
+    dense[dense < 0.8] = 0
+    dense[3] = 0  # an empty row
+    nnz = int((dense > 0).sum())
+    row_ptr, features, values = np.empty(51, np.int64), np.empty(nnz, np.int64), np.empty(nnz, np.float32)
+    assert positive_entries(dense, row_ptr, features, values) == nnz
+    rows, cols = np.nonzero(dense > 0)
+    assert np.array_equal(row_ptr, np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=50))]))
+    assert np.array_equal(features, cols) and np.array_equal(values, dense[rows, cols])
+    sparse = SparseFeatureActs.from_dense(torch.from_numpy(dense))
+    assert sparse.n_tokens == 50 and sparse.d_sae == 70
+    assert torch.equal(sparse.to_dense(), torch.from_numpy(dense))
+
+
+# ------------------------------------------------------------------ encode_sparse
+
+
+def _sae(architecture: str, d_in: int = 32, d_sae: int = 300, k: int = 12) -> SparseAutoencoder:
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(architecture=architecture, d_sae=d_sae, k=k), d_in,
+                            hook_name="blocks.0.hook_resid_post", model_name="test")
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    if architecture == "batchtopk":
+        sae.threshold.fill_(0.2)
+    return sae.eval()
+
+
+def assert_same_activations(sparse: torch.Tensor, dense: torch.Tensor, pre: torch.Tensor, k: int | None) -> None:
+    """Equal up to float rounding: values close, and a feature on in one but not the other only
+    where its pre-activation ties the k-th largest of its token within rounding."""
+    assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-6)
+    differ = (sparse > 0) != (dense > 0)
+    if differ.any():
+        assert k is not None, "only a top-k choice can swap within rounding"
+        kth = pre.topk(k, dim=-1).values[:, -1:]
+        assert torch.allclose(pre[differ], kth.expand_as(pre)[differ], atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_encode_sparse_gives_the_activations_of_encode(architecture):
+    sae = _sae(architecture)
+    n = sae_module.ENCODE_CHUNK_TOKENS * 2 + 37  # full blocks and a padded last one
+    x = torch.randn(n, sae.d_in) * 2
+    sparse = sae.encode_sparse(x)
+    assert sparse.n_tokens == n and sparse.d_sae == sae.d_sae
+    k = sae.cfg.k if architecture == "topk" else None
+    pre = sae._pre_acts(x)
+    assert_same_activations(sparse.to_dense(), sae.encode(x), pre, k)
+    if architecture == "topk":
+        assert torch.equal(sparse.row_ptr.diff(), torch.full((n,), sae.cfg.k))
+
+    # Leading dimensions and a row selection: unselected tokens get empty rows.
+    x3 = x[:60].view(3, 20, sae.d_in)
+    rows = torch.rand(3, 20, generator=torch.Generator().manual_seed(1)) > 0.3
+    selected = sae.encode_sparse(x3, rows=rows)
+    assert selected.n_tokens == 60
+    assert torch.equal(selected.row_ptr.diff()[~rows.flatten()], torch.zeros(int((~rows).sum()), dtype=torch.long))
+    dense = selected.to_dense()
+    assert torch.equal(dense[~rows.flatten()], torch.zeros(int((~rows).sum()), sae.d_sae))
+    assert_same_activations(dense[rows.flatten()], sae.encode(x[:60][rows.flatten()]), pre[:60][rows.flatten()], k)
+    with pytest.raises(ValueError, match="rows has shape"):
+        sae.encode_sparse(x3, rows=rows.flatten())
+
+
+def test_encode_sparse_does_not_depend_on_the_other_tokens_and_follows_weight_updates():
+    sae = _sae("topk", d_in=64, d_sae=512, k=16)
+    x = torch.randn(700, 64)
+    full = sae.encode_sparse(x).to_dense()
+    # A token's activations are the same whichever block (and place in it) it lands in.
+    assert torch.equal(sae.encode_sparse(x[300:333]).to_dense(), full[300:333])
+    assert torch.equal(sae.encode_sparse(x.flip(0)).to_dense().flip(0), full)
+    # An in-place weight update (an optimizer step) invalidates any cached weight layout.
+    with torch.no_grad():
+        sae.W_enc.mul_(-1.0)
+    flipped = sae.encode_sparse(x).to_dense()
+    assert_same_activations(flipped, sae.encode(x), sae._pre_acts(x), 16)
+    assert not torch.equal(flipped, full)
