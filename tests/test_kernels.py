@@ -150,3 +150,15 @@ def test_encode_sparse_does_not_depend_on_the_other_tokens_and_follows_weight_up
     flipped = sae.encode_sparse(x).to_dense()
     assert_same_activations(flipped, sae.encode(x), sae._pre_acts(x), 16)
     assert not torch.equal(flipped, full)
+
+
+def test_encode_sparse_generic_path_for_dtypes_without_a_kernel():
+    """bfloat16 has no numpy type: encode_sparse takes torch's top-k, the path GPUs take too."""
+    sae = _sae("topk").to(torch.bfloat16)
+    x = torch.randn(50, sae.d_in)
+    rows = torch.arange(50) % 7 != 0
+    sparse = sae.encode_sparse(x, rows=rows)
+    assert sparse.values.dtype == torch.float32
+    dense = sae.encode(x[rows]).float()
+    assert torch.equal(sparse.to_dense()[rows], dense)
+    assert int(sparse.row_ptr.diff()[~rows].sum()) == 0
