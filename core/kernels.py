@@ -160,7 +160,7 @@ def top_k_rows(pre, k, out_values, out_indices):
         for g in range(1, n_groups):
             low = min(low, maxima[g])
             high = max(high, maxima[g])
-        if not (low >= -np.inf and high <= np.inf and low > -np.inf):  # NaN or inf among the maxima
+        if not (low > -np.inf and high <= np.inf):  # NaN or -inf among the maxima
             _top_k_of_row(row, k, out_values[r], out_indices[r])
             continue
         for _ in range(BISECTION_STEPS):  # invariant: at least k maxima >= low
@@ -240,25 +240,44 @@ def interval_of(value, max_act, n_intervals):
 
 
 @njit(nogil=True, cache=True)
+def _interval_members(f, g, iv_key, iv_group):
+    """Of feature f's interval slots: how many hold interval g, which of those has the largest key
+    (-1 if none), and the first free slot (-1 if none)."""
+    count = 0
+    largest = -1
+    free = -1
+    for s in range(iv_group.shape[1]):
+        gs = iv_group[f, s]
+        if gs == g:
+            count += 1
+            if largest < 0 or iv_key[f, s] > iv_key[f, largest]:
+                largest = s
+        elif gs < 0 and free < 0:
+            free = s
+    return count, largest, free
+
+
+@njit(nogil=True, cache=True)
+def _interval_threshold(f, g, iv_key, iv_group, capacity):
+    """The key a candidate must stay below to enter interval g of feature f: the largest kept key
+    when the interval is full, 2**64 - 1 (anything enters) while it has room."""
+    count, largest, _ = _interval_members(f, g, iv_key, iv_group)
+    return iv_key[f, largest] if count >= capacity else np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@njit(nogil=True, cache=True)
 def _regroup(f, iv_value, iv_key, iv_group, iv_pending, max_act, n_intervals, capacity):
     """After feature f's maximum grew: move its kept interval samples to the intervals the new
     maximum gives them, and evict from every over-full interval its largest keys."""
-    n_slots = iv_group.shape[1]
-    for s in range(n_slots):
+    for s in range(iv_group.shape[1]):
         if iv_group[f, s] >= 0:
             iv_group[f, s] = interval_of(iv_value[f, s], max_act[f], n_intervals)
     for g in range(n_intervals):
-        count = 0
-        for s in range(n_slots):
-            count += iv_group[f, s] == g
+        count, largest, _ = _interval_members(f, g, iv_key, iv_group)
         while count > capacity:
-            worst = -1
-            for s in range(n_slots):
-                if iv_group[f, s] == g and (worst < 0 or iv_key[f, s] > iv_key[f, worst]):
-                    worst = s
-            iv_group[f, worst] = -1
-            iv_pending[f, worst] = -1
-            count -= 1
+            iv_group[f, largest] = -1
+            iv_pending[f, largest] = -1
+            count, largest, _ = _interval_members(f, g, iv_key, iv_group)
 
 
 @njit(nogil=True, cache=True)
@@ -296,20 +315,6 @@ def _entries_by_feature(mask, row_ptr, features, values, d_sae):
 
 
 @njit(nogil=True, cache=True)
-def _interval_threshold(f, g, iv_key, iv_group, capacity):
-    """The key a candidate must stay below to enter interval g of feature f: the largest kept key
-    when the interval is full, 2**64 - 1 (anything enters) while it has room."""
-    count = 0
-    largest = np.uint64(0)
-    for s in range(iv_group.shape[1]):
-        if iv_group[f, s] == g:
-            count += 1
-            if iv_key[f, s] > largest:
-                largest = iv_key[f, s]
-    return largest if count >= capacity else np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-@njit(nogil=True, cache=True)
 def update_records(tokens, mask, row_ptr, features, values, first_ordinal, seed,
                    act_count, act_sum, max_act, fine_hist, hist_low, hist_per_decade,
                    top_value, top_count, top_min_slot, top_pending, top_tokens, top_acts, top_max_pos,
@@ -331,7 +336,6 @@ def update_records(tokens, mask, row_ptr, features, values, first_ordinal, seed,
     analyzed.
     """
     d_sae, top_k = top_value.shape
-    n_slots = iv_group.shape[1]
     n_bins = fine_hist.shape[1]
     entry, position, ordinal_of, starts, n_analyzed = _entries_by_feature(mask, row_ptr, features, values, d_sae)
     touched_top = np.empty((len(entry), 2), np.int64)
@@ -383,20 +387,10 @@ def update_records(tokens, mask, row_ptr, features, values, first_ordinal, seed,
             key = random_key(seed, first_ordinal + ordinal_of[p], f, d_sae)
             if key >= thresholds[g]:
                 continue
-            count = 0
-            worst = -1
-            free = -1
-            for s in range(n_slots):
-                gs = iv_group[f, s]
-                if gs == g:
-                    count += 1
-                    if worst < 0 or iv_key[f, s] > iv_key[f, worst]:
-                        worst = s
-                elif gs < 0 and free < 0:
-                    free = s
+            count, largest, free = _interval_members(f, g, iv_key, iv_group)
             # A group with room leaves a free slot (groups hold at most `capacity`); a full one
             # gives up its largest key, which this key beats.
-            slot = free if count < capacity else worst
+            slot = free if count < capacity else largest
             iv_value[f, slot] = v
             iv_key[f, slot] = key
             iv_group[f, slot] = g

@@ -77,6 +77,11 @@ class SparseFeatureActs(NamedTuple):
     def n_tokens(self) -> int:
         return len(self.row_ptr) - 1
 
+    @staticmethod
+    def row_ptr_of(lengths: Tensor) -> Tensor:
+        """row_ptr [n + 1] of rows with `lengths` [n] entries each."""
+        return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+
     def to_dense(self) -> Tensor:
         """float32 [n, d_sae]."""
         rows = torch.repeat_interleave(torch.arange(self.n_tokens), self.row_ptr.diff())
@@ -95,9 +100,7 @@ class SparseFeatureActs(NamedTuple):
         if dense.device.type != "cpu":  # nonzero on the device, then only the entries travel
             rows, features = (dense > 0).nonzero(as_tuple=True)
             values = dense[rows, features].float().cpu()
-            counts = torch.bincount(rows, minlength=n).cpu()
-            row_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-            return cls(row_ptr, features.cpu(), values, d_sae)
+            return cls(cls.row_ptr_of(torch.bincount(rows, minlength=n).cpu()), features.cpu(), values, d_sae)
         dense = dense.detach().float().contiguous().numpy()
         nnz = int(np.count_nonzero(dense > 0))
         row_ptr, features, values = np.empty(n + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, np.float32)
@@ -361,7 +364,7 @@ class SparseAutoencoder(nn.Module):
             return acts
         all_lengths = torch.zeros(n_all, dtype=torch.int64)
         all_lengths[selected.cpu()] = lengths
-        return acts._replace(row_ptr=torch.cat([all_lengths.new_zeros(1), all_lengths.cumsum(0)]))
+        return acts._replace(row_ptr=SparseFeatureActs.row_ptr_of(all_lengths))
 
     def _cpu_pre_act_blocks(self, centered: Tensor) -> Iterator[tuple[int, Tensor]]:
         """(start, pre-activations of centered[start:start + ENCODE_CHUNK_TOKENS]) block by block.
