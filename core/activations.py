@@ -1,6 +1,6 @@
 """Activations of a hook point: model forward stopped after the hook's block, and a shuffle buffer.
 
-`ActivationSource` turns token batches into flat activations `[n_tokens, d_model]` of one hook,
+`ActivationSource` turns token batches into flat activations `[n_tokens, d_in]` of one hook,
 dropping BOS / EOS / pad positions. `ActivationBuffer` mixes them: it holds at most
 `buffer_tokens` activations, refills itself when half empty, and serves shuffled training
 batches, so memory is bounded by the buffer size whatever the number of training tokens.
@@ -27,12 +27,14 @@ class ActivationSource:
 
     @torch.no_grad()
     def activations_of(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Hook activations [batch, seq, d] of `tokens` [batch, seq]; later blocks never run."""
+        """Hook activations [batch, seq, d_in] of `tokens` [batch, seq]; later blocks never run.
+        Per-head activations ([batch, seq, n_heads, d_head], `attn.hook_z`) come flattened."""
         tokens = tokens.to(self.model.device)
         _, cache = self.model.bridge.run_with_cache(
             tokens, names_filter=[self.hook_name], stop_at_layer=self.stop_at_layer, return_cache_object=False
         )
-        return cache[self.hook_name]
+        acts = cache[self.hook_name]
+        return acts.reshape(*acts.shape[:2], -1)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self
@@ -113,7 +115,7 @@ class ActivationBuffer:
         self._n = len(acts)
         self._storage[:self._n] = acts.to(self._storage.device, self._storage.dtype)
         self._leftover = state["leftover"].to("cpu", self._storage.dtype)
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a CPU generator takes a CPU state only
         self.tokens_generated = int(state["tokens_generated"])
 
 

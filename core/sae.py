@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ARCHITECTURES, ConfigError, SAEConfig
+from .files import publish, temp_sibling
 
 FORMAT_VERSION = 1
 """Version of the on-disk dictionary format written by `SparseAutoencoder.save`."""
@@ -45,8 +44,10 @@ ENCODE_CHUNK_TOKENS = 256
 """Tokens whose pre-activations `encode_sparse` computes at once on CPU: a [256, d_sae] block
 stays in cache from the matmul to the top-k, where a whole batch's would go through memory twice."""
 
-BATCHTOPK_THRESHOLD_DECAY = 0.999
-"""Decay of the exponential moving average that estimates the batchtopk inference threshold."""
+BATCHTOPK_THRESHOLD_DECAY = 0.99
+"""Decay of the bias-corrected moving average that estimates the batchtopk inference threshold
+during training (it weighs about the last 100 steps); the trainer recalibrates it on the final
+encoder before saving (`calibrate_threshold`)."""
 
 # Keys `save` writes itself; `extra` may not override them.
 _RESERVED_KEYS = ("format_version", "architecture", "d_in", "d_sae", "hook_name", "model_name",
@@ -256,6 +257,8 @@ class SparseAutoencoder(nn.Module):
         if cfg.architecture == "batchtopk":
             # -1 means "not estimated yet": until the first training step, encode() acts as a ReLU.
             self.register_buffer("threshold", torch.tensor(-1.0, **factory))
+            # The moving average's sum and total weight (the weight starts at 0: no bias towards an initial guess).
+            self.register_buffer("threshold_average", torch.zeros(2, **factory))
         self.register_buffer("normalization_scale", torch.tensor(1.0, **factory))
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -488,12 +491,33 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def _update_threshold(self, feature_acts: Tensor) -> None:
-        """EMA of the smallest positive activation kept by batch top-k (no host sync)."""
+        """Fold this batch's smallest kept activation into the threshold's bias-corrected moving
+        average (no host sync); a batch where nothing fired leaves it as it was."""
         smallest = torch.where(feature_acts > 0, feature_acts, torch.inf).min()
-        ema = BATCHTOPK_THRESHOLD_DECAY * self.threshold + (1 - BATCHTOPK_THRESHOLD_DECAY) * smallest
-        updated = torch.where(self.threshold < 0, smallest, ema)  # first estimate: no history to average
-        # A batch where nothing fired (smallest == inf) leaves the threshold as it was.
-        self.threshold.copy_(torch.where(torch.isfinite(smallest), updated, self.threshold))
+        fired = torch.isfinite(smallest)
+        decay = BATCHTOPK_THRESHOLD_DECAY
+        update = torch.stack([torch.where(fired, smallest, 0.0), fired.to(smallest.dtype)]) * (1 - decay)
+        average = torch.where(fired, decay * self.threshold_average + update, self.threshold_average)
+        self.threshold_average.copy_(average)
+        self.threshold.copy_(torch.where(average[1] > 0, average[0] / average[1].clamp_min(1e-30), self.threshold))
+
+    @torch.no_grad()
+    def calibrate_threshold(self, batches: Iterable[Tensor]) -> float:
+        """Set the batchtopk inference threshold from the current encoder: the mean, over training
+        batches of NORMALIZED activations [batch, d_in], of the smallest activation batch top-k keeps.
+        Inference then keeps about k latents per token on the same distribution. Returns it."""
+        if self.cfg.architecture != "batchtopk":
+            raise ValueError(f"calibrate_threshold is for batchtopk dictionaries, not {self.cfg.architecture}.")
+        values = []
+        for x in batches:
+            kept = self._top_k_per_batch(self._pre_acts(x.to(self.device, self.dtype)))
+            smallest = torch.where(kept > 0, kept, torch.inf).min()
+            if torch.isfinite(smallest):
+                values.append(smallest)
+        if not values:
+            raise ValueError("calibrate_threshold: no latent fired on the given batches.")
+        self.threshold.copy_(torch.stack(values).mean())
+        return float(self.threshold)
 
     def _auxk_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, dead_mask: Tensor | None) -> Tensor:
         """AuxK (Gao et al. 2024): the top dead latents reconstruct the residual x - x_hat."""
@@ -627,18 +651,16 @@ class SparseAutoencoder(nn.Module):
         tensors = {name: t.cpu() for name, t in self._folded_tensors().items()}
 
         folder.mkdir(parents=True, exist_ok=True)
-        weights_tmp = _temp_path(folder, WEIGHTS_FILENAME)
-        config_tmp = _temp_path(folder, CONFIG_FILENAME)
+        weights_tmp = temp_sibling(folder / WEIGHTS_FILENAME)
+        config_tmp = temp_sibling(folder / CONFIG_FILENAME)
         try:
             save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-            _fsync(weights_tmp)
             config_tmp.write_text(config_text)
-            _fsync(config_tmp)
             # Drop the old config first: a crash between the two renames then leaves a folder
             # without config.json ("not a dictionary"), never new weights under an old config.
             (folder / CONFIG_FILENAME).unlink(missing_ok=True)
-            os.replace(weights_tmp, folder / WEIGHTS_FILENAME)
-            os.replace(config_tmp, folder / CONFIG_FILENAME)
+            publish(weights_tmp, folder / WEIGHTS_FILENAME)
+            publish(config_tmp, folder / CONFIG_FILENAME)
         finally:
             weights_tmp.unlink(missing_ok=True)
             config_tmp.unlink(missing_ok=True)
@@ -732,17 +754,6 @@ def load_dictionary(
 ) -> SparseAutoencoder:
     """Load a dictionary folder; same as `SparseAutoencoder.load`."""
     return SparseAutoencoder.load(path, device=device, dtype=dtype)
-
-
-def _temp_path(folder: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    return Path(path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _json_default(value: Any) -> Any:

@@ -54,7 +54,6 @@ import contextlib
 import json
 import math
 import operator
-import os
 import random
 import re
 import sqlite3
@@ -65,6 +64,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
+
+from .files import publish
 
 SCHEMA_VERSION = 1
 STORE_FILENAME = "features.sqlite"
@@ -536,9 +537,7 @@ class FeatureStoreWriter:
             self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('complete', 'true')")
             self._conn.close()
             self._conn = None
-            with open(self.partial_path, "rb+") as f:  # make the data durable before the rename publishes it
-                os.fsync(f.fileno())
-            os.replace(self.partial_path, self.path)
+            publish(self.partial_path, self.path)  # durable before the rename makes it visible
         except BaseException:
             self.abort()
             raise

@@ -8,8 +8,18 @@ Layout of a run folder `results/<exp_name>/`:
     dictionary/              the final dictionary (config.json + sae.safetensors, metrics inside)
 
 Resumption is exact: a checkpoint holds the SAE, Adam's moments, the step and tokens seen, the
-shuffle buffer's contents and generator, the feature-activity tracker, and how many sequences of
-the dataset were consumed, so a stopped run continues to the same weights as an uninterrupted one.
+shuffle buffer's contents and generator, the feature-activity tracker, the RNG, and the data
+position (epoch, the dataset's shard and offset, the tokens carried over; see
+`core.data.PackedSequences`), so a stopped run continues to the same weights as an uninterrupted
+one, however many times the data wrapped, without re-reading what came before.
+
+The evaluation sequences are cut from the first documents of the dataset, and every epoch of
+training starts after them (`core.data.held_out_sequences`), so evaluations are on held-out text.
+
+SIGINT and SIGTERM stop the run at the end of the current step: a checkpoint is written, and
+`TrainingInterrupted` says where; starting the same run again resumes from it. Checkpoints are
+written through `core.files.publish` (every file and folder synced before the rename) and older
+ones are pruned only after the new one is durable.
 """
 
 from __future__ import annotations
@@ -17,9 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -30,14 +40,18 @@ from safetensors.torch import load_file, save_file
 
 from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
 from .config import ConfigError, TrainingConfig, resolve_device, torch_dtype
-from .data import TokenBatches
+from .data import TokenBatches, held_out_sequences
 from .evals import EvalResult, FeatureActivityTracker, evaluate, explained_variance
+from .files import atomic_write, publish, remove_tree, temp_sibling
 from .lm import LanguageModel, load_language_model
 from .sae import SparseAutoencoder
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = ("sae.safetensors", "trainer_state.pt", "state.json")
+THRESHOLD_CALIBRATION_BATCHES = 8
+"""Training batches (from the shuffle buffer, not consumed) on which a batchtopk dictionary's
+inference threshold is set from the final encoder before it is saved."""
 
 
 class TrainingResult(NamedTuple):
@@ -49,6 +63,15 @@ class TrainingResult(NamedTuple):
     """Optimizer steps taken in total."""
     tokens: int
     """Training tokens seen in total."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint; start the same run again to resume."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path):
+        super().__init__(f"{signal_name} received: stopped at step {step} and saved {checkpoint}; run the same "
+                         f"command again to resume from there.")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
 
 
 def learning_rate(step: int, total_steps: int, cfg) -> float:
@@ -77,6 +100,34 @@ def sparsity_coefficient(step: int, cfg: TrainingConfig) -> Optional[float]:
     return base * min(1.0, (step + 1) / warmup) if warmup else base
 
 
+class StopSignals:
+    """While active (a `with` block in the main thread), SIGINT and SIGTERM only set `received`;
+    the trainer checks it between steps. A second signal stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: Optional[str] = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        self.received = signal.Signals(signum).name
+        log.warning("%s received: stopping after this step and writing a checkpoint (send it again to stop at "
+                    "once).", self.received)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
 class Trainer:
     """Trains one dictionary as configured; `Trainer(cfg).run()` does everything."""
 
@@ -90,42 +141,42 @@ class Trainer:
         checkpoint = self._prepare_run_dir()
         self._seed(cfg.seed)
         self.model = model if model is not None else load_language_model(cfg.model, self.device)
-        self.model.check_hook_name(cfg.activations.hook_name)
-
-        # Evaluation batches come first in the data; training starts after them.
         act_cfg = cfg.activations
-        self.n_eval_sequences = 2 * cfg.trainer.eval_batches * act_cfg.model_batch_size
-        eval_stream = self._token_batches(skip=0)
-        self.eval_batches = [next(eval_stream) for _ in range(2 * cfg.trainer.eval_batches)]
-        state = json.loads((checkpoint / "state.json").read_text()) if checkpoint else {}
-        self.token_batches = self._token_batches(skip=state.get("sequences_served", self.n_eval_sequences))
+        self.d_in = self.model.hook_width(act_cfg.hook_name)  # also refuses unknown / non-per-token hooks
+        state, trainer_state = self._read_checkpoint(checkpoint) if checkpoint else ({}, {})
+
+        # The evaluation sequences are the dataset's first documents; training starts after them.
+        m = self.model
+        held_out = held_out_sequences(cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
+                                      separator_token_id=m.separator_token_id, cache_dir=cfg.model.cache_dir,
+                                      n_sequences=2 * cfg.trainer.eval_batches * act_cfg.model_batch_size)
+        self.eval_batches = list(torch.tensor(held_out.sequences, dtype=torch.long).split(act_cfg.model_batch_size))
+        self.token_batches = TokenBatches(cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
+                                          separator_token_id=m.separator_token_id,
+                                          batch_size=act_cfg.model_batch_size, cache_dir=cfg.model.cache_dir,
+                                          first_document=held_out.n_documents, seed=cfg.seed,
+                                          position=trainer_state.get("data"))
         self.source = ActivationSource(self.model, act_cfg.hook_name, self.token_batches)
-        self.buffer = ActivationBuffer(self.source, d_in=self.model.d_model, buffer_tokens=act_cfg.buffer_tokens,
+        self.buffer = ActivationBuffer(self.source, d_in=self.d_in, buffer_tokens=act_cfg.buffer_tokens,
                                        batch_size=act_cfg.train_batch_size, dtype=torch_dtype(act_cfg.store_dtype),
                                        device=self.device, seed=cfg.seed)
-        self.sae = SparseAutoencoder(cfg.sae, self.model.d_model, hook_name=act_cfg.hook_name,
+        self.sae = SparseAutoencoder(cfg.sae, self.d_in, hook_name=act_cfg.hook_name,
                                      model_name=cfg.model.name, device=self.device, dtype=torch_dtype(cfg.dtype))
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.trainer.lr,
                                           betas=(cfg.trainer.adam_beta1, cfg.trainer.adam_beta2))
+        dead_threshold = cfg.sae.resolve_dead_tokens_threshold(cfg.trainer.total_training_tokens)
         self.tracker = FeatureActivityTracker(self.sae.d_sae, window_tokens=cfg.trainer.feature_density_window_tokens,
-                                              dead_tokens_threshold=cfg.sae.dead_tokens_threshold,
+                                              dead_tokens_threshold=dead_threshold,
                                               dense_threshold=cfg.trainer.dense_feature_threshold, device=self.device)
         self.step = 0
         self.tokens_seen = 0
         if checkpoint:
-            self._load_checkpoint(checkpoint, state)
+            self._restore(checkpoint, state, trainer_state)
         else:
             self._initialize_sae()
         self.wandb_run = None
 
     # ------------------------------------------------------------------ setup
-
-    def _token_batches(self, skip: int) -> TokenBatches:
-        m = self.model
-        return TokenBatches(self.cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
-                            separator_token_id=m.separator_token_id,
-                            batch_size=self.cfg.activations.model_batch_size,
-                            cache_dir=self.cfg.model.cache_dir, skip_sequences=skip)
 
     def _seed(self, seed: int) -> None:
         random.seed(seed)
@@ -152,8 +203,13 @@ class Trainer:
                         raise ConfigError(f"Cannot resume {run_dir}: its `{part}` config differs from this run's; "
                                           f"restore it or choose a new exp_name.")
             log.info("Resuming %s from %s.", run_dir, checkpoint)
+        # Checkpoints a killed run was still writing (hidden temporary folders) are thrown away.
+        for leftover in (run_dir / "checkpoints").glob(".step_*.tmp") if (run_dir / "checkpoints").is_dir() else ():
+            remove_tree(leftover)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg.save_json(saved_config)
+        # Lines logged after the checkpoint (all of them without one) are logged again by this run.
+        _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name[len("step_"):]) if checkpoint else 0)
         return checkpoint
 
     @torch.no_grad()
@@ -168,42 +224,54 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """Write a resumable checkpoint atomically (temp folder, then rename) and prune old ones."""
+        """Write a resumable checkpoint durably (a hidden temporary folder, synced, then renamed)
+        and prune the oldest ones beyond `keep_checkpoints`."""
         target = self.run_dir / "checkpoints" / f"step_{self.step}"
-        tmp = target.with_name(target.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.sae.state_dict().items()}, tmp / "sae.safetensors")
-        torch.save({"optimizer": self.optimizer.state_dict(), "buffer": self.buffer.state_dict(),
-                    "tracker": self.tracker.state_dict(), "torch_rng": torch.get_rng_state()},
-                   tmp / "trainer_state.pt")
-        state = {"step": self.step, "tokens_seen": self.tokens_seen,
-                 "sequences_served": self.token_batches.sequences_served,
-                 "buffer_tokens_generated": self.buffer.tokens_generated}
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        tmp = temp_sibling(target, folder=True)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.sae.state_dict().items()},
+                      tmp / "sae.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "buffer": self.buffer.state_dict(),
+                        "tracker": self.tracker.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "data": self.token_batches.position()}, tmp / "trainer_state.pt")
+            state = {"step": self.step, "tokens_seen": self.tokens_seen, "epoch": self.token_batches.epoch,
+                     "sequences_served": self.token_batches.sequences_served,
+                     "first_training_document": self.token_batches.sequences.first_document,
+                     "buffer_tokens_generated": self.buffer.tokens_generated}
+            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+            publish(tmp, target)
+        finally:
+            if tmp.exists():
+                remove_tree(tmp)
         for old in list_checkpoints(self.run_dir)[:-self.cfg.trainer.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
         return target
 
-    def _load_checkpoint(self, checkpoint: Path, state: dict) -> None:
+    @staticmethod
+    def _read_checkpoint(checkpoint: Path) -> tuple[dict, dict]:
+        """(state.json, trainer_state.pt) of a checkpoint; everything is loaded on the CPU (generator
+        states must stay there) and moved where it belongs by `_restore`."""
         try:
-            self.sae.load_state_dict(load_file(checkpoint / "sae.safetensors", device=str(self.device)))
+            state = json.loads((checkpoint / "state.json").read_text())
             # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-            trainer_state = torch.load(checkpoint / "trainer_state.pt", map_location=self.device, weights_only=True)
+            trainer_state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=True)
         except Exception as e:
             raise ConfigError(f"Checkpoint {checkpoint} is unreadable ({type(e).__name__}: {str(e)[:200]}); delete "
                               f"that folder to resume from an earlier one.") from e
-        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        return state, trainer_state
+
+    def _restore(self, checkpoint: Path, state: dict, trainer_state: dict) -> None:
+        try:
+            self.sae.load_state_dict(load_file(checkpoint / "sae.safetensors", device="cpu"))
+        except Exception as e:
+            raise ConfigError(f"Checkpoint {checkpoint} is unreadable ({type(e).__name__}: {str(e)[:200]}); delete "
+                              f"that folder to resume from an earlier one.") from e
+        self.optimizer.load_state_dict(trainer_state["optimizer"])  # moves the moments to the parameters' device
         self.buffer.load_state_dict(trainer_state["buffer"])
         self.tracker.load_state_dict(trainer_state["tracker"])
-        torch.set_rng_state(trainer_state["torch_rng"].cpu())
+        torch.set_rng_state(trainer_state["torch_rng"])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
 
     # ------------------------------------------------------------------ logging
 
@@ -255,6 +323,15 @@ class Trainer:
                 "explained_variance": explained_variance(x, out.x_hat.detach()), "lr": lr,
                 **({"sparsity_coefficient": coefficient} if coefficient is not None else {})}
 
+    def _calibrate_threshold(self) -> None:
+        """batchtopk: set the inference threshold from the final encoder (see THRESHOLD_CALIBRATION_BATCHES)."""
+        if self.cfg.sae.architecture != "batchtopk":
+            return
+        batch = self.cfg.activations.train_batch_size
+        held = self.buffer.peek(THRESHOLD_CALIBRATION_BATCHES * batch).float() * self.sae.normalization_scale
+        threshold = self.sae.calibrate_threshold(held.split(batch))
+        log.info("batchtopk inference threshold set to %.4g on %d buffered activations.", threshold, len(held))
+
     def run(self) -> TrainingResult:
         from tqdm.auto import tqdm
 
@@ -264,29 +341,37 @@ class Trainer:
                         desc=cfg.exp_name, dynamic_ncols=True)
         started, start_tokens = time.perf_counter(), self.tokens_seen
         self.sae.train()
-        try:
-            while self.step < self.total_steps:
-                metrics = self.train_step(self.buffer.next_batch())
-                progress.update(1)
-                if self.step % cfg.logging.log_every_steps == 0 or self.step == self.total_steps:
-                    elapsed = time.perf_counter() - started
-                    tokens_per_s = (self.tokens_seen - start_tokens) / max(elapsed, 1e-9)
-                    record = {**metrics, **self.tracker.stats(), "tokens_per_s": tokens_per_s}
-                    self._log(record)
-                    progress.set_postfix(tok_s=f"{tokens_per_s:,.0f}", L0=f"{metrics['l0']:.1f}",
-                                         EV=f"{metrics['explained_variance']:.3f}", refresh=False)
-                if self.step % cfg.trainer.eval_every_steps == 0 and self.step < self.total_steps:
-                    self._log({"eval": self.evaluate().scalars()})
-                if cfg.trainer.checkpoint_every_steps and self.step % cfg.trainer.checkpoint_every_steps == 0 \
-                        and self.step < self.total_steps:
-                    self.save_checkpoint()
-        finally:
-            progress.close()
-        final = self.evaluate(final=True)
-        self._log({"final_eval": final.scalars()})
-        path = self.sae.save(self.run_dir / "dictionary", metrics=final.to_dict(), extra={
-            "exp_name": cfg.exp_name, "dataset": cfg.dataset.path, "context_size": cfg.dataset.context_size,
-            "training_tokens": self.tokens_seen, "training_steps": self.step})
+        with StopSignals() as stop:
+            try:
+                while self.step < self.total_steps and stop.received is None:
+                    metrics = self.train_step(self.buffer.next_batch())
+                    progress.update(1)
+                    if self.step % cfg.logging.log_every_steps == 0 or self.step == self.total_steps:
+                        elapsed = time.perf_counter() - started
+                        tokens_per_s = (self.tokens_seen - start_tokens) / max(elapsed, 1e-9)
+                        record = {**metrics, **self.tracker.stats(), "tokens_per_s": tokens_per_s}
+                        self._log(record)
+                        progress.set_postfix(tok_s=f"{tokens_per_s:,.0f}", L0=f"{metrics['l0']:.1f}",
+                                             EV=f"{metrics['explained_variance']:.3f}", refresh=False)
+                    if self.step % cfg.trainer.eval_every_steps == 0 and self.step < self.total_steps:
+                        self._log({"eval": self.evaluate().scalars()})
+                    if cfg.trainer.checkpoint_every_steps and self.step % cfg.trainer.checkpoint_every_steps == 0 \
+                            and self.step < self.total_steps:
+                        self.save_checkpoint()
+            finally:
+                progress.close()
+            if stop.received is not None:
+                checkpoint = self.save_checkpoint()
+                if self.wandb_run is not None:
+                    self.wandb_run.finish()
+                raise TrainingInterrupted(stop.received, self.step, checkpoint)
+            self._calibrate_threshold()
+            final = self.evaluate(final=True)
+            self._log({"final_eval": final.scalars()})
+            path = self.sae.save(self.run_dir / "dictionary", metrics=final.to_dict(), extra={
+                "exp_name": cfg.exp_name, "model": cfg.model.to_dict(), "dataset": cfg.dataset.path,
+                "context_size": cfg.dataset.context_size, "training_tokens": self.tokens_seen,
+                "training_steps": self.step})
         if self.wandb_run is not None:
             self.wandb_run.summary.update(final.scalars())
             self.wandb_run.finish()
@@ -311,11 +396,19 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after `step` (they are logged again by the resumed run)."""
+    """Drop metric lines logged after `step` (the resumed run logs them again), and a last line
+    torn by a kill, in one atomic rewrite."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write(path, "".join(line + "\n" for line in kept))
 
 
 def train(cfg: TrainingConfig, model: Optional[LanguageModel] = None) -> TrainingResult:

@@ -61,7 +61,8 @@ class Metrics(BaseModel):
     ce_loss_reconstructed: Optional[float] = None
     ce_loss_zero_ablation: Optional[float] = None
     kl_divergence: Optional[float] = None
-    dead_features: Optional[Union[int, float]] = None
+    unfired_features: Optional[Union[int, float]] = None
+    dead_features: Optional[Union[int, float]] = Field(None, description="older dictionaries' name of unfired_features")
     dense_features: Optional[Union[int, float]] = None
 
 

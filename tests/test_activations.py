@@ -43,14 +43,14 @@ def test_buffer_state_round_trip_reproduces_future_batches(tiny_model):
     for _ in range(5):
         a.next_batch()
     state = a.state_dict()
-    sequences = a.source.token_batches.sequences_served
+    position = a.source.token_batches.position()
     expected = [a.next_batch() for _ in range(6)]
 
     b = make()
     b.source.token_batches = TokenBatches(DatasetConfig(context_size=32), tiny_model.tokenizer,
                                           bos_token_id=tiny_model.bos_token_id,
                                           separator_token_id=tiny_model.separator_token_id, batch_size=4,
-                                          skip_sequences=sequences)
+                                          position=position)
     b.load_state_dict(state)
     for want in expected:
         torch.testing.assert_close(b.next_batch(), want)

@@ -125,6 +125,28 @@ def test_topk_keeps_exactly_k_largest_per_token():
     assert torch.equal(sae.encode(x), out.feature_acts)
 
 
+def test_batchtopk_threshold_follows_the_recent_encoder_and_calibrates_to_k():
+    sae = make_sae("batchtopk")
+    data = SparseData(seed=3)
+    for _ in range(300):
+        sae.training_forward(data.batch(64))
+    early = sae.threshold.item()
+    for _ in range(500):  # the inputs (so the pre-activations) grow 3x: early steps must not hold it back
+        sae.training_forward(3 * data.batch(64))
+    recent = [sae._top_k_per_batch(sae._pre_acts(3 * data.batch(64))) for _ in range(20)]
+    recent_smallest = torch.stack([r[r > 0].min() for r in recent]).mean().item()
+    assert sae.threshold.item() == pytest.approx(recent_smallest, rel=0.1)
+    assert sae.threshold.item() > 1.5 * early
+    # Calibration on batches from the final encoder: inference keeps about k latents per token.
+    held = [3 * data.batch(64) for _ in range(8)]
+    sae.calibrate_threshold(held)
+    sae.eval()
+    test = 3 * data.batch(512)
+    assert (sae.encode(test) != 0).sum(-1).float().mean().item() == pytest.approx(K, rel=0.1)
+    with pytest.raises(ValueError, match="batchtopk"):
+        make_sae("topk").calibrate_threshold(held)
+
+
 def test_batchtopk_training_keeps_k_per_token_on_average_and_learns_threshold():
     sae = make_sae("batchtopk")
     x = SparseData().batch(64)
@@ -137,12 +159,13 @@ def test_batchtopk_training_keeps_k_per_token_on_average_and_learns_threshold():
     smallest_kept = out.feature_acts[out.feature_acts > 0].min()
     assert sae.threshold.item() == pytest.approx(smallest_kept.item())  # first step: no EMA history
 
-    # Later steps move the threshold by an EMA with decay BATCHTOPK_THRESHOLD_DECAY.
+    # Later steps move the threshold by a bias-corrected moving average with decay
+    # BATCHTOPK_THRESHOLD_DECAY: no weight on an initial guess.
     x2 = SparseData(seed=5).batch(64)
     out2 = sae.training_forward(x2)
     smallest2 = out2.feature_acts[out2.feature_acts > 0].min().item()
     decay = sae_module.BATCHTOPK_THRESHOLD_DECAY
-    expected = decay * smallest_kept.item() + (1 - decay) * smallest2
+    expected = (decay * smallest_kept.item() + smallest2) / (decay + 1)
     assert sae.threshold.item() == pytest.approx(expected, rel=1e-5)
 
     # Not updated in eval mode.
@@ -455,14 +478,16 @@ def test_failed_save_keeps_previous_dictionary(tmp_path, monkeypatch):
 
 def test_crash_between_renames_never_pairs_new_weights_with_old_config(tmp_path, monkeypatch):
     make_sae("topk", seed=1).save(tmp_path)
-    real_replace = sae_module.os.replace
+    import core.files
+
+    real_replace = core.files.os.replace
 
     def replace(src, dst):
         if Path(dst).name == "config.json":
             raise OSError("killed")
         real_replace(src, dst)
 
-    monkeypatch.setattr(sae_module.os, "replace", replace)
+    monkeypatch.setattr(core.files.os, "replace", replace)
     with pytest.raises(OSError, match="killed"):
         make_sae("relu", seed=2).save(tmp_path)
     monkeypatch.undo()

@@ -104,7 +104,7 @@ def test_list_dictionaries(client, tiny_dictionary, tiny_gpt2_dir):
     assert d["analyses"] == ["default"]
     # The scalar evaluation metrics, as saved; nested ones (histograms) stay in the config.
     assert d["metrics"]["l0"] == pytest.approx(config["metrics"]["l0"])
-    assert {"explained_variance", "ce_loss_recovered", "dead_features"} <= set(d["metrics"])
+    assert {"explained_variance", "ce_loss_recovered", "unfired_features"} <= set(d["metrics"])
     assert all(isinstance(v, (int, float)) or v is None for v in d["metrics"].values())
 
 

@@ -1,6 +1,7 @@
 """Training end to end on the tiny GPT-2: every architecture, exact resume, schedules, bad input."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -39,11 +40,13 @@ def test_each_architecture_trains_and_saves_an_evaluated_dictionary(architecture
 
 
 def _eval_batches(cfg, model):
-    from core import TokenBatches
+    """The evaluation sequences of a run of `cfg`: the held-out start of the dataset."""
+    from core import held_out_sequences
 
-    batches = TokenBatches(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
-                           separator_token_id=model.separator_token_id, batch_size=cfg.activations.model_batch_size)
-    return [next(batches) for _ in range(2 * cfg.trainer.eval_batches)]
+    mbs = cfg.activations.model_batch_size
+    held = held_out_sequences(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
+                              separator_token_id=model.separator_token_id, n_sequences=2 * cfg.trainer.eval_batches * mbs)
+    return list(torch.tensor(held.sequences).split(mbs))
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_gpt2_dir, tiny_model, tmp_path):
@@ -134,10 +137,12 @@ def test_learning_rate_schedules():
     assert learning_rate(100, 110, cfg) == 1.0
 
 
-def test_evaluate_an_exact_dictionary_recovers_all_loss(tiny_model, tiny_gpt2_dir):
-    """relu(x) - relu(-x) = x: an SAE with W_enc = [I, -I], W_dec = [I; -I] reconstructs perfectly."""
-    d = tiny_model.d_model
-    sae = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=2 * d), d, hook_name=TINY_HOOK,
+@pytest.mark.parametrize("hook", [TINY_HOOK, "blocks.0.attn.hook_z"])
+def test_evaluate_an_exact_dictionary_recovers_all_loss(hook, tiny_model, tiny_gpt2_dir):
+    """relu(x) - relu(-x) = x: an SAE with W_enc = [I, -I], W_dec = [I; -I] reconstructs perfectly,
+    also on per-head activations (attn.hook_z, heads flattened, spliced back per head)."""
+    d = tiny_model.hook_width(hook)
+    sae = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=2 * d), d, hook_name=hook,
                             model_name=str(tiny_gpt2_dir))
     eye = torch.eye(d)
     with torch.no_grad():
@@ -150,11 +155,66 @@ def test_evaluate_an_exact_dictionary_recovers_all_loss(tiny_model, tiny_gpt2_di
     assert result.explained_variance == pytest.approx(1.0, abs=1e-5)
     assert result.ce_loss_recovered == pytest.approx(1.0, abs=1e-4)
     assert result.kl_divergence == pytest.approx(0.0, abs=1e-5)
-    assert result.ce_loss_zero_ablation > result.ce_loss_clean
-    assert result.dead_features == 0
+    assert abs(result.ce_loss_zero_ablation - result.ce_loss_clean) > 1e-3  # the splice reaches the loss
+    if hook == TINY_HOOK:
+        assert result.ce_loss_zero_ablation > result.ce_loss_clean and result.unfired_features == 0
 
 
 def test_explained_variance_formula():
     x = torch.randn(100, 8)
     assert explained_variance(x, x) == pytest.approx(1.0)
     assert explained_variance(x, x.mean(0, keepdim=True).expand_as(x)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_saved_batchtopk_dictionary_keeps_about_k_latents_on_held_out_tokens(tiny_gpt2_dir, tiny_model, tmp_path):
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="btk", architecture="batchtopk", steps=60,
+                               lr_schedule="cosine")
+    result = train(cfg, model=tiny_model)
+    sae = load_dictionary(result.dictionary_path)
+    held_out = _eval_batches(cfg, tiny_model)  # the run's evaluation sequences: never trained on
+    x = torch.cat([tiny_model.bridge.run_with_cache(t, names_filter=[TINY_HOOK])[1][TINY_HOOK]
+                   [tiny_model.token_mask(t)] for t in held_out])
+    l0 = (sae.encode(x) != 0).sum(-1).float().mean().item()
+    assert l0 == pytest.approx(cfg.sae.k, rel=0.1)
+    assert result.metrics["l0"] == pytest.approx(l0, rel=1e-5)
+
+
+@pytest.mark.parametrize("hook, shape", [("blocks.1.attn.hook_z", (4, 16)), ("blocks.0.mlp.hook_post", (256,)),
+                                         ("blocks.0.mlp.hook_pre", (256,))])
+def test_hooks_of_other_widths_train_and_splice_back(hook, shape, tiny_gpt2_dir, tiny_model, tmp_path):
+    assert tiny_model.hook_shape(hook) == shape
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="w", steps=20)
+    cfg.activations.hook_name = hook
+    result = train(cfg, model=tiny_model)
+    sae = load_dictionary(result.dictionary_path)
+    assert sae.d_in == math.prod(shape) and sae.d_sae == 2 * sae.d_in
+    # The evaluation spliced the reconstruction back in the hook's own shape: a perfect dictionary
+    # recovers all of the loss there, a zero one none of it.
+    metrics = result.metrics
+    assert metrics["ce_loss_zero_ablation"] != pytest.approx(metrics["ce_loss_clean"], abs=1e-4)
+    assert 0.0 < metrics["explained_variance"] <= 1.0
+
+
+def test_hooks_that_are_not_per_token_are_refused_before_any_compute(tiny_gpt2_dir, tiny_model, tmp_path):
+    from core import HookNameError
+
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="pattern")
+    cfg.activations.hook_name = "blocks.0.attn.hook_pattern"
+    with pytest.raises(HookNameError, match=r"not one vector per token.*hook_resid_post"):
+        Trainer(cfg, model=tiny_model)
+    assert not (tmp_path / "pattern" / "checkpoints").exists()
+
+
+def test_default_dead_threshold_lets_auxk_act_in_a_run_of_any_length(tiny_gpt2_dir, tiny_model, tmp_path):
+    assert SAEConfig().resolve_dead_tokens_threshold(TrainerConfig().total_training_tokens) == 100_000
+    assert SAEConfig().resolve_dead_tokens_threshold(10 ** 10) == 10_000_000
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="auxk", steps=30)
+    cfg.sae.dead_tokens_threshold = None  # a tenth of the run: 384 tokens, 3 steps
+    cfg.sae.expansion_factor, cfg.sae.k = 32, 4  # 2,048 latents, 512 activations a step: some stay silent
+    train(cfg, model=tiny_model)
+    records = [json.loads(line) for line in (tmp_path / "auxk" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("aux_loss", 0) > 0 for r in records)
+    assert any(r.get("dead_features", 0) > 0 for r in records)
+    final = records[-1]["final_eval"]
+    assert "unfired_features" in final and "dead_features" not in final
+

@@ -44,6 +44,8 @@ export interface Metrics {
   ce_loss_reconstructed?: number;
   ce_loss_zero_ablation?: number;
   kl_divergence?: number;
+  unfired_features?: number;
+  /** Older dictionaries' name of unfired_features. */
   dead_features?: number;
   dense_features?: number;
   [key: string]: number | undefined;

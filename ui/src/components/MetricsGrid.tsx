@@ -11,7 +11,8 @@ const KNOWN: Record<string, { label: string; kind: Kind; title: string }> = {
   ce_loss_reconstructed: { label: "CE reconstructed", kind: "float", title: "loss with the activation replaced by its reconstruction" },
   ce_loss_zero_ablation: { label: "CE zero-ablation", kind: "float", title: "loss with the activation set to zero" },
   kl_divergence: { label: "KL divergence", kind: "float", title: "KL(clean ‖ reconstructed) of next-token distributions" },
-  dead_features: { label: "Dead features", kind: "int", title: "features that never fired during evaluation" },
+  unfired_features: { label: "Unfired (eval)", kind: "int", title: "features that never fired on the evaluation tokens (training logs count dead features separately)" },
+  dead_features: { label: "Unfired (eval)", kind: "int", title: "features that never fired on the evaluation tokens (the name older dictionaries use)" },
   dense_features: { label: "Dense features", kind: "int", title: "features that fire on a large fraction of tokens" },
 };
 

@@ -8,7 +8,7 @@ export const dictionarySummary: DictionarySummary = {
   architecture: "topk",
   d_in: 768,
   d_sae: 4608,
-  metrics: { l0: 32, explained_variance: 0.8734, ce_loss_recovered: 0.9412, mse: 0.0041, dead_features: 211 },
+  metrics: { l0: 32, explained_variance: 0.8734, ce_loss_recovered: 0.9412, mse: 0.0041, unfired_features: 211 },
   analyses: ["default"],
 };
 

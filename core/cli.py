@@ -1,0 +1,34 @@
+"""What every entry point shares: errors a user caused end the program with their one-sentence
+message, not a traceback; a run stopped by a signal says where it saved its checkpoint."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Callable, TypeVar
+
+from .config import ConfigError
+from .data import DatasetError
+from .lm import HookNameError, ModelLoadError
+from .sae import DictionaryLoadError
+from .store import StoreError
+from .training import TrainingInterrupted
+
+USER_ERRORS = (ConfigError, DatasetError, DictionaryLoadError, HookNameError, ModelLoadError, StoreError,
+               FileExistsError)
+"""Errors whose message says what is wrong and what to do; anything else is a bug and keeps its traceback."""
+
+T = TypeVar("T")
+
+
+def run_entry_point(main: Callable[..., T], *args, **kwargs) -> T:
+    """Call `main`; a user error exits with status 2 and `error: <message>`, a signal-stopped training
+    run with 128 + the signal's number and where its checkpoint is."""
+    try:
+        return main(*args, **kwargs)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[e.signal_name].value) from None
