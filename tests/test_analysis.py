@@ -453,5 +453,5 @@ def test_example_script_takes_overrides_and_refuses_an_existing_analysis(tiny_an
     command = [sys.executable, "run_analyze_example.py", "--dictionary-path", str(tiny_dictionary),
                "--model.name", str(tiny_gpt2_dir), "--dataset.context-size", "32", "--total-analyzing-tokens", "100"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr  # a user error: one sentence, exit status 2
     assert "set overwrite=True (--overwrite)" in done.stderr and "Traceback" not in done.stderr
