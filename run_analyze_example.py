@@ -30,12 +30,13 @@ from pathlib import Path
 import tyro
 
 from core import AnalysisConfig, DatasetConfig, FeatureStore, LanguageModelConfig, analyze
+from core.config import DICTIONARIES_FOLDER
 from core.cli import run_entry_point
 
 # The dictionary `python run_train_example.py` trains by default (SmolLM2-135M, block 3, built-in
 # corpus). 200k tokens take about 1.5 minutes on a 2-core CPU.
 OFFLINE_PRESET = AnalysisConfig(
-    dictionary_path="results/smollm2-topk-demo/dictionary",
+    dictionary_path="results/smollm2-topk-demo/dictionaries/blocks.3.hook_resid_post",
     analysis_name="default",
     total_analyzing_tokens=200_000,
     top_k=20, n_intervals=5, samples_per_interval=5, context_left=24, context_right=8,
@@ -46,7 +47,7 @@ OFFLINE_PRESET = AnalysisConfig(
 
 # The dictionary of run_train_example.py's GPT-2 preset; 10M tokens of OpenWebText (needs the hub).
 GPT2_PRESET = AnalysisConfig(
-    dictionary_path="results/gpt2-resid6-topk/dictionary",
+    dictionary_path="results/gpt2-resid6-topk/dictionaries/blocks.6.hook_resid_post",
     analysis_name="default",
     total_analyzing_tokens=10_000_000,
     top_k=20, n_intervals=10, samples_per_interval=5, context_left=24, context_right=8,
@@ -68,7 +69,9 @@ def main(cfg: AnalysisConfig) -> None:
     print(f"\nFeature store written to {store.path}")
     print(f"  {summary.n_features:,} features over {summary.n_tokens:,} tokens: "
           f"{summary.n_alive:,} alive, {summary.n_dead:,} dead")
-    results_dir = folder.parents[2]  # <results>/<exp_name>/analysis/<analysis_name>
+    dictionary = Path(cfg.dictionary_path).expanduser().resolve()
+    # <results>/<exp_name>/dictionaries/<name>, or the older <results>/<exp_name>/dictionary
+    results_dir = dictionary.parents[2] if dictionary.parent.name == DICTIONARIES_FOLDER else dictionary.parents[1]
     scan = "" if results_dir == Path("results").resolve() else f"GPT2DICT_RESULTS_DIR={results_dir} "
     print(f"Browse it:   {scan}uvicorn server.app:app --port 24577   then open http://127.0.0.1:24577")
     print(f"Or in a notebook:  FEATURE_STORE={folder} jupyter lab notebooks/observe_feature_activation.ipynb")

@@ -5,11 +5,15 @@ Copy this file to `exp/`, edit the preset you start from, and run it:
     python run_train_example.py                       # offline preset: SmolLM2-135M + built-in corpus
     python run_train_example.py gpt2                  # the real-world GPT-2 settings (needs the hub)
     python run_train_example.py smollm2 --sae.architecture jumprelu --trainer.total-training-tokens 200000
+    python run_train_example.py smollm2 --sweep sae.k=16,32,64 "hook_name=blocks.{2..5}.hook_resid_post"
+    python run_train_example.py smollm2 --activations.cache-path results/activation-caches/smollm2-blocks3-5
     python run_train_example.py --help                # every field, with its documentation
 
-Every field of `TrainingConfig` can be overridden on the command line, after the preset name. Results go to
-`results/<exp_name>/`: config.json, metrics.jsonl, checkpoints/, and the final dictionary/
-(config.json + sae.safetensors, with the final evaluation metrics). A run that is stopped
+Every field of `TrainingConfig` can be overridden on the command line, after the preset name. A run
+trains every dictionary of `dictionaries` (one, on `activations.hook_name`, by default) at every
+point of the `sweep` grid, from one model pass. Results go to `results/<exp_name>/`: config.json,
+metrics.jsonl, checkpoints/, and each final dictionary in dictionaries/<name>/ (config.json +
+sae.safetensors, with the final evaluation metrics). A run that is stopped
 resumes from its newest checkpoint when started again with the same exp_name; Ctrl-C (SIGINT) or
 SIGTERM stops it after the current step with a checkpoint written.
 
@@ -20,6 +24,7 @@ Next: `python run_analyze_example.py` analyzes the dictionary, and
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Annotated
 
 import tyro
@@ -59,20 +64,28 @@ GPT2_PRESET = TrainingConfig(
     logging=LoggingConfig(wandb_mode="offline", log_every_steps=50),
 )
 
-PRESETS = {"smollm2": OFFLINE_PRESET, "gpt2": GPT2_PRESET}
+# A sweep from one model pass: k in {16, 32, 64} at the residual streams of blocks 3 and 5 of the
+# offline model, six dictionaries named blocks.3.hook_resid_post-k16 ... (~20 minutes on a 2-core CPU).
+SWEEP_PRESET = replace(OFFLINE_PRESET, exp_name="smollm2-sweep", trainer=replace(OFFLINE_PRESET.trainer,
+                                                                                  total_training_tokens=400_000),
+                       sweep=("sae.k=16,32,64", "hook_name=blocks.{3..5..2}.hook_resid_post"))
+
+PRESETS = {"smollm2": OFFLINE_PRESET, "gpt2": GPT2_PRESET, "sweep": SWEEP_PRESET}
 Preset = tyro.extras.subcommand_type_from_defaults(
     PRESETS, descriptions={"smollm2": "offline default (SmolLM2-135M, built-in corpus, ~10 min on CPU)",
-                           "gpt2": "GPT-2 small, OpenWebText, residual stream of block 6"})
+                           "gpt2": "GPT-2 small, OpenWebText, residual stream of block 6",
+                           "sweep": "k x layer sweep on the offline model, six dictionaries from one pass"})
 
 
 def main(cfg: Annotated[TrainingConfig, tyro.conf.arg(name="")]) -> None:
     result = train(cfg)
-    metrics = result.metrics
-    print(f"\nDictionary saved to {result.dictionary_path}")
-    print(f"  steps {result.steps}, tokens {result.tokens:,}")
-    for key in ("l0", "explained_variance", "ce_loss_recovered", "ce_loss_clean", "ce_loss_reconstructed",
-                "kl_divergence", "unfired_features", "dense_features"):
-        print(f"  {key:24s} {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"  {key:24s} {metrics[key]}")
+    print(f"\nTrained {len(result.dictionary_paths)} dictionar{'y' if len(result.dictionary_paths) == 1 else 'ies'} "
+          f"in {result.steps} steps on {result.tokens:,} tokens:")
+    for name, path in result.dictionary_paths.items():
+        metrics = result.final_metrics[name]
+        print(f"  {path}\n    " + ", ".join(
+            f"{key} {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key} {metrics[key]}"
+            for key in ("l0", "explained_variance", "ce_loss_recovered", "kl_divergence", "unfired_features")))
     print("Analyze it next:  python run_analyze_example.py")
 
 

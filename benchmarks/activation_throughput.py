@@ -62,7 +62,7 @@ def main() -> None:
         sync()
 
     def ours(tokens):
-        acts = source.activations_of(tokens)[model.token_mask(tokens)]
+        acts = source.activations_of(tokens)[args.hook][model.token_mask(tokens)]
         sync()
         return acts
 

@@ -20,7 +20,7 @@ the early batches, when every feature's slots are still filling and cost the mos
     python benchmarks/analysis_throughput.py                 # 100k tokens, about 3 minutes on 2 CPU cores
     python benchmarks/analysis_throughput.py --tokens 200000 --device cuda
 
-It uses the trained demo dictionary (results/smollm2-topk-demo/dictionary) when it exists and a
+It uses the trained demo dictionary (results/smollm2-topk-demo/dictionaries/...) when it exists and a
 freshly initialized topk dictionary (k = 32) otherwise; both fire exactly 32 features per token,
 so the bookkeeping cost is the same.
 """
@@ -44,7 +44,9 @@ from core.analysis import accumulate_features, logit_lens, write_feature_store  
 from core.config import resolve_device  # noqa: E402
 
 HOOK = "blocks.3.hook_resid_post"
-DEMO_DICTIONARY = Path("results/smollm2-topk-demo/dictionary")
+# The demo run's dictionary, in today's layout or the older one-dictionary layout.
+DEMO_DICTIONARY = next((p for p in (Path("results/smollm2-topk-demo/dictionaries/blocks.3.hook_resid_post"),
+                                    Path("results/smollm2-topk-demo/dictionary")) if p.is_dir()), None)
 
 
 @dataclass
@@ -71,7 +73,7 @@ def main(args: Args) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = load_language_model(LanguageModelConfig(), device)
-    if DEMO_DICTIONARY.is_dir():
+    if DEMO_DICTIONARY is not None:
         sae, which = load_dictionary(DEMO_DICTIONARY, device=device), f"trained ({DEMO_DICTIONARY})"
     else:
         torch.manual_seed(0)
@@ -100,7 +102,7 @@ def main(args: Args) -> None:
           f"({n_text:,} text tokens) in {len(segments)} segments, best of {args.repeats}")
 
     with torch.no_grad():  # warm-up: first calls allocate, pick kernels and load the compiled kernels
-        sae.encode_sparse(source.activations_of(batches[0]))
+        sae.encode_sparse(source.activations_of(batches[0])[HOOK])
     accumulate_features(model, sae, batches[:1], replace(cfg, total_analyzing_tokens=text_tokens[0]), progress=False)
 
     @torch.no_grad()
@@ -117,7 +119,7 @@ def main(args: Args) -> None:
         """Seconds in encode_sparse alone (after each batch's forward, timed apart)."""
         seconds = 0.0
         for i in segment:
-            acts = source.activations_of(batches[i])
+            acts = source.activations_of(batches[i])[HOOK]
             mask = model.token_mask(batches[i])
             _sync(dev)
             start = time.perf_counter()

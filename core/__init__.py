@@ -7,11 +7,13 @@ Scripts and notebooks import everything from here:
 
 from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
 from .analysis import TextActivations, analyze, encode_text
-from .config import (AnalysisConfig, ActivationStoreConfig, ConfigError, DatasetConfig, LanguageModelConfig,
-                     LoggingConfig, SAEConfig, TrainerConfig, TrainingConfig, OFFLINE_MODEL_NAME, BUILTIN_CORPUS)
+from .cache import CachedActivations, CacheError, cache_activations, read_manifest
+from .config import (AnalysisConfig, ActivationStoreConfig, CacheConfig, ConfigError, DatasetConfig, DictionaryConfig,
+                     LanguageModelConfig, LoggingConfig, OptimizerConfig, SAEConfig, TrainerConfig, TrainingConfig,
+                     OFFLINE_MODEL_NAME, BUILTIN_CORPUS)
 from .data import (DatasetError, HeldOut, PackedSequences, TokenBatches, builtin_corpus_file, held_out_sequences,
                    load_text_dataset)
-from .evals import EvalResult, evaluate, explained_variance, l0_norm, mean_squared_error
+from .evals import EvalResult, evaluate, evaluate_dictionaries, explained_variance, l0_norm, mean_squared_error
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
 from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, load_dictionary
 from .store import FeatureStore, FeatureStoreWriter, StoreError

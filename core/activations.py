@@ -1,120 +1,168 @@
-"""Activations of a hook point: model forward stopped after the hook's block, and a shuffle buffer.
+"""Activations of hook points: one model forward for every hook a run needs, and a shuffle buffer.
 
-`ActivationSource` turns token batches into flat activations `[n_tokens, d_in]` of one hook,
-dropping BOS / EOS / pad positions. `ActivationBuffer` mixes them: it holds at most
-`buffer_tokens` activations, refills itself when half empty, and serves shuffled training
-batches, so memory is bounded by the buffer size whatever the number of training tokens.
+`ActivationSource` runs the model on token batches, stopped after the deepest block any of its
+hooks needs, and yields `{hook: [n_tokens, d_hook]}` for the real text tokens of the batch
+(BOS / separator / pad positions dropped; per-head activations flattened). `ActivationBuffer`
+mixes them: it holds at most `buffer_tokens` activations of every hook — one tensor per hook, the
+same tokens in the same rows — refills itself when half empty, and serves shuffled training batches
+`{hook: [batch, d_hook]}`. Memory is bounded by the buffer whatever the number of training tokens:
+
+    buffer_tokens x (sum of the hooks' widths) x bytes per value of store_dtype
+
+plus at most one model batch of activations waiting for the next refill. A transcoder's in-hook and
+out-hook rows stay paired because every hook's rows move with one permutation.
+
+Any source works that yields `{hook: [n, d_hook]}` batches in a deterministic order and can say
+where it is (`position()`); `core.cache.CachedActivations` reads a cache written by
+`core.cache.cache_activations` this way.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional, Protocol
 
 import torch
 
 from .lm import LanguageModel, stop_layer_for
 
 
-class ActivationSource:
-    """Runs the model on token batches and yields the hook's activations of real text tokens."""
+class ActivationStream(Protocol):
+    """What `ActivationBuffer` reads: batches of every hook's activations for the same tokens."""
 
-    def __init__(self, model: LanguageModel, hook_name: str, token_batches: Iterator[torch.Tensor]):
-        model.check_hook_name(hook_name)
+    hooks: tuple[str, ...]
+
+    def __next__(self) -> dict[str, torch.Tensor]: ...
+
+    def position(self) -> dict: ...
+
+
+def stop_layer_for_hooks(hooks) -> Optional[int]:
+    """The `stop_at_layer` that still runs every hook of `hooks` (None: the whole model)."""
+    layers = [stop_layer_for(h) for h in hooks]
+    return None if any(layer is None for layer in layers) else max(layers)
+
+
+class ActivationSource:
+    """Runs the model on token batches and yields every hook's activations of real text tokens."""
+
+    def __init__(self, model: LanguageModel, hooks, token_batches: Iterator[torch.Tensor]):
+        self.hooks = tuple(dict.fromkeys([hooks] if isinstance(hooks, str) else hooks))
+        for hook in self.hooks:
+            model.hook_shape(hook)  # unknown or not per-token: refused before any compute
         self.model = model
-        self.hook_name = hook_name
         self.token_batches = token_batches
-        self.stop_at_layer = stop_layer_for(hook_name)
+        self.stop_at_layer = stop_layer_for_hooks(self.hooks)
 
     @torch.no_grad()
-    def activations_of(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Hook activations [batch, seq, d_in] of `tokens` [batch, seq]; later blocks never run.
+    def activations_of(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{hook: activations [batch, seq, d_hook]} of `tokens` [batch, seq]; later blocks never run.
         Per-head activations ([batch, seq, n_heads, d_head], `attn.hook_z`) come flattened."""
         tokens = tokens.to(self.model.device)
         _, cache = self.model.bridge.run_with_cache(
-            tokens, names_filter=[self.hook_name], stop_at_layer=self.stop_at_layer, return_cache_object=False
+            tokens, names_filter=list(self.hooks), stop_at_layer=self.stop_at_layer, return_cache_object=False
         )
-        acts = cache[self.hook_name]
-        return acts.reshape(*acts.shape[:2], -1)
+        return {hook: cache[hook].reshape(*cache[hook].shape[:2], -1) for hook in self.hooks}
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def position(self) -> dict:
+        """Where the token stream is (see `core.data.PackedSequences.position`)."""
+        return self.token_batches.position()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> dict[str, torch.Tensor]:
         tokens = next(self.token_batches)
         acts = self.activations_of(tokens)
-        mask = self.model.token_mask(tokens.to(acts.device))
-        return acts[mask]  # [n_text_tokens, d]
+        mask = self.model.token_mask(tokens.to(self.model.device))
+        return {hook: a[mask] for hook, a in acts.items()}  # [n_text_tokens, d_hook]
 
 
 class ActivationBuffer:
-    """A bounded shuffle buffer of activations that refills when half empty.
+    """A bounded shuffle buffer of several hooks' activations that refills when half empty.
 
-    State for exact resumption (`state_dict` / `load_state_dict`): the activations currently held
-    and the generator that shuffles them.
+    State for exact resumption (`state_dict` / `load_state_dict`): the activations currently held,
+    those waiting for the next refill, and the generator that shuffles them. What the buffer holds
+    depends only on the order of the rows the source yields, not on how they are batched.
     """
 
-    def __init__(self, source: Iterator[torch.Tensor], *, d_in: int, buffer_tokens: int, batch_size: int,
+    def __init__(self, source, *, widths: dict[str, int], buffer_tokens: int, batch_size: int,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0):
         if batch_size > buffer_tokens // 2:
             raise ValueError(f"batch_size {batch_size} must be at most half of buffer_tokens {buffer_tokens}.")
         self.source = source
-        self.d_in = d_in
+        self.widths = dict(widths)
         self.buffer_tokens = buffer_tokens
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self._storage = torch.empty(buffer_tokens, d_in, dtype=dtype, device=self.device)
-        self._n = 0  # activations held, in _storage[:_n]
-        self._leftover = torch.empty(0, d_in, dtype=dtype)  # generated but not yet fitting, < one model batch
+        self._storage = {hook: torch.empty(buffer_tokens, d, dtype=dtype, device=self.device)
+                         for hook, d in self.widths.items()}
+        self._n = 0  # activations held, in _storage[hook][:_n]
+        # Generated but not yet fitting (less than one model batch), kept on the CPU.
+        self._leftover = {hook: torch.empty(0, d, dtype=dtype) for hook, d in self.widths.items()}
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.tokens_generated = 0
 
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the buffer's storage takes: buffer_tokens x sum of widths x bytes per value."""
+        return sum(t.numel() * t.element_size() for t in self._storage.values())
+
     def _fill(self) -> None:
         """Top the buffer up with fresh activations, then shuffle what it holds."""
         while self._n < self.buffer_tokens:
-            if len(self._leftover):
-                acts, self._leftover = self._leftover, self._leftover[:0]
+            n_left = len(next(iter(self._leftover.values())))
+            if n_left:
+                acts, self._leftover = self._leftover, {h: t[:0] for h, t in self._leftover.items()}
             else:
                 acts = next(self.source)
-                self.tokens_generated += len(acts)
-            take = min(len(acts), self.buffer_tokens - self._n)
-            self._storage[self._n:self._n + take] = acts[:take].to(self._storage.dtype)
+                self.tokens_generated += len(next(iter(acts.values())))
+            n = len(next(iter(acts.values())))
+            take = min(n, self.buffer_tokens - self._n)
+            for hook, storage in self._storage.items():
+                storage[self._n:self._n + take] = acts[hook][:take].to(storage.dtype)
+                # What does not fit waits for the next fill (at most one model batch is held outside).
+                self._leftover[hook] = acts[hook][take:].to("cpu", storage.dtype)
             self._n += take
-            # What does not fit waits for the next fill (at most one model batch is held outside).
-            self._leftover = acts[take:].to("cpu", self._storage.dtype)
         perm = torch.randperm(self._n, generator=self.generator).to(self.device)
-        self._storage[:self._n] = self._storage[:self._n][perm]
+        for storage in self._storage.values():
+            storage[:self._n] = storage[:self._n][perm]
 
-    def peek(self, n: int) -> torch.Tensor:
-        """Up to `n` activations currently held (after a fill), without consuming them."""
+    def peek(self, n: int) -> dict[str, torch.Tensor]:
+        """Up to `n` activations of every hook currently held (after a fill), without consuming them."""
         if self._n < self.buffer_tokens // 2:
             self._fill()
-        return self._storage[:min(n, self._n)]
+        return {hook: storage[:min(n, self._n)] for hook, storage in self._storage.items()}
 
-    def next_batch(self) -> torch.Tensor:
-        """A shuffled batch [batch_size, d_in] (float32)."""
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """A shuffled batch {hook: [batch_size, d_hook]} (float32), the same tokens in every hook."""
         if self._n < self.buffer_tokens // 2 or self._n < self.batch_size:
             self._fill()
         # Serve from the end: what remains at the front stays mixed with the next fill.
-        batch = self._storage[self._n - self.batch_size:self._n].float().clone()
+        batch = {hook: storage[self._n - self.batch_size:self._n].float().clone()
+                 for hook, storage in self._storage.items()}
         self._n -= self.batch_size
         return batch
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"activations": self._storage[:self._n].clone(), "leftover": self._leftover.clone(),
+        return {"activations": {h: s[:self._n].cpu().clone() for h, s in self._storage.items()},
+                "leftover": {h: t.clone() for h, t in self._leftover.items()},
                 "generator": self.generator.get_state(), "tokens_generated": self.tokens_generated}
 
     def load_state_dict(self, state: dict) -> None:
-        acts = state["activations"]
-        self._n = len(acts)
-        self._storage[:self._n] = acts.to(self._storage.device, self._storage.dtype)
-        self._leftover = state["leftover"].to("cpu", self._storage.dtype)
+        if set(state["activations"]) != set(self._storage):
+            raise ValueError(f"The saved buffer holds hooks {sorted(state['activations'])}, not {sorted(self._storage)}.")
+        for hook, storage in self._storage.items():
+            acts = state["activations"][hook]
+            self._n = len(acts)
+            storage[:self._n] = acts.to(storage.device, storage.dtype)
+            self._leftover[hook] = state["leftover"][hook].to("cpu", storage.dtype)
         self.generator.set_state(state["generator"].cpu())  # a CPU generator takes a CPU state only
         self.tokens_generated = int(state["tokens_generated"])
 
@@ -126,4 +174,4 @@ def expected_norm_scale(sample: torch.Tensor) -> float:
     return float(sample.shape[-1] ** 0.5 / max(mean_norm, 1e-8))
 
 
-__all__ = ["ActivationSource", "ActivationBuffer", "expected_norm_scale"]
+__all__ = ["ActivationSource", "ActivationBuffer", "ActivationStream", "expected_norm_scale", "stop_layer_for_hooks"]

@@ -4,8 +4,11 @@
 training, BOS / EOS / pad positions excluded) through the model and the dictionary, keeps running
 per-feature records, and writes them to a feature store (`core/store.py`):
 
-    <dictionary_path>/../analysis/<analysis_name>/config.json       the AnalysisConfig
-    <dictionary_path>/../analysis/<analysis_name>/features.sqlite   the feature store
+    <dictionary_path>/analysis/<analysis_name>/config.json       the AnalysisConfig
+    <dictionary_path>/analysis/<analysis_name>/features.sqlite   the feature store
+
+(runs of the older one-dictionary layout, `results/<exp>/dictionary/`, keep theirs in
+`results/<exp>/analysis/<analysis_name>/`; see `analysis_dir`).
 
 Per feature it keeps, whatever the number of tokens (memory is d_sae x samples kept):
 
@@ -56,10 +59,11 @@ from torch import Tensor
 
 from . import kernels
 from .activations import ActivationSource
-from .config import AnalysisConfig, ConfigError, resolve_device
+from .config import (ANALYSIS_FOLDER, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER, AnalysisConfig, ConfigError,
+                     resolve_device)
 from .data import TokenBatches
 from .lm import LanguageModel, check_model_matches, is_residual_hook, load_language_model
-from .sae import SparseAutoencoder, SparseFeatureActs, load_dictionary
+from .sae import WEIGHTS_FILENAME, SparseAutoencoder, SparseFeatureActs, load_dictionary
 from .store import STORE_FILENAME, FeatureStoreWriter, SampleArrays
 
 log = logging.getLogger(__name__)
@@ -76,8 +80,20 @@ LOGIT_LENS_CHUNK = 256
 
 
 def analysis_dir(cfg: AnalysisConfig) -> Path:
-    """`<dictionary_path>/../analysis/<analysis_name>`: where the analysis of `cfg` is written."""
-    return Path(cfg.dictionary_path).expanduser().resolve().parent / "analysis" / cfg.analysis_name
+    """Where the analysis of `cfg` is written: `<dictionary folder>/analysis/<analysis_name>`, or for
+    a run of the older one-dictionary layout (`results/<exp>/dictionary/`) beside it, in
+    `results/<exp>/analysis/<analysis_name>`, where those runs keep their analyses."""
+    folder = Path(cfg.dictionary_path).expanduser().resolve()
+    if folder.name == LEGACY_DICTIONARY_FOLDER and folder.parent.name != DICTIONARIES_FOLDER:
+        return folder.parent / ANALYSIS_FOLDER / cfg.analysis_name
+    return folder / ANALYSIS_FOLDER / cfg.analysis_name
+
+
+def analyzed_dictionary(folder: str | Path) -> Path:
+    """The dictionary folder an analysis folder `<...>/analysis/<name>` belongs to (`analysis_dir`
+    inverted): the folder holding the analysis folder, or `dictionary/` beside it for the older layout."""
+    owner = Path(folder).expanduser().resolve().parent.parent
+    return owner if (owner / WEIGHTS_FILENAME).is_file() else owner / LEGACY_DICTIONARY_FOLDER
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,7 +240,7 @@ def accumulate_features(model: LanguageModel, sae: SparseAutoencoder, token_batc
         for tokens in token_batches:
             tokens = tokens.to(device)
             mask = _first_tokens(model.token_mask(tokens), total - records.n_tokens)
-            feature_acts = sae.encode_sparse(source.activations_of(tokens).to(sae.device), rows=mask)
+            feature_acts = sae.encode_sparse(source.activations_of(tokens)[sae.hook_name].to(sae.device), rows=mask)
             n_before = records.n_tokens
             records.update(tokens, feature_acts, mask)
             bar.update(records.n_tokens - n_before)
@@ -390,12 +406,12 @@ def encode_text(model: LanguageModel, sae: SparseAutoencoder, text: str, *,
         raise ValueError(f"The text has {tokens.shape[1] - 1} tokens but {model.name!r} reads at most {n_ctx - 1} "
                          "after BOS; shorten it or pass max_tokens.")
     source = ActivationSource(model, sae.hook_name, iter(()))
-    acts = sae.encode_sparse(source.activations_of(tokens).to(sae.device), rows=model.token_mask(tokens))
+    acts = sae.encode_sparse(source.activations_of(tokens)[sae.hook_name].to(sae.device), rows=model.token_mask(tokens))
     feature_acts = acts.to_dense()  # [1 + n, d_sae], rows of special tokens empty
     token_ids = tokens[0, 1:].tolist()
     strings = model.tokenizer.batch_decode([[i] for i in token_ids], clean_up_tokenization_spaces=False)
     return TextActivations(token_ids, strings, feature_acts[1:])
 
 
-__all__ = ["analyze", "analysis_dir", "encode_text", "TextActivations", "FeatureRecords", "SampleSlots",
+__all__ = ["analyze", "analysis_dir", "analyzed_dictionary", "encode_text", "TextActivations", "FeatureRecords", "SampleSlots",
            "accumulate_features", "logit_lens", "LogitLens", "write_feature_store"]

@@ -7,6 +7,7 @@ import signal
 import sys
 from typing import Callable, TypeVar
 
+from .cache import CacheError
 from .config import ConfigError
 from .data import DatasetError
 from .lm import HookNameError, ModelLoadError
@@ -14,7 +15,7 @@ from .sae import DictionaryLoadError
 from .store import StoreError
 from .training import TrainingInterrupted
 
-USER_ERRORS = (ConfigError, DatasetError, DictionaryLoadError, HookNameError, ModelLoadError, StoreError,
+USER_ERRORS = (CacheError, ConfigError, DatasetError, DictionaryLoadError, HookNameError, ModelLoadError, StoreError,
                FileExistsError)
 """Errors whose message says what is wrong and what to do; anything else is a bug and keeps its traceback."""
 

@@ -8,7 +8,9 @@ of a run is written next to its results, so a run can always be reproduced from 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,11 @@ class ConfigError(ValueError):
 
 
 OFFLINE_MODEL_NAME = "SmolLM2-135M-Instruct"
+DICTIONARIES_FOLDER = "dictionaries"
+"""A run's dictionaries: `results/<exp_name>/dictionaries/<name>/` (config.json + sae.safetensors)."""
+LEGACY_DICTIONARY_FOLDER = "dictionary"
+"""Where runs of one dictionary wrote it before multi-dictionary training: `results/<exp_name>/dictionary/`."""
+ANALYSIS_FOLDER = "analysis"
 BUILTIN_CORPUS = "builtin:python-docs"
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
@@ -62,15 +69,7 @@ class _JsonConfig:
             raise ConfigError(
                 f"{cls.__name__} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(names))}."
             )
-        kwargs = {}
-        for key, value in data.items():
-            hint = hints[key]
-            if isinstance(hint, type) and issubclass(hint, _JsonConfig) and isinstance(value, dict):
-                value = hint.from_dict(value)
-            elif typing.get_origin(hint) is tuple and isinstance(value, list):
-                value = tuple(value)
-            kwargs[key] = value
-        return cls(**kwargs)  # type: ignore[call-arg]
+        return cls(**{key: _from_json(hints[key], value) for key, value in data.items()})  # type: ignore[call-arg]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -88,6 +87,20 @@ class _JsonConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e}); fix or delete the file.") from e
         return cls.from_dict(data)
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """`value` read from JSON, as the type `hint` holds it: nested configs (also Optional ones and
+    tuples of them) become dataclasses, lists become tuples where the field is a tuple."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        return value if value is None or len(options) != 1 else _from_json(options[0], value)
+    if isinstance(hint, type) and issubclass(hint, _JsonConfig) and isinstance(value, dict):
+        return hint.from_dict(value)
+    if typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
+        item = typing.get_args(hint)[0]
+        return tuple(_from_json(item, v) for v in value)
+    return value
 
 
 @dataclass
@@ -166,11 +179,18 @@ class ActivationStoreConfig(_JsonConfig):
     """Activations (tokens) per SAE training step."""
     store_dtype: str = "float32"
     """Dtype activations are kept in inside the buffer (float16/bfloat16 halve its memory)."""
+    cache_path: Optional[str] = None
+    """Train on the activations of this activation cache (written by `cache_activations`) instead
+    of running the model; the model is still loaded for the evaluations."""
+    cache_shuffle_shards: bool = True
+    """Read the cache's shards in a new seeded order every epoch (the buffer shuffles within)."""
 
     def validate(self) -> None:
         for name in ("model_batch_size", "buffer_tokens", "train_batch_size"):
             _check_positive("activations", name, getattr(self, name))
         _check_choice("activations", "store_dtype", self.store_dtype, DTYPES)
+        if self.cache_path == "":
+            raise ConfigError("activations.cache_path is empty; give a cache folder or leave it unset (None).")
         if self.train_batch_size > self.buffer_tokens // 2:
             raise ConfigError(
                 f"activations.train_batch_size ({self.train_batch_size}) must be at most half of "
@@ -237,10 +257,9 @@ class SAEConfig(_JsonConfig):
 
 
 @dataclass
-class TrainerConfig(_JsonConfig):
-    """Optimisation, schedules, evaluation and checkpoint cadence."""
+class OptimizerConfig(_JsonConfig):
+    """How one dictionary is optimized: Adam, learning-rate schedule, sparsity warmup, clipping."""
 
-    total_training_tokens: int = 1_000_000
     lr: float = 4e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -255,6 +274,28 @@ class TrainerConfig(_JsonConfig):
     """The L1 / L0 coefficient ramps linearly from 0 over these steps (relu, jumprelu)."""
     max_grad_norm: Optional[float] = 1.0
     """Gradient-norm clipping; None disables it."""
+
+    def validate(self, owner: str = "optimizer") -> None:
+        _check_positive(owner, "lr", self.lr)
+        _check_positive(owner, "adam_beta1", self.adam_beta1, allow_zero=True)
+        _check_positive(owner, "adam_beta2", self.adam_beta2, allow_zero=True)
+        _check_choice(owner, "lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for name in ("lr_warmup_steps", "sparsity_warmup_steps"):
+            _check_positive(owner, name, getattr(self, name), allow_zero=True)
+        if self.lr_decay_steps is not None:
+            _check_positive(owner, "lr_decay_steps", self.lr_decay_steps, allow_zero=True)
+        if not 0.0 <= self.lr_end_factor <= 1.0:
+            raise ConfigError(f"{owner}.lr_end_factor is {self.lr_end_factor}; it must be in [0, 1].")
+        if self.max_grad_norm is not None:
+            _check_positive(owner, "max_grad_norm", self.max_grad_norm)
+
+
+@dataclass
+class TrainerConfig(OptimizerConfig):
+    """Training length, evaluation and checkpoint cadence, and the optimizer settings every
+    dictionary of the run uses unless its own `DictionaryConfig.optimizer` says otherwise."""
+
+    total_training_tokens: int = 1_000_000
     dense_feature_threshold: float = 0.1
     """A feature firing on more than this fraction of tokens counts as dense."""
     feature_density_window_tokens: int = 200_000
@@ -268,21 +309,110 @@ class TrainerConfig(_JsonConfig):
     """How many of the newest checkpoints to keep."""
 
     def validate(self) -> None:
+        super().validate("trainer")
         _check_positive("trainer", "total_training_tokens", self.total_training_tokens)
-        _check_positive("trainer", "lr", self.lr)
-        _check_choice("trainer", "lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        for name in ("lr_warmup_steps", "sparsity_warmup_steps"):
-            _check_positive("trainer", name, getattr(self, name), allow_zero=True)
-        if self.lr_decay_steps is not None:
-            _check_positive("trainer", "lr_decay_steps", self.lr_decay_steps, allow_zero=True)
-        if not 0.0 <= self.lr_end_factor <= 1.0:
-            raise ConfigError(f"trainer.lr_end_factor is {self.lr_end_factor}; it must be in [0, 1].")
-        if self.max_grad_norm is not None:
-            _check_positive("trainer", "max_grad_norm", self.max_grad_norm)
         for name in ("eval_every_steps", "eval_batches", "feature_density_window_tokens", "keep_checkpoints"):
             _check_positive("trainer", name, getattr(self, name))
         if self.checkpoint_every_steps is not None:
             _check_positive("trainer", "checkpoint_every_steps", self.checkpoint_every_steps)
+
+    def optimizer(self) -> OptimizerConfig:
+        """The optimizer settings part of this config."""
+        return OptimizerConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(OptimizerConfig)})
+
+
+@dataclass
+class DictionaryConfig(_JsonConfig):
+    """One dictionary of a run: the hook(s) it reads, what it is, and how it is optimized."""
+
+    name: str = ""
+    """Its folder under `results/<exp_name>/dictionaries/`; "" names it after its hook(s), plus the
+    swept fields' values."""
+    hook_name: str = ""
+    """The hook it encodes (TransformerLens name); "" means `activations.hook_name`."""
+    hook_out: Optional[str] = None
+    """For a transcoder, the hook it reconstructs from `hook_name` (for example
+    `blocks.3.hook_mlp_out` from `blocks.3.ln2.hook_normalized`); None for a sparse autoencoder."""
+    sae: Optional[SAEConfig] = None
+    """Architecture and sparsity; None means the run's `sae`."""
+    optimizer: Optional[OptimizerConfig] = None
+    """Optimizer settings; None means those of the run's `trainer`."""
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """The hooks whose activations it trains on: (hook_name,) or (hook_name, hook_out)."""
+        return (self.hook_name,) if self.hook_out is None else (self.hook_name, self.hook_out)
+
+
+def _default_dictionary_name(hook_name: str, hook_out: Optional[str]) -> str:
+    return hook_name if hook_out is None else f"{hook_name}-to-{hook_out}"
+
+
+_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?\}")
+
+
+def _expand_ranges(value: str) -> list[str]:
+    """`blocks.{0..3}.hook_resid_post` -> the four hook names; `{a..b..step}` takes every step-th
+    (inclusive ranges, like a shell's brace expansion)."""
+    m = _RANGE.search(value)
+    if m is None:
+        return [value]
+    first, last, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+    if step == 0:
+        raise ConfigError(f"sweep value {value!r}: a range's step must be at least 1.")
+    step = step if last >= first else -step
+    return [expanded for i in range(first, last + (1 if step > 0 else -1), step)
+            for expanded in _expand_ranges(value[:m.start()] + str(i) + value[m.end():])]
+
+
+def _sweep_field(path: str) -> tuple[str, Any]:
+    """(group, type hint) of a swept dictionary field `path`; ConfigError for any other path."""
+    if path in ("hook_name", "hook_out"):
+        return "", typing.get_type_hints(DictionaryConfig)[path]
+    group, _, name = path.partition(".")
+    owner = {"sae": SAEConfig, "optimizer": OptimizerConfig}.get(group)
+    names = {f.name for f in dataclasses.fields(owner)} if owner else set()
+    if owner is None or name not in names:
+        hint = " (the optimizer fields of `trainer` are swept as optimizer.<field>)" if group == "trainer" else ""
+        raise ConfigError(f"sweep field {path!r} is not a dictionary field{hint}; sweep hook_name, hook_out, "
+                          f"sae.<field> or optimizer.<field>.")
+    return group, typing.get_type_hints(owner)[name]
+
+
+def _parse_sweep_value(path: str, hint: Any, text: str) -> Any:
+    if typing.get_origin(hint) is typing.Union:
+        if text.lower() == "none":
+            return None
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    try:
+        if hint is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if hint in (int, float, str):
+            return hint(text)
+    except ValueError:
+        raise ConfigError(f"sweep {path}: {text!r} is not a {hint.__name__}.") from None
+    raise ConfigError(f"sweep {path}: fields of type {hint} cannot be swept.")
+
+
+def parse_sweep(sweep: tuple[str, ...]) -> list[tuple[str, list]]:
+    """[(field path, values)] of `sweep` entries `field=v1,v2,...` (values may hold `{a..b}` ranges)."""
+    axes = []
+    for entry in sweep:
+        path, sep, values = entry.partition("=")
+        path = path.strip()
+        if not sep or not values.strip():
+            raise ConfigError(f"sweep entry {entry!r} must read field=value1,value2,... (e.g. sae.k=16,32,64).")
+        _, hint = _sweep_field(path)
+        texts = [t for v in values.split(",") for t in _expand_ranges(v.strip())]
+        parsed = [_parse_sweep_value(path, hint, t) for t in texts]
+        if len(set(map(repr, parsed))) != len(parsed):
+            raise ConfigError(f"sweep {path} repeats a value: {texts}.")
+        if any(p == path for p, _ in axes):
+            raise ConfigError(f"sweep names {path} twice; give all its values in one entry.")
+        axes.append((path, parsed))
+    return axes
 
 
 @dataclass
@@ -320,12 +450,61 @@ class TrainingConfig(_JsonConfig):
     sae: SAEConfig = field(default_factory=SAEConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dictionaries: tuple[DictionaryConfig, ...] = ()
+    """The dictionaries trained from one pass of the model; empty means one, on
+    `activations.hook_name`, with `sae` and the optimizer settings of `trainer`."""
+    sweep: tuple[str, ...] = ()
+    """A grid over dictionary fields, each entry `field=value1,value2,...`: `sae.k=16,32,64`,
+    `optimizer.lr=1e-4,3e-4`, `hook_name=blocks.{0..11}.hook_resid_post` (`{a..b}`: a range).
+    Every dictionary above is trained at every point of the grid, named after the swept values."""
 
     def validate(self) -> "TrainingConfig":
         _validate_run_fields(self.exp_name, self.device, self.dtype)
         for part in (self.model, self.dataset, self.activations, self.sae, self.trainer, self.logging):
             part.validate()
+        for d in self.dictionary_configs():
+            d.sae.validate()
+            d.optimizer.validate(f"dictionary {d.name!r}: optimizer")
         return self
+
+    def dictionary_configs(self) -> list[DictionaryConfig]:
+        """Every dictionary of the run, complete (name, hooks, sae and optimizer filled in): the
+        `dictionaries` (or the one from `activations.hook_name`, `sae`, `trainer`) at every point of
+        the `sweep` grid. ConfigError for a bad sweep, an unsafe name, or two dictionaries of one name."""
+        bases = self.dictionaries or (DictionaryConfig(),)
+        axes = parse_sweep(self.sweep)
+        out: list[DictionaryConfig] = []
+        for base in bases:
+            for point in itertools.product(*(values for _, values in axes)):
+                d = DictionaryConfig(name=base.name, hook_name=base.hook_name or self.activations.hook_name,
+                                     hook_out=base.hook_out,
+                                     sae=dataclasses.replace(base.sae or self.sae),
+                                     optimizer=dataclasses.replace(base.optimizer or self.trainer.optimizer()))
+                suffix = []
+                for (path, _), value in zip(axes, point):
+                    group, _ = _sweep_field(path)
+                    if group:
+                        setattr(getattr(d, group), path.split(".", 1)[1], value)
+                        suffix.append(f"{path.split('.', 1)[1]}{value}")
+                    else:
+                        setattr(d, path, value)
+                        if base.name:  # an unnamed dictionary is already named after its hooks
+                            suffix.append(str(value))
+                d.name = "-".join([d.name or _default_dictionary_name(d.hook_name, d.hook_out), *suffix])
+                out.append(d)
+        for d in out:
+            _check_folder_name(f"dictionary name {d.name!r}", d.name)
+            if d.hook_out == d.hook_name:
+                raise ConfigError(f"dictionary {d.name!r}: hook_out equals hook_name; leave hook_out unset for a "
+                                  "sparse autoencoder.")
+        seen: dict[str, int] = {}
+        for d in out:
+            seen[d.name] = seen.get(d.name, 0) + 1
+        repeated = sorted(name for name, n in seen.items() if n > 1)
+        if repeated:
+            raise ConfigError(f"Two or more dictionaries are named {', '.join(map(repr, repeated))}; give each "
+                              "dictionary its own name.")
+        return out
 
     @property
     def run_dir(self) -> Path:
@@ -336,7 +515,7 @@ class TrainingConfig(_JsonConfig):
 class AnalysisConfig(_JsonConfig):
     """One analysis of a trained dictionary; saved as `analysis/<analysis_name>/config.json`."""
 
-    dictionary_path: str = "results/smollm2-topk-demo/dictionary"
+    dictionary_path: str = "results/smollm2-topk-demo/dictionaries/blocks.3.hook_resid_post"
     analysis_name: str = "default"
     overwrite: bool = False
     """Replace an existing analysis of the same name instead of refusing."""
@@ -372,9 +551,56 @@ class AnalysisConfig(_JsonConfig):
         return self
 
 
+@dataclass
+class CacheConfig(_JsonConfig):
+    """An activation cache: the activations of chosen hooks for a number of tokens, written once
+    (`cache_activations`) and read by many training runs (`activations.cache_path`)."""
+
+    cache_path: str = "results/activation-caches/smollm2-blocks3"
+    """The cache folder (shards + manifest.json)."""
+    hooks: tuple[str, ...] = ("blocks.3.hook_resid_post",)
+    """Hooks whose activations are written (one forward, stopped after the deepest)."""
+    total_tokens: int = 1_000_000
+    """Text tokens cached (BOS / separator / pad positions are never cached)."""
+    shard_tokens: int = 65_536
+    """Tokens per shard (a shard ends at a model batch); a shard is the unit of resuming and shuffling."""
+    store_dtype: str = "float32"
+    """float32, or bfloat16 / float16 to halve the cache's size."""
+    eval_sequences: int = 128
+    """Held-out sequences (the dataset's first documents) whose token ids the cache keeps for the
+    evaluations of runs trained on it; their activations are not cached."""
+    model_batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = True
+    """Continue an interrupted cache of the same config; False refuses to touch an existing cache."""
+    model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+
+    def validate(self) -> "CacheConfig":
+        if not self.cache_path:
+            raise ConfigError("cache_path is empty; give the folder to write the cache to.")
+        if not self.hooks:
+            raise ConfigError("hooks is empty; name at least one hook, e.g. blocks.3.hook_resid_post.")
+        if len(set(self.hooks)) != len(self.hooks):
+            raise ConfigError(f"hooks repeats a hook: {list(self.hooks)}.")
+        for name in ("total_tokens", "shard_tokens", "eval_sequences", "model_batch_size"):
+            _check_positive("cache", name, getattr(self, name))
+        _check_choice("cache", "store_dtype", self.store_dtype, DTYPES)
+        _validate_run_fields("x", self.device, "float32")
+        self.model.validate()
+        self.dataset.validate()
+        return self
+
+
+def _check_folder_name(what: str, name: str) -> None:
+    """A plain folder name: not empty, no '/', '\\' or ':' (the viewer's separator), not starting with '.'."""
+    if not name or any(c in name for c in "/\\:\x00") or name.startswith(".") or len(name) > 200:
+        raise ConfigError(f"{what} must be a plain folder name (no '/', '\\' or ':', not starting with '.').")
+
+
 def _validate_run_fields(exp_name: str, device: str, dtype: str) -> None:
-    if not exp_name or "/" in exp_name or exp_name.startswith("."):
-        raise ConfigError(f"exp_name {exp_name!r} must be a plain folder name (no '/', not starting with '.').")
+    _check_folder_name(f"exp_name {exp_name!r}", exp_name)
     if not (device in ("auto", "cpu", "mps") or device == "cuda" or device.startswith("cuda:")):
         raise ConfigError(f"device is {device!r}; allowed values: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'.")
     _check_choice("run", "dtype", dtype, DTYPES)

@@ -12,7 +12,7 @@ entropy over text positions: clean, with the reconstruction, with the activation
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +23,16 @@ from .store import density_histogram
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """1 - total squared error / total variance of x around its mean; x, x_hat: [n, d]."""
-    residual = (x - x_hat).pow(2).sum()
-    total = (x - x.mean(dim=0, keepdim=True)).pow(2).sum()
-    return float(1.0 - residual / total.clamp_min(1e-12))
+    x64 = x.double()
+    return explained_variance_from_sums(float((x64 - x_hat.double()).pow(2).sum()), x64.sum(0),
+                                        float(x64.pow(2).sum()), len(x))
+
+
+def explained_variance_from_sums(squared_error: float, x_sum: torch.Tensor, x_square_sum: float, n: int) -> float:
+    """`explained_variance` from running sums over n rows: the squared error, the per-dimension sum
+    of x [d] and the sum of x's squares (float64), so an evaluation need not keep every row."""
+    variance = x_square_sum - float(x_sum.double().pow(2).sum()) / max(n, 1)  # total, around the mean
+    return float(1.0 - squared_error / max(variance, 1e-12))
 
 
 def mean_squared_error(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -134,73 +141,133 @@ class EvalResult:
         return {k: v for k, v in self.to_dict().items() if not isinstance(v, dict)}
 
 
-def _next_token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Per-position CE of predicting tokens[:, 1:]; [batch, seq-1]."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none"
-                           ).view(tokens.shape[0], -1)
+EVAL_CHUNK_TOKENS = 1024
+"""Positions whose full-vocabulary log-softmax the evaluation computes at once: its memory is
+chunk x vocabulary floats, whatever the batch and sequence sizes."""
+
+
+def _masked_next_token_stats(logits: torch.Tensor, tokens: torch.Tensor, pred_mask: torch.Tensor,
+                             reference: Optional[torch.Tensor] = None, chunk_tokens: int = EVAL_CHUNK_TOKENS
+                             ) -> tuple[float, float]:
+    """(sum of next-token cross entropy, sum of KL(reference || logits)) over the positions of
+    `pred_mask` [batch, seq-1]; logits [batch, seq, vocab], computed `chunk_tokens` positions at a time."""
+    vocab = logits.shape[-1]
+    flat_logits = logits[:, :-1].reshape(-1, vocab)
+    flat_reference = None if reference is None else reference[:, :-1].reshape(-1, vocab)
+    targets = tokens[:, 1:].reshape(-1)
+    keep = pred_mask.reshape(-1).nonzero().squeeze(1)
+    ce = kl = 0.0
+    for start in range(0, len(keep), chunk_tokens):
+        rows = keep[start:start + chunk_tokens]
+        logp = flat_logits[rows].float().log_softmax(-1)
+        ce -= float(logp.gather(1, targets[rows, None]).sum())
+        if flat_reference is not None:
+            logp_ref = flat_reference[rows].float().log_softmax(-1)
+            kl += float((logp_ref.exp() * (logp_ref - logp)).sum())
+    return ce, kl
+
+
+class _Sums:
+    """What an evaluation adds up for one dictionary, batch by batch."""
+
+    def __init__(self, d_sae: int, d_out: int):
+        self.ce_recon = self.ce_zero = self.kl = self.l0 = 0.0
+        self.n_tokens = 0
+        self.fired = torch.zeros(d_sae, dtype=torch.long)
+        self.squared_error = 0.0
+        self.target_sum = torch.zeros(d_out, dtype=torch.float64)
+        self.target_squares = 0.0
+
+    def add_reconstruction(self, target: torch.Tensor, target_hat: torch.Tensor, feats: torch.Tensor) -> None:
+        target, target_hat = target.double().cpu(), target_hat.double().cpu()
+        self.n_tokens += len(target)
+        self.squared_error += float((target - target_hat).pow(2).sum())
+        self.target_sum += target.sum(0)
+        self.target_squares += float(target.pow(2).sum())
+        self.l0 += float((feats != 0).sum())
+        self.fired += (feats != 0).sum(0).cpu()
+
+    def result(self, ce_clean: float, n_pred: float, dense_threshold: float) -> EvalResult:
+        n = max(self.n_tokens, 1)
+        ce_recon, ce_zero = self.ce_recon / n_pred, self.ce_zero / n_pred
+        denominator = ce_zero - ce_clean
+        density = self.fired.double() / n
+        return EvalResult(
+            n_tokens=self.n_tokens,
+            mse=self.squared_error / n,
+            explained_variance=explained_variance_from_sums(self.squared_error, self.target_sum,
+                                                            self.target_squares, self.n_tokens),
+            l0=self.l0 / n,
+            unfired_features=int((self.fired == 0).sum()),
+            dense_features=int((density > dense_threshold).sum()),
+            ce_loss_clean=ce_clean,
+            ce_loss_reconstructed=ce_recon,
+            ce_loss_zero_ablation=ce_zero,
+            ce_loss_recovered=(ce_zero - ce_recon) / denominator if abs(denominator) > 1e-9 else float("nan"),
+            kl_divergence=self.kl / n_pred,
+            feature_density_histogram=feature_density_histogram(density),
+        )
+
+
+def _splice(mask: torch.Tensor, replacement: torch.Tensor):
+    """A forward hook putting `replacement` [n_masked, d] at the `mask` [batch, seq] positions."""
+    def hook_fn(activation, hook):
+        out = activation.clone()
+        out[mask] = replacement.to(out.dtype).view(-1, *activation.shape[2:])
+        return out
+    return hook_fn
 
 
 @torch.no_grad()
-def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *,
-             dense_threshold: float = 0.1) -> EvalResult:
-    """Evaluate `sae` (which works on raw activations) on `token_batches` [batch, seq]."""
-    hook_name = sae.hook_name
-    was_training = sae.training
-    sae.eval()
-    sums = dict(ce_clean=0.0, ce_recon=0.0, ce_zero=0.0, kl=0.0, n_pred=0)
-    xs, x_hats, fired = [], [], torch.zeros(sae.d_sae, dtype=torch.long)
-    l0_total = 0.0
+def evaluate_dictionaries(model: LanguageModel, saes: Sequence, token_batches: Iterable[torch.Tensor], *,
+                          dense_threshold: float = 0.1, chunk_tokens: int = EVAL_CHUNK_TOKENS) -> list[EvalResult]:
+    """Evaluate each dictionary of `saes` (working on raw activations) on `token_batches` [batch, seq].
+
+    One clean forward per batch gives the clean loss and every hook's activations; then, per
+    dictionary, a forward with its reconstruction spliced in at its output hook (`hook_out` of a
+    transcoder, else its hook), and one zero-ablated forward per output hook, shared by the
+    dictionaries writing there. A transcoder is scored against its output hook's activations."""
+    saes = list(saes)
+    outputs = [getattr(sae, "hook_out", None) or sae.hook_name for sae in saes]
+    hooks = list(dict.fromkeys([sae.hook_name for sae in saes] + outputs))
+    was_training = [sae.training for sae in saes]
+    for sae in saes:
+        sae.eval()
+    sums = [_Sums(sae.d_sae, getattr(sae, "d_out", sae.d_in)) for sae in saes]
+    ce_clean = n_pred = 0.0
     for tokens in token_batches:
         tokens = tokens.to(model.device)
         mask = model.token_mask(tokens)  # [b, s]
-        # One full forward gives both the clean logits and the hook's activations.
-        logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=[hook_name], return_cache_object=False)
-        activation_shape = cache[hook_name].shape[2:]  # per token: [d_in], or [n_heads, d_head] for hook_z
-        x = cache[hook_name][mask].flatten(1).to(sae.W_dec.dtype)  # [n, d_in]
-        feats = sae.encode(x)
-        x_hat = sae.decode(feats)
-        xs.append(x.float().cpu())
-        x_hats.append(x_hat.float().cpu())
-        l0_total += l0_norm(feats) * len(x)
-        fired += (feats != 0).sum(dim=0).cpu()
+        pred_mask = mask[:, :-1] & mask[:, 1:]  # predictions made at text positions, of text tokens
+        n_pred += float(pred_mask.sum())
+        logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
+        ce_clean += _masked_next_token_stats(logits_clean, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
+        ce_zero: dict[str, float] = {}
+        for sae, hook_out, acc in zip(saes, outputs, sums):
+            x = cache[sae.hook_name][mask].flatten(1).to(sae.dtype)  # [n, d_in]
+            target = cache[hook_out][mask].flatten(1)
+            feats = sae.encode(x)
+            target_hat = sae(x)  # raw reconstruction (a transcoder's skip connection included)
+            acc.add_reconstruction(target, target_hat, feats)
+            logits = model.bridge.run_with_hooks(tokens, return_type="logits",
+                                                 fwd_hooks=[(hook_out, _splice(mask, target_hat))])
+            ce, kl = _masked_next_token_stats(logits, tokens, pred_mask, logits_clean, chunk_tokens)
+            acc.ce_recon += ce
+            acc.kl += kl
+            del logits
+            if hook_out not in ce_zero:
+                logits = model.bridge.run_with_hooks(tokens, return_type="logits",
+                                                     fwd_hooks=[(hook_out, _splice(mask, torch.zeros_like(target)))])
+                ce_zero[hook_out] = _masked_next_token_stats(logits, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
+                del logits
+            acc.ce_zero += ce_zero[hook_out]
+    for sae, mode in zip(saes, was_training):
+        sae.train(mode)
+    n_pred = max(n_pred, 1.0)
+    return [acc.result(ce_clean / n_pred, n_pred, dense_threshold) for acc in sums]
 
-        def splice(replacement: torch.Tensor):
-            def hook_fn(activation, hook):
-                out = activation.clone()
-                out[mask] = replacement.to(out.dtype).view(-1, *activation_shape)
-                return out
-            return hook_fn
 
-        logits_recon = model.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(hook_name, splice(x_hat))])
-        logits_zero = model.bridge.run_with_hooks(tokens, return_type="logits",
-                                                  fwd_hooks=[(hook_name, splice(torch.zeros_like(x_hat)))])
-        # Predictions made at text positions, of text tokens.
-        pred_mask = (mask[:, :-1] & mask[:, 1:]).float()
-        n_pred = float(pred_mask.sum())
-        sums["n_pred"] += n_pred
-        for key, logits in (("ce_clean", logits_clean), ("ce_recon", logits_recon), ("ce_zero", logits_zero)):
-            sums[key] += float((_next_token_losses(logits, tokens) * pred_mask).sum())
-        logp_clean = logits_clean[:, :-1].float().log_softmax(-1)
-        logp_recon = logits_recon[:, :-1].float().log_softmax(-1)
-        kl = (logp_clean.exp() * (logp_clean - logp_recon)).sum(-1)
-        sums["kl"] += float((kl * pred_mask).sum())
-    sae.train(was_training)
-    x_all, x_hat_all = torch.cat(xs), torch.cat(x_hats)
-    n_tok, n_pred = len(x_all), max(sums["n_pred"], 1)
-    ce_clean, ce_recon, ce_zero = (sums[k] / n_pred for k in ("ce_clean", "ce_recon", "ce_zero"))
-    density = fired.double() / max(n_tok, 1)
-    denominator = ce_zero - ce_clean
-    return EvalResult(
-        n_tokens=n_tok,
-        mse=mean_squared_error(x_all, x_hat_all),
-        explained_variance=explained_variance(x_all, x_hat_all),
-        l0=l0_total / max(n_tok, 1),
-        unfired_features=int((fired == 0).sum()),
-        dense_features=int((density > dense_threshold).sum()),
-        ce_loss_clean=ce_clean,
-        ce_loss_reconstructed=ce_recon,
-        ce_loss_zero_ablation=ce_zero,
-        ce_loss_recovered=(ce_zero - ce_recon) / denominator if abs(denominator) > 1e-9 else float("nan"),
-        kl_divergence=sums["kl"] / n_pred,
-        feature_density_histogram=feature_density_histogram(density),
-    )
+def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *,
+             dense_threshold: float = 0.1) -> EvalResult:
+    """Evaluate one dictionary (see `evaluate_dictionaries`)."""
+    return evaluate_dictionaries(model, [sae], token_batches, dense_threshold=dense_threshold)[0]

@@ -1,15 +1,28 @@
-"""The trainer: activations in, a trained and evaluated dictionary out.
+"""The trainer: activations in, trained and evaluated dictionaries out — many from one model pass.
+
+A run trains every dictionary of `TrainingConfig.dictionary_configs()` (one by default; a list, a
+sweep grid, transcoders) on the same token stream: each batch of tokens is run through the model
+once, stopped after the deepest block any dictionary needs, with every needed hook captured; one
+shuffle buffer keeps every hook's activations for the same tokens (`core.activations`), and each
+dictionary takes an optimizer step on its hook's (or its in/out hooks') slice of each batch. With
+the same seed and data, a dictionary trained in a run of many ends with the same weights as in a
+run of its own.
 
 Layout of a run folder `results/<exp_name>/`:
 
-    config.json              the full TrainingConfig
-    metrics.jsonl            one JSON object per logged step / evaluation
-    checkpoints/step_<n>/    resumable state (sae.safetensors, trainer_state.pt, state.json)
-    dictionary/              the final dictionary (config.json + sae.safetensors, metrics inside)
+    config.json                   the full TrainingConfig
+    metrics.jsonl                 one JSON object per dictionary per logged step / evaluation,
+                                  with its name under "dictionary"
+    checkpoints/step_<n>/         state.json, trainer_state.pt (buffer, data position, RNG), and
+                                  dictionaries/<name>/{sae.safetensors, optimizer.pt}
+    dictionaries/<name>/          each final dictionary (config.json + sae.safetensors, metrics inside)
 
-Resumption is exact: a checkpoint holds the SAE, Adam's moments, the step and tokens seen, the
-shuffle buffer's contents and generator, the feature-activity tracker, the RNG, and the data
-position (epoch, the dataset's shard and offset, the tokens carried over; see
+Runs written before multi-dictionary training have a single `dictionary/` folder instead; the
+analyzer and the server read both layouts.
+
+Resumption is exact: a checkpoint holds every dictionary's weights, Adam moments and activity
+tracker, the step and tokens seen, the shuffle buffer's contents and generator, the RNG, and the
+data position (epoch, the dataset's shard and offset, the tokens carried over; see
 `core.data.PackedSequences`), so a stopped run continues to the same weights as an uninterrupted
 one, however many times the data wrapped, without re-reading what came before.
 
@@ -39,30 +52,48 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
-from .config import ConfigError, TrainingConfig, resolve_device, torch_dtype
+from .cache import CachedActivations, cached_eval_sequences, check_cache_matches, read_manifest
+from .config import (DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER, ConfigError, DictionaryConfig, OptimizerConfig,
+                     TrainingConfig, resolve_device, torch_dtype)
 from .data import TokenBatches, held_out_sequences
-from .evals import EvalResult, FeatureActivityTracker, evaluate, explained_variance
+from .evals import EvalResult, FeatureActivityTracker, evaluate_dictionaries, explained_variance
 from .files import atomic_write, publish, remove_tree, temp_sibling
 from .lm import LanguageModel, load_language_model
 from .sae import SparseAutoencoder
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILES = ("sae.safetensors", "trainer_state.pt", "state.json")
+CHECKPOINT_FILES = ("trainer_state.pt", "state.json")
 THRESHOLD_CALIBRATION_BATCHES = 8
 """Training batches (from the shuffle buffer, not consumed) on which a batchtopk dictionary's
 inference threshold is set from the final encoder before it is saved."""
 
 
 class TrainingResult(NamedTuple):
-    dictionary_path: Path
-    """Folder of the final dictionary (load it with `load_dictionary`)."""
-    metrics: dict
-    """Final evaluation metrics (also saved in the dictionary's config.json)."""
+    dictionary_paths: dict[str, Path]
+    """Each dictionary's folder by name (load one with `load_dictionary`)."""
+    final_metrics: dict[str, dict]
+    """Each dictionary's final evaluation (also saved in its config.json)."""
     steps: int
-    """Optimizer steps taken in total."""
+    """Optimizer steps taken in total (every dictionary takes one per batch)."""
     tokens: int
     """Training tokens seen in total."""
+
+    def _only(self) -> str:
+        if len(self.dictionary_paths) != 1:
+            raise ValueError(f"This run trained {len(self.dictionary_paths)} dictionaries "
+                             f"({', '.join(self.dictionary_paths)}); use dictionary_paths / final_metrics by name.")
+        return next(iter(self.dictionary_paths))
+
+    @property
+    def dictionary_path(self) -> Path:
+        """The folder of a run's only dictionary."""
+        return self.dictionary_paths[self._only()]
+
+    @property
+    def metrics(self) -> dict:
+        """The final evaluation of a run's only dictionary."""
+        return self.final_metrics[self._only()]
 
 
 class TrainingInterrupted(Exception):
@@ -74,7 +105,7 @@ class TrainingInterrupted(Exception):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
 
 
-def learning_rate(step: int, total_steps: int, cfg) -> float:
+def learning_rate(step: int, total_steps: int, cfg: OptimizerConfig) -> float:
     """Learning rate at `step`: linear warmup, then constant / cosine / linear decay."""
     if cfg.lr_warmup_steps and step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
@@ -91,12 +122,13 @@ def learning_rate(step: int, total_steps: int, cfg) -> float:
     return cfg.lr + (end - cfg.lr) * progress
 
 
-def sparsity_coefficient(step: int, cfg: TrainingConfig) -> Optional[float]:
-    """The L1 (relu) / L0 (jumprelu) coefficient at `step`, ramped over sparsity_warmup_steps."""
-    base = {"relu": cfg.sae.l1_coefficient, "jumprelu": cfg.sae.l0_coefficient}.get(cfg.sae.architecture)
+def sparsity_coefficient(step: int, spec: DictionaryConfig) -> Optional[float]:
+    """The L1 (relu) / L0 (jumprelu) coefficient of dictionary `spec` at `step`, ramped over its
+    optimizer's sparsity_warmup_steps; None for architectures without one."""
+    base = {"relu": spec.sae.l1_coefficient, "jumprelu": spec.sae.l0_coefficient}.get(spec.sae.architecture)
     if base is None:
         return None
-    warmup = cfg.trainer.sparsity_warmup_steps
+    warmup = spec.optimizer.sparsity_warmup_steps
     return base * min(1.0, (step + 1) / warmup) if warmup else base
 
 
@@ -128,11 +160,99 @@ class StopSignals:
         self._previous = {}
 
 
+class DictionaryTrainer:
+    """One dictionary of a run: its SAE (or transcoder), Adam optimizer, schedules and
+    feature-activity tracker. `step` takes one optimizer step on a batch of its hooks' activations."""
+
+    def __init__(self, spec: DictionaryConfig, *, widths: dict[str, int], model_name: str, total_steps: int,
+                 total_training_tokens: int, trainer_cfg, device: str, dtype: torch.dtype, seed: int):
+        self.spec = spec
+        self.name = spec.name
+        self.total_steps = total_steps
+        # Every dictionary starts from the seed alone, as it would in a run of its own.
+        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+            torch.manual_seed(seed)
+            self.sae = SparseAutoencoder(spec.sae, widths[spec.hook_name], hook_name=spec.hook_name,
+                                         model_name=model_name, device=device, dtype=dtype,
+                                         **({} if spec.hook_out is None else
+                                            {"hook_out": spec.hook_out, "d_out": widths[spec.hook_out]}))
+        opt = spec.optimizer
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=opt.lr, betas=(opt.adam_beta1, opt.adam_beta2))
+        self.tracker = FeatureActivityTracker(
+            self.sae.d_sae, window_tokens=trainer_cfg.feature_density_window_tokens,
+            dead_tokens_threshold=spec.sae.resolve_dead_tokens_threshold(total_training_tokens),
+            dense_threshold=trainer_cfg.dense_feature_threshold, device=device)
+
+    @property
+    def output_hook(self) -> str:
+        return self.spec.hook_out or self.spec.hook_name
+
+    @torch.no_grad()
+    def initialize(self, sample: dict[str, torch.Tensor]) -> None:
+        """Normalization constant(s) and decoder bias from a sample {hook: [n, d]} of raw activations."""
+        x = sample[self.spec.hook_name].float()
+        if self.spec.sae.normalize_activations == "expected_average_only_in":
+            self.sae.normalization_scale = expected_norm_scale(x)
+            if self.spec.hook_out is not None:
+                self.sae.output_normalization_scale = expected_norm_scale(sample[self.spec.hook_out].float())
+        target = sample[self.output_hook].float() * float(self._output_scale)
+        self.sae.initialize_decoder_bias(target)
+
+    @property
+    def _output_scale(self) -> torch.Tensor:
+        return self.sae.output_normalization_scale if self.spec.hook_out is not None else self.sae.normalization_scale
+
+    def step(self, batch: dict[str, torch.Tensor], step: int, *, metrics: bool = True) -> Optional[dict]:
+        """One optimizer step on raw activations batch {hook: [batch, d]}; returns its metrics when
+        asked (reading them waits for the device, so the trainer asks only on logging steps)."""
+        sae = self.sae
+        x = batch[self.spec.hook_name].to(sae.device, sae.dtype) * sae.normalization_scale
+        target = None
+        if self.spec.hook_out is not None:
+            target = batch[self.spec.hook_out].to(sae.device, sae.dtype) * self._output_scale
+        lr = learning_rate(step, self.total_steps, self.spec.optimizer)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        coefficient = sparsity_coefficient(step, self.spec)
+        kwargs = {} if target is None else {"target": target}
+        out = sae.training_forward(x, sparsity_coefficient=coefficient, dead_mask=self.tracker.dead_mask, **kwargs)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        if self.spec.optimizer.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.spec.optimizer.max_grad_norm)
+        self.optimizer.step()
+        sae.set_decoder_norm_to_unit_norm()
+        self.tracker.update(out.feature_acts.detach())
+        if not metrics:
+            return None
+        return {"loss": out.loss.item(), "mse_loss": out.mse_loss.item(), "sparsity_loss": out.sparsity_loss.item(),
+                "aux_loss": out.aux_loss.item(), "l0": out.l0.item(),
+                "explained_variance": explained_variance(x if target is None else target, out.x_hat.detach()),
+                "lr": lr, **({"sparsity_coefficient": coefficient} if coefficient is not None else {})}
+
+    def calibrate_threshold(self, sample: dict[str, torch.Tensor], batch_size: int) -> None:
+        """batchtopk: set the inference threshold from the final encoder (THRESHOLD_CALIBRATION_BATCHES)."""
+        if not getattr(self.sae, "has_inference_threshold", self.spec.sae.architecture == "batchtopk"):
+            return
+        x = sample[self.spec.hook_name].float() * self.sae.normalization_scale
+        threshold = self.sae.calibrate_threshold(x.split(batch_size))
+        log.info("%s: inference threshold set to %.4g on %d buffered activations.", self.name, threshold, len(x))
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+        self.tracker.load_state_dict(state["tracker"])
+
+
 class Trainer:
-    """Trains one dictionary as configured; `Trainer(cfg).run()` does everything."""
+    """Trains every dictionary of a run as configured; `Trainer(cfg).run()` does everything."""
 
     def __init__(self, cfg: TrainingConfig, model: Optional[LanguageModel] = None):
         self.cfg = cfg.validate()
+        self.specs = cfg.dictionary_configs()
         self.run_dir = cfg.run_dir
         self.device = resolve_device(cfg.device)
         self.total_steps = cfg.trainer.total_training_tokens // cfg.activations.train_batch_size
@@ -141,40 +261,67 @@ class Trainer:
         checkpoint = self._prepare_run_dir()
         self._seed(cfg.seed)
         self.model = model if model is not None else load_language_model(cfg.model, self.device)
-        act_cfg = cfg.activations
-        self.d_in = self.model.hook_width(act_cfg.hook_name)  # also refuses unknown / non-per-token hooks
+        self.hooks = tuple(dict.fromkeys(h for spec in self.specs for h in spec.hooks))
+        widths = {hook: self.model.hook_width(hook) for hook in self.hooks}  # refuses unknown / non-per-token hooks
         state, trainer_state = self._read_checkpoint(checkpoint) if checkpoint else ({}, {})
 
-        # The evaluation sequences are the dataset's first documents; training starts after them.
-        m = self.model
-        held_out = held_out_sequences(cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
-                                      separator_token_id=m.separator_token_id, cache_dir=cfg.model.cache_dir,
-                                      n_sequences=2 * cfg.trainer.eval_batches * act_cfg.model_batch_size)
-        self.eval_batches = list(torch.tensor(held_out.sequences, dtype=torch.long).split(act_cfg.model_batch_size))
-        self.token_batches = TokenBatches(cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
-                                          separator_token_id=m.separator_token_id,
-                                          batch_size=act_cfg.model_batch_size, cache_dir=cfg.model.cache_dir,
-                                          first_document=held_out.n_documents, seed=cfg.seed,
-                                          position=trainer_state.get("data"))
-        self.source = ActivationSource(self.model, act_cfg.hook_name, self.token_batches)
-        self.buffer = ActivationBuffer(self.source, d_in=self.d_in, buffer_tokens=act_cfg.buffer_tokens,
+        act_cfg, m = cfg.activations, self.model
+        n_eval = 2 * cfg.trainer.eval_batches * act_cfg.model_batch_size
+        if act_cfg.cache_path is None:
+            # The evaluation sequences are the dataset's first documents; training starts after them.
+            held_out = held_out_sequences(cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
+                                          separator_token_id=m.separator_token_id, cache_dir=cfg.model.cache_dir,
+                                          n_sequences=n_eval)
+            eval_sequences = torch.tensor(held_out.sequences, dtype=torch.long)
+            self.first_training_document = held_out.n_documents
+            self.token_batches = TokenBatches(cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
+                                              separator_token_id=m.separator_token_id,
+                                              batch_size=act_cfg.model_batch_size, cache_dir=cfg.model.cache_dir,
+                                              first_document=held_out.n_documents, seed=cfg.seed,
+                                              position=trainer_state.get("data"))
+            self.source = ActivationSource(self.model, self.hooks, self.token_batches)
+        else:
+            # Activations from a cache; its held-out sequences (never cached) are the evaluation's.
+            manifest = read_manifest(act_cfg.cache_path)
+            check_cache_matches(manifest, Path(act_cfg.cache_path), model_name=cfg.model.name, widths=widths,
+                                store_dtype=act_cfg.store_dtype)
+            eval_sequences = cached_eval_sequences(act_cfg.cache_path)
+            if len(eval_sequences) < n_eval:
+                raise ConfigError(f"The activation cache at {act_cfg.cache_path} keeps {len(eval_sequences)} held-out "
+                                  f"sequences, fewer than the {n_eval} the evaluations need; lower "
+                                  f"trainer.eval_batches or activations.model_batch_size.")
+            eval_sequences = eval_sequences[:n_eval]
+            self.first_training_document = manifest["first_document"]
+            self.source = CachedActivations(act_cfg.cache_path, self.hooks, shuffle_shards=act_cfg.cache_shuffle_shards,
+                                            seed=cfg.seed, position=trainer_state.get("data"))
+        self.eval_batches = list(eval_sequences.split(act_cfg.model_batch_size))
+        self.buffer = ActivationBuffer(self.source, widths=widths, buffer_tokens=act_cfg.buffer_tokens,
                                        batch_size=act_cfg.train_batch_size, dtype=torch_dtype(act_cfg.store_dtype),
                                        device=self.device, seed=cfg.seed)
-        self.sae = SparseAutoencoder(cfg.sae, self.d_in, hook_name=act_cfg.hook_name,
-                                     model_name=cfg.model.name, device=self.device, dtype=torch_dtype(cfg.dtype))
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.trainer.lr,
-                                          betas=(cfg.trainer.adam_beta1, cfg.trainer.adam_beta2))
-        dead_threshold = cfg.sae.resolve_dead_tokens_threshold(cfg.trainer.total_training_tokens)
-        self.tracker = FeatureActivityTracker(self.sae.d_sae, window_tokens=cfg.trainer.feature_density_window_tokens,
-                                              dead_tokens_threshold=dead_threshold,
-                                              dense_threshold=cfg.trainer.dense_feature_threshold, device=self.device)
+        self.dictionaries = [
+            DictionaryTrainer(spec, widths=widths, model_name=cfg.model.name, total_steps=self.total_steps,
+                              total_training_tokens=cfg.trainer.total_training_tokens, trainer_cfg=cfg.trainer,
+                              device=self.device, dtype=torch_dtype(cfg.dtype), seed=cfg.seed)
+            for spec in self.specs]
         self.step = 0
         self.tokens_seen = 0
         if checkpoint:
             self._restore(checkpoint, state, trainer_state)
         else:
-            self._initialize_sae()
+            sample = {h: t.float() for h, t in self.buffer.peek(max(s.sae.decoder_bias_init_samples
+                                                                    for s in self.specs)).items()}
+            for d in self.dictionaries:
+                d.initialize({h: t[:d.spec.sae.decoder_bias_init_samples] for h, t in sample.items()})
         self.wandb_run = None
+        log.info("Training %d dictionar%s on %s (buffer: %.0f MB).", len(self.dictionaries),
+                 "y" if len(self.dictionaries) == 1 else "ies", ", ".join(self.hooks), self.buffer.memory_bytes / 1e6)
+
+    @property
+    def sae(self) -> SparseAutoencoder:
+        """The SAE of a run's only dictionary."""
+        if len(self.dictionaries) != 1:
+            raise ValueError("This run trains several dictionaries; use trainer.dictionaries.")
+        return self.dictionaries[0].sae
 
     # ------------------------------------------------------------------ setup
 
@@ -188,8 +335,9 @@ class Trainer:
         overwrites a finished dictionary or the checkpoints of another configuration."""
         run_dir = self.run_dir
         checkpoint = latest_checkpoint(run_dir)
-        if (run_dir / "dictionary" / "config.json").is_file():
-            raise ConfigError(f"{run_dir} already holds a trained dictionary; choose a new exp_name or move that "
+        finished = [p.parent.name for p in (run_dir / DICTIONARIES_FOLDER).glob("*/config.json")]
+        if (run_dir / LEGACY_DICTIONARY_FOLDER / "config.json").is_file() or finished:
+            raise ConfigError(f"{run_dir} already holds trained dictionaries; choose a new exp_name or move that "
                               f"folder away.")
         saved_config = run_dir / "config.json"
         if checkpoint is not None:
@@ -198,10 +346,11 @@ class Trainer:
                                   f"continue that run, or choose a new exp_name.")
             previous = TrainingConfig.load_json(saved_config) if saved_config.is_file() else None
             if previous is not None:
-                for part in ("model", "dataset", "activations", "sae"):
+                for part in ("model", "dataset", "activations"):
                     if getattr(previous, part) != getattr(self.cfg, part):
                         raise ConfigError(f"Cannot resume {run_dir}: its `{part}` config differs from this run's; "
                                           f"restore it or choose a new exp_name.")
+                _check_same_dictionaries(run_dir, previous.dictionary_configs(), self.specs)
             log.info("Resuming %s from %s.", run_dir, checkpoint)
         # Checkpoints a killed run was still writing (hidden temporary folders) are thrown away.
         for leftover in (run_dir / "checkpoints").glob(".step_*.tmp") if (run_dir / "checkpoints").is_dir() else ():
@@ -212,15 +361,6 @@ class Trainer:
         _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name[len("step_"):]) if checkpoint else 0)
         return checkpoint
 
-    @torch.no_grad()
-    def _initialize_sae(self) -> None:
-        """Normalization constant and decoder bias from a sample of training activations."""
-        n = self.cfg.sae.decoder_bias_init_samples
-        sample = self.buffer.peek(n).float()
-        if self.cfg.sae.normalize_activations == "expected_average_only_in":
-            self.sae.normalization_scale.fill_(expected_norm_scale(sample))
-        self.sae.initialize_decoder_bias(sample * float(self.sae.normalization_scale))
-
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
@@ -229,15 +369,20 @@ class Trainer:
         target = self.run_dir / "checkpoints" / f"step_{self.step}"
         tmp = temp_sibling(target, folder=True)
         try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.sae.state_dict().items()},
-                      tmp / "sae.safetensors")
-            torch.save({"optimizer": self.optimizer.state_dict(), "buffer": self.buffer.state_dict(),
-                        "tracker": self.tracker.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "data": self.token_batches.position()}, tmp / "trainer_state.pt")
-            state = {"step": self.step, "tokens_seen": self.tokens_seen, "epoch": self.token_batches.epoch,
-                     "sequences_served": self.token_batches.sequences_served,
-                     "first_training_document": self.token_batches.sequences.first_document,
-                     "buffer_tokens_generated": self.buffer.tokens_generated}
+            for d in self.dictionaries:
+                folder = tmp / DICTIONARIES_FOLDER / d.name
+                folder.mkdir(parents=True)
+                save_file({k: v.detach().contiguous().cpu() for k, v in d.sae.state_dict().items()},
+                          folder / "sae.safetensors")
+                torch.save(d.state_dict(), folder / "optimizer.pt")
+            position = self.source.position()
+            torch.save({"buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state(), "data": position},
+                       tmp / "trainer_state.pt")
+            state = {"step": self.step, "tokens_seen": self.tokens_seen,
+                     **{k: v for k, v in position.items() if type(v) is int},  # epoch, sequences served, ...
+                     "first_training_document": self.first_training_document,
+                     "buffer_tokens_generated": self.buffer.tokens_generated,
+                     "dictionaries": [d.name for d in self.dictionaries]}
             (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
             publish(tmp, target)
         finally:
@@ -258,29 +403,44 @@ class Trainer:
         except Exception as e:
             raise ConfigError(f"Checkpoint {checkpoint} is unreadable ({type(e).__name__}: {str(e)[:200]}); delete "
                               f"that folder to resume from an earlier one.") from e
+        if "data" not in trainer_state or "dictionaries" not in state:
+            raise ConfigError(f"Checkpoint {checkpoint} was written by an older version of the trainer (it has no "
+                              f"epoch-aware data position or dictionary list) and cannot be resumed exactly; start a "
+                              f"new exp_name.")
         return state, trainer_state
 
     def _restore(self, checkpoint: Path, state: dict, trainer_state: dict) -> None:
-        try:
-            self.sae.load_state_dict(load_file(checkpoint / "sae.safetensors", device="cpu"))
-        except Exception as e:
-            raise ConfigError(f"Checkpoint {checkpoint} is unreadable ({type(e).__name__}: {str(e)[:200]}); delete "
-                              f"that folder to resume from an earlier one.") from e
-        self.optimizer.load_state_dict(trainer_state["optimizer"])  # moves the moments to the parameters' device
+        for d in self.dictionaries:
+            folder = checkpoint / DICTIONARIES_FOLDER / d.name
+            try:
+                d.sae.load_state_dict(load_file(folder / "sae.safetensors", device="cpu"))
+                d.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise ConfigError(f"Checkpoint {checkpoint} is unreadable for dictionary {d.name!r} "
+                                  f"({type(e).__name__}: {str(e)[:200]}); delete that folder to resume from an "
+                                  f"earlier one.") from e
         self.buffer.load_state_dict(trainer_state["buffer"])
-        self.tracker.load_state_dict(trainer_state["tracker"])
         torch.set_rng_state(trainer_state["torch_rng"])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
 
     # ------------------------------------------------------------------ logging
 
-    def _log(self, record: dict) -> None:
-        record = {"step": self.step, "tokens": self.tokens_seen, **record}
+    def _log(self, records: list[dict]) -> None:
+        """Append records (one per dictionary, each with its name) to metrics.jsonl and wandb."""
+        records = [{"step": self.step, "tokens": self.tokens_seen, **r} for r in records]
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write("".join(json.dumps(r) + "\n" for r in records))
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+            flat = {}
+            for r in records:
+                prefix = f"{r['dictionary']}/" if "dictionary" in r else ""
+                for key, value in r.items():
+                    if isinstance(value, dict):
+                        flat.update({f"{prefix}{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
+                    elif isinstance(value, (int, float)) and key not in ("step",):
+                        flat[f"{prefix}{key}"] = value
+            self.wandb_run.log(flat, step=self.step)
 
     def _start_wandb(self) -> None:
         lc = self.cfg.logging
@@ -296,41 +456,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def evaluate(self, final: bool = False) -> EvalResult:
+    def evaluate(self, final: bool = False) -> list[EvalResult]:
+        """Every dictionary's evaluation on the held-out sequences (twice as many at the end)."""
         batches = self.eval_batches if final else self.eval_batches[: self.cfg.trainer.eval_batches]
-        return evaluate(self.model, self.sae, batches, dense_threshold=self.cfg.trainer.dense_feature_threshold)
+        return evaluate_dictionaries(self.model, [d.sae for d in self.dictionaries], batches,
+                                     dense_threshold=self.cfg.trainer.dense_feature_threshold)
 
-    def train_step(self, x: torch.Tensor) -> dict:
-        """One optimizer step on raw activations x [batch, d_in]."""
-        x = x.to(self.device, self.sae.W_dec.dtype) * self.sae.normalization_scale
-        lr = learning_rate(self.step, self.total_steps, self.cfg.trainer)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        coefficient = sparsity_coefficient(self.step, self.cfg)
-        out = self.sae.training_forward(x, sparsity_coefficient=coefficient, dead_mask=self.tracker.dead_mask)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.sae.remove_gradient_parallel_to_decoder_directions()
-        if self.cfg.trainer.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.trainer.max_grad_norm)
-        self.optimizer.step()
-        self.sae.set_decoder_norm_to_unit_norm()
-        self.tracker.update(out.feature_acts.detach())
+    def train_step(self, batch: dict[str, torch.Tensor], *, metrics: bool = True) -> Optional[list[dict]]:
+        """One optimizer step of every dictionary on raw activations {hook: [batch, d]}; their
+        metrics when asked."""
+        out = [d.step(batch, self.step, metrics=metrics) for d in self.dictionaries]
         self.step += 1
-        self.tokens_seen += len(x)
-        return {"loss": out.loss.item(), "mse_loss": out.mse_loss.item(), "sparsity_loss": out.sparsity_loss.item(),
-                "aux_loss": out.aux_loss.item(), "l0": out.l0.item(),
-                "explained_variance": explained_variance(x, out.x_hat.detach()), "lr": lr,
-                **({"sparsity_coefficient": coefficient} if coefficient is not None else {})}
-
-    def _calibrate_threshold(self) -> None:
-        """batchtopk: set the inference threshold from the final encoder (see THRESHOLD_CALIBRATION_BATCHES)."""
-        if self.cfg.sae.architecture != "batchtopk":
-            return
-        batch = self.cfg.activations.train_batch_size
-        held = self.buffer.peek(THRESHOLD_CALIBRATION_BATCHES * batch).float() * self.sae.normalization_scale
-        threshold = self.sae.calibrate_threshold(held.split(batch))
-        log.info("batchtopk inference threshold set to %.4g on %d buffered activations.", threshold, len(held))
+        self.tokens_seen += len(next(iter(batch.values())))
+        return out if metrics else None
 
     def run(self) -> TrainingResult:
         from tqdm.auto import tqdm
@@ -340,21 +478,24 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not cfg.logging.progress_bar,
                         desc=cfg.exp_name, dynamic_ncols=True)
         started, start_tokens = time.perf_counter(), self.tokens_seen
-        self.sae.train()
+        for d in self.dictionaries:
+            d.sae.train()
         with StopSignals() as stop:
             try:
                 while self.step < self.total_steps and stop.received is None:
-                    metrics = self.train_step(self.buffer.next_batch())
+                    logging_step = (self.step + 1) % cfg.logging.log_every_steps == 0 \
+                        or self.step + 1 == self.total_steps
+                    metrics = self.train_step(self.buffer.next_batch(), metrics=logging_step)
                     progress.update(1)
-                    if self.step % cfg.logging.log_every_steps == 0 or self.step == self.total_steps:
-                        elapsed = time.perf_counter() - started
-                        tokens_per_s = (self.tokens_seen - start_tokens) / max(elapsed, 1e-9)
-                        record = {**metrics, **self.tracker.stats(), "tokens_per_s": tokens_per_s}
-                        self._log(record)
-                        progress.set_postfix(tok_s=f"{tokens_per_s:,.0f}", L0=f"{metrics['l0']:.1f}",
-                                             EV=f"{metrics['explained_variance']:.3f}", refresh=False)
+                    if logging_step:
+                        tokens_per_s = (self.tokens_seen - start_tokens) / max(time.perf_counter() - started, 1e-9)
+                        self._log([{"dictionary": d.name, **m, **d.tracker.stats(), "tokens_per_s": tokens_per_s}
+                                   for d, m in zip(self.dictionaries, metrics)])
+                        progress.set_postfix(tok_s=f"{tokens_per_s:,.0f}", L0=f"{metrics[0]['l0']:.1f}",
+                                             EV=f"{metrics[0]['explained_variance']:.3f}", refresh=False)
                     if self.step % cfg.trainer.eval_every_steps == 0 and self.step < self.total_steps:
-                        self._log({"eval": self.evaluate().scalars()})
+                        self._log([{"dictionary": d.name, "eval": r.scalars()}
+                                   for d, r in zip(self.dictionaries, self.evaluate())])
                     if cfg.trainer.checkpoint_every_steps and self.step % cfg.trainer.checkpoint_every_steps == 0 \
                             and self.step < self.total_steps:
                         self.save_checkpoint()
@@ -365,19 +506,40 @@ class Trainer:
                 if self.wandb_run is not None:
                     self.wandb_run.finish()
                 raise TrainingInterrupted(stop.received, self.step, checkpoint)
-            self._calibrate_threshold()
-            final = self.evaluate(final=True)
-            self._log({"final_eval": final.scalars()})
-            path = self.sae.save(self.run_dir / "dictionary", metrics=final.to_dict(), extra={
-                "exp_name": cfg.exp_name, "model": cfg.model.to_dict(), "dataset": cfg.dataset.path,
-                "context_size": cfg.dataset.context_size, "training_tokens": self.tokens_seen,
-                "training_steps": self.step})
+            sample = self.buffer.peek(THRESHOLD_CALIBRATION_BATCHES * cfg.activations.train_batch_size)
+            for d in self.dictionaries:
+                d.calibrate_threshold(sample, cfg.activations.train_batch_size)
+            finals = self.evaluate(final=True)
+            self._log([{"dictionary": d.name, "final_eval": r.scalars()} for d, r in zip(self.dictionaries, finals)])
+            paths = {}
+            for d, final in zip(self.dictionaries, finals):
+                paths[d.name] = d.sae.save(self.run_dir / DICTIONARIES_FOLDER / d.name, metrics=final.to_dict(), extra={
+                    "name": d.name, "exp_name": cfg.exp_name, "model": cfg.model.to_dict(),
+                    "dataset": cfg.dataset.path, "context_size": cfg.dataset.context_size,
+                    "optimizer": d.spec.optimizer.to_dict(), "training_tokens": self.tokens_seen,
+                    "training_steps": self.step})
+                log.info("Saved %s: L0 %.1f, explained variance %.3f, CE loss recovered %.3f.",
+                         paths[d.name], final.l0, final.explained_variance, final.ce_loss_recovered)
         if self.wandb_run is not None:
-            self.wandb_run.summary.update(final.scalars())
+            self.wandb_run.summary.update({f"{d.name}/final/{k}": v for d, r in zip(self.dictionaries, finals)
+                                           for k, v in r.scalars().items()})
             self.wandb_run.finish()
-        log.info("Saved the dictionary to %s: L0 %.1f, explained variance %.3f, CE loss recovered %.3f.",
-                 path, final.l0, final.explained_variance, final.ce_loss_recovered)
-        return TrainingResult(path, final.to_dict(), self.step, self.tokens_seen)
+        return TrainingResult(paths, {d.name: r.to_dict() for d, r in zip(self.dictionaries, finals)},
+                              self.step, self.tokens_seen)
+
+
+def _check_same_dictionaries(run_dir: Path, saved: list[DictionaryConfig], now: list[DictionaryConfig]) -> None:
+    """ConfigError unless a resumed run has the same dictionaries (names, hooks, `sae` configs) as
+    the one that wrote the checkpoint; optimizer settings may change, as a run's `trainer` may."""
+    names = [d.name for d in saved]
+    if names != [d.name for d in now]:
+        raise ConfigError(f"Cannot resume {run_dir}: its dictionaries are {names}, this run's are "
+                          f"{[d.name for d in now]}; restore the config or choose a new exp_name.")
+    for a, b in zip(saved, now):
+        for part in ("hook_name", "hook_out", "sae"):
+            if getattr(a, part) != getattr(b, part):
+                raise ConfigError(f"Cannot resume {run_dir}: dictionary {a.name!r} has a different `{part}` config "
+                                  f"than this run's; restore it or choose a new exp_name.")
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -412,5 +574,5 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(cfg: TrainingConfig, model: Optional[LanguageModel] = None) -> TrainingResult:
-    """Train a dictionary as configured and return where it was saved with its final metrics."""
+    """Train every dictionary of `cfg` and return where each was saved with its final metrics."""
     return Trainer(cfg, model=model).run()

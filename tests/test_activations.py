@@ -1,10 +1,12 @@
-"""Activation generation stops at the hook's block, drops BOS; the shuffle buffer is bounded."""
+"""Activation generation stops at the deepest hook's block, drops BOS, captures every hook at once;
+the shuffle buffer is bounded, keeps hooks paired, and its state round-trips."""
 
 import torch
 
 from core import ActivationBuffer, ActivationSource, DatasetConfig, TokenBatches
 
 HOOK = "blocks.0.hook_resid_post"
+HOOKS = (HOOK, "blocks.1.mlp.hook_post", "blocks.1.attn.hook_z")
 
 
 def _batches(model, n=None, batch_size=4, context_size=32):
@@ -14,36 +16,55 @@ def _batches(model, n=None, batch_size=4, context_size=32):
 
 def test_truncated_forward_matches_full_forward_and_drops_bos(tiny_model):
     tokens = next(_batches(tiny_model))
-    source = ActivationSource(tiny_model, HOOK, iter([tokens]))
+    source = ActivationSource(tiny_model, HOOKS, iter([tokens]))
+    assert source.stop_at_layer == 2
     acts = next(source)
-    _, cache = tiny_model.bridge.run_with_cache(tokens, names_filter=[HOOK])
+    _, cache = tiny_model.bridge.run_with_cache(tokens, names_filter=list(HOOKS))
     mask = tiny_model.token_mask(tokens)
-    assert acts.shape == (int(mask.sum()), 64)
     assert int(mask.sum()) < tokens.numel()  # BOS / separators were dropped
-    torch.testing.assert_close(acts, cache[HOOK][mask])
+    assert {hook: a.shape for hook, a in acts.items()} == {HOOK: (int(mask.sum()), 64),
+                                                          HOOKS[1]: (int(mask.sum()), 256),
+                                                          HOOKS[2]: (int(mask.sum()), 64)}
+    for hook in HOOKS:
+        torch.testing.assert_close(acts[hook], cache[hook][mask].flatten(1))
+    assert ActivationSource(tiny_model, HOOK, iter(())).stop_at_layer == 1
 
 
-def test_buffer_is_bounded_serves_every_activation_once(tiny_model):
-    chunks = [torch.arange(i * 100, (i + 1) * 100, dtype=torch.float32)[:, None].repeat(1, 3) for i in range(20)]
-    buffer = ActivationBuffer(iter(chunks), d_in=3, buffer_tokens=256, batch_size=64, seed=1)
-    served = torch.cat([buffer.next_batch() for _ in range(25)])  # 1600 of the 2000 rows
-    assert buffer._storage.shape == (256, 3)  # memory is the configured buffer, whatever is served
-    values = served[:, 0]
+def test_buffer_is_bounded_serves_every_activation_once_and_keeps_hooks_paired(tiny_model):
+    chunks = [{"a": torch.arange(i * 100, (i + 1) * 100, dtype=torch.float32)[:, None].repeat(1, 3),
+               "b": -torch.arange(i * 100, (i + 1) * 100, dtype=torch.float32)[:, None].repeat(1, 5)}
+              for i in range(20)]
+    buffer = ActivationBuffer(iter(chunks), widths={"a": 3, "b": 5}, buffer_tokens=256, batch_size=64, seed=1)
+    assert buffer.memory_bytes == 256 * (3 + 5) * 4  # the configured buffer, whatever is served
+    batches = [buffer.next_batch() for _ in range(25)]  # 1600 of the 2000 rows
+    values = torch.cat([b["a"] for b in batches])[:, 0]
     assert len(values.unique()) == len(values)  # nothing served twice
     assert not torch.equal(values, values.sort().values)  # shuffled
+    for b in batches:  # the same token in the same row of every hook
+        assert torch.equal(b["b"][:, 0], -b["a"][:, 0])
     assert buffer.tokens_generated <= 1600 + 256 + 100
+
+
+def test_buffer_contents_depend_on_the_row_order_only(tiny_model):
+    rows = torch.randn(3000, 4)
+    big = ActivationBuffer(iter([{"x": c} for c in rows.split(700)]), widths={"x": 4}, buffer_tokens=512,
+                           batch_size=64, seed=2)
+    small = ActivationBuffer(iter([{"x": c} for c in rows.split(37)]), widths={"x": 4}, buffer_tokens=512,
+                             batch_size=64, seed=2)
+    for _ in range(30):
+        assert torch.equal(big.next_batch()["x"], small.next_batch()["x"])
 
 
 def test_buffer_state_round_trip_reproduces_future_batches(tiny_model):
     def make():
-        source = ActivationSource(tiny_model, HOOK, _batches(tiny_model))
-        return ActivationBuffer(source, d_in=64, buffer_tokens=512, batch_size=64, seed=3)
+        source = ActivationSource(tiny_model, HOOKS[:2], _batches(tiny_model))
+        return ActivationBuffer(source, widths={HOOK: 64, HOOKS[1]: 256}, buffer_tokens=512, batch_size=64, seed=3)
 
     a = make()
     for _ in range(5):
         a.next_batch()
     state = a.state_dict()
-    position = a.source.token_batches.position()
+    position = a.source.position()
     expected = [a.next_batch() for _ in range(6)]
 
     b = make()
@@ -53,4 +74,6 @@ def test_buffer_state_round_trip_reproduces_future_batches(tiny_model):
                                           position=position)
     b.load_state_dict(state)
     for want in expected:
-        torch.testing.assert_close(b.next_batch(), want)
+        got = b.next_batch()
+        for hook in want:
+            torch.testing.assert_close(got[hook], want[hook])

@@ -63,7 +63,7 @@ def brute_force(tiny_model, sae, analysis_cfg) -> BruteForce:
             mask &= running <= cfg.total_analyzing_tokens - n
             # The analyzer's encoder (tests/test_sae.py checks it against sae.encode); the records are
             # what is under test here.
-            acts = sae.encode_sparse(source.activations_of(tokens), rows=mask).to_dense().view(*mask.shape, -1)
+            acts = sae.encode_sparse(source.activations_of(tokens)[sae.hook_name], rows=mask).to_dense().view(*mask.shape, -1)
             all_tokens.append(tokens)
             all_acts.append(acts)
             n += int(mask.sum())
@@ -174,7 +174,7 @@ def test_logit_lens_reads_decoder_rows_through_the_unembedding(store, tiny_model
 
 
 def test_store_round_trip(store, tiny_analysis, tiny_dictionary, tiny_model, sae, analysis_cfg):
-    assert tiny_analysis == tiny_dictionary.resolve().parent / "analysis" / "default"
+    assert tiny_analysis == tiny_dictionary.resolve() / "analysis" / "default"
     assert sorted(p.name for p in tiny_analysis.iterdir()) == ["config.json", "features.sqlite"]
     summary = store.summary()
     assert summary.n_features == 128 and summary.n_tokens == 4000
@@ -406,7 +406,7 @@ def test_interrupted_run_keeps_the_previous_analysis(where, copied_analysis, tin
 
 def test_leftover_partial_is_replaced_and_overwrite_replaces(tiny_dictionary, tiny_gpt2_dir, tiny_model):
     cfg = tiny_analysis_config(tiny_dictionary, tiny_gpt2_dir, analysis_name="rerun", total_analyzing_tokens=300)
-    folder = tiny_dictionary.resolve().parent / "analysis" / "rerun"
+    folder = tiny_dictionary.resolve() / "analysis" / "rerun"
     folder.mkdir(parents=True)
     (folder / "features.sqlite.partial").write_bytes(b"left by a killed run")
     try:

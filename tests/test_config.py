@@ -80,5 +80,65 @@ def test_example_script_command_line_overrides():
     assert custom.sae.architecture == "jumprelu" and custom.trainer.total_training_tokens == 5000
     gpt2 = parse(["gpt2"])
     assert gpt2.model.name == "gpt2" and gpt2.activations.hook_name == "blocks.6.hook_resid_post"
-    for cfg in (default, custom, gpt2):
+    swept = parse(["smollm2", "--sweep", "sae.k=16,32", "hook_name=blocks.{2..4}.hook_resid_post"])
+    assert len(swept.dictionary_configs()) == 6
+    sweep_preset = parse(["sweep"])
+    assert sorted(d.name for d in sweep_preset.dictionary_configs()) == sorted(
+        f"blocks.{i}.hook_resid_post-k{k}" for i in (3, 5) for k in (16, 32, 64))
+    for cfg in (default, custom, gpt2, swept, sweep_preset):
         cfg.validate()
+
+
+def test_sweep_expands_a_grid_into_named_dictionaries():
+    from core.config import DictionaryConfig, OptimizerConfig
+
+    cfg = TrainingConfig(sweep=("sae.k=16,32", "hook_name=blocks.{2..4}.hook_resid_post", "optimizer.lr=1e-4,3e-4"))
+    dictionaries = cfg.validate().dictionary_configs()
+    assert len(dictionaries) == 12
+    assert {(d.hook_name, d.sae.k, d.optimizer.lr) for d in dictionaries} == {
+        (f"blocks.{i}.hook_resid_post", k, lr) for i in (2, 3, 4) for k in (16, 32) for lr in (1e-4, 3e-4)}
+    assert "blocks.3.hook_resid_post-k32-lr0.0003" in {d.name for d in dictionaries}
+    assert all(d.sae.architecture == cfg.sae.architecture for d in dictionaries)
+    # Named dictionaries keep their names, with the swept values appended (hooks included).
+    named = TrainingConfig(dictionaries=(DictionaryConfig(name="mlp", hook_name="blocks.1.ln2.hook_normalized",
+                                                          hook_out="blocks.1.hook_mlp_out"),
+                                         DictionaryConfig(name="resid", optimizer=OptimizerConfig(lr=1e-3))),
+                           sweep=("sae.expansion_factor=4,16",))
+    got = {d.name: d for d in named.dictionary_configs()}
+    assert sorted(got) == ["mlp-expansion_factor16", "mlp-expansion_factor4", "resid-expansion_factor16",
+                           "resid-expansion_factor4"]
+    assert got["mlp-expansion_factor4"].hooks == ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")
+    assert got["resid-expansion_factor16"].optimizer.lr == 1e-3 and got["mlp-expansion_factor4"].optimizer.lr == 4e-4
+    # A run of one dictionary is named after its hook; configs with lists round-trip through JSON.
+    assert [d.name for d in TrainingConfig().dictionary_configs()] == ["blocks.3.hook_resid_post"]
+    assert TrainingConfig.from_dict(json.loads(named.to_json())) == named
+
+
+@pytest.mark.parametrize("sweep, words", [
+    (("trainer.lr=1e-3",), ["not a dictionary field", "optimizer.<field>"]),
+    (("sae.k=16,big",), ["'big' is not a int"]),
+    (("sae.k=16,16",), ["repeats a value"]),
+    (("sae.k",), ["field=value1,value2"]),
+    (("sae.k=8", "sae.k=16"), ["names sae.k twice"]),
+    (("sae.matryoshka=1",), ["not a dictionary field"]),
+])
+def test_bad_sweeps_are_one_clear_error(sweep, words):
+    with pytest.raises(ConfigError) as err:
+        TrainingConfig(sweep=sweep).validate()
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_duplicate_and_unsafe_dictionary_names_are_refused():
+    from core.config import DictionaryConfig
+
+    with pytest.raises(ConfigError, match="named 'a'"):
+        TrainingConfig(dictionaries=(DictionaryConfig(name="a"), DictionaryConfig(name="a"))).validate()
+    with pytest.raises(ConfigError, match="plain folder name"):
+        TrainingConfig(dictionaries=(DictionaryConfig(name="../x"),)).validate()
+    with pytest.raises(ConfigError, match="hook_out equals hook_name"):
+        TrainingConfig(dictionaries=(DictionaryConfig(hook_out="blocks.3.hook_resid_post"),)).validate()
+    with pytest.raises(ConfigError, match="dictionary 'x': optimizer.lr"):
+        from core.config import OptimizerConfig
+
+        TrainingConfig(dictionaries=(DictionaryConfig(name="x", optimizer=OptimizerConfig(lr=-1)),)).validate()

@@ -50,13 +50,13 @@ def test_copied_scripts_run_from_the_root_and_from_exp(copied_scripts, tiny_gpt2
                 "--trainer.total-training-tokens", "2560", "--trainer.eval-batches", "1",
                 "--dataset.context-size", "64", "--logging.no-progress-bar"], EXP)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dictionary = results / "copied" / "dictionary"
+    dictionary = results / "copied" / "dictionaries" / TINY_HOOK
     assert json.loads((dictionary / "config.json").read_text())["training_steps"] == 10
 
     proc = run([analyze_copy.name, "--dictionary-path", str(dictionary), "--model.name", str(tiny_gpt2_dir),
                 "--total-analyzing-tokens", "2000", "--dataset.context-size", "64"], EXP)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (results / "copied" / "analysis" / "default" / "features.sqlite").is_file()
+    assert (dictionary / "analysis" / "default" / "features.sqlite").is_file()
 
 
 @pytest.mark.parametrize("args, words", [

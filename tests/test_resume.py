@@ -19,7 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from core import DatasetConfig, TrainingConfig, held_out_sequences
-from tests.conftest import ROOT, tiny_training_config
+from tests.conftest import ROOT, TINY_HOOK, tiny_training_config
 
 STEPS = 160
 CHECKPOINT_EVERY = 4
@@ -83,8 +83,12 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, target: int) -> bool:
     pytest.fail(f"the training child made no progress to step {target} in {CHILD_TIMEOUT} s")
 
 
+def final_dictionary(run_dir: Path) -> Path:
+    return run_dir / "dictionaries" / TINY_HOOK
+
+
 def final_tensors(run_dir: Path) -> dict:
-    return load_file(str(run_dir / "dictionary" / "sae.safetensors"))
+    return load_file(str(final_dictionary(run_dir) / "sae.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +159,8 @@ def test_killed_and_stopped_at_random_moments_resumes_to_the_same_dictionary(tin
     assert set(got) == set(expected)
     for name in expected:  # bit for bit on CPU
         assert got[name].dtype == expected[name].dtype and bool((got[name] == expected[name]).all()), name
-    reference_config = json.loads((uninterrupted / "dictionary" / "config.json").read_text())
-    config = json.loads((run_dir / "dictionary" / "config.json").read_text())
+    reference_config = json.loads((final_dictionary(uninterrupted) / "config.json").read_text())
+    config = json.loads((final_dictionary(run_dir) / "config.json").read_text())
     assert config["metrics"] == reference_config["metrics"]
 
     # The evaluation sequences came from the first documents, and training always started after them.
@@ -170,7 +174,7 @@ def test_killed_and_stopped_at_random_moments_resumes_to_the_same_dictionary(tin
     # What a kill left behind was cleaned up; what stays is whole and readable by others.
     checkpoints = run_dir / "checkpoints"
     assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
-    for path in [*checkpoints.rglob("*"), *(run_dir / "dictionary").iterdir(), run_dir / "metrics.jsonl",
+    for path in [*checkpoints.rglob("*"), *final_dictionary(run_dir).iterdir(), run_dir / "metrics.jsonl",
                  run_dir / "config.json"]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))

@@ -70,11 +70,10 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_gpt2_dir, tiny_mo
     assert steps == sorted(steps)  # lines after the checkpoint were replaced, not duplicated
 
 
-def test_existing_results_are_never_overwritten(tiny_gpt2_dir, tiny_model, tiny_dictionary):
-    results_dir = tiny_dictionary.parent.parent
+def test_existing_results_are_never_overwritten(tiny_gpt2_dir, tiny_model, tiny_dictionary, tiny_results_dir):
     before = (tiny_dictionary / "sae.safetensors").read_bytes()
-    cfg = tiny_training_config(tiny_gpt2_dir, results_dir, exp_name="tiny-topk")
-    with pytest.raises(ConfigError, match="already holds a trained dictionary"):
+    cfg = tiny_training_config(tiny_gpt2_dir, tiny_results_dir, exp_name="tiny-topk")
+    with pytest.raises(ConfigError, match="already holds trained dictionaries"):
         Trainer(cfg, model=tiny_model)
     assert (tiny_dictionary / "sae.safetensors").read_bytes() == before
 
@@ -87,7 +86,7 @@ def test_resume_refuses_a_different_config_and_resume_false(tiny_gpt2_dir, tiny_
     trainer.save_checkpoint()
     changed = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="c", steps=12, checkpoint_every_steps=5)
     changed.sae.k = 4
-    with pytest.raises(ConfigError, match="`sae` config differs"):
+    with pytest.raises(ConfigError, match="has a different `sae` config"):
         Trainer(changed, model=tiny_model)
     fresh = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="c", steps=12)
     fresh.resume = False
@@ -100,7 +99,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_gpt2_dir, tiny_model, tmp_path
     trainer = Trainer(cfg, model=tiny_model)
     trainer.train_step(trainer.buffer.next_batch())
     path = trainer.save_checkpoint()
-    (path / "sae.safetensors").write_bytes(b"garbage")
+    (path / "dictionaries" / TINY_HOOK / "sae.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=f"unreadable for dictionary '{TINY_HOOK}'.*delete that folder"):
+        Trainer(cfg, model=tiny_model)
+    (path / "trainer_state.pt").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="unreadable.*delete that folder"):
         Trainer(cfg, model=tiny_model)
 
