@@ -1,0 +1,127 @@
+"""Training and caching speed against the model's raw truncated forward, all in one run.
+
+    python benchmarks/training_throughput.py [--tokens 40960] [--hook blocks.5.hook_resid_post] [--device cpu]
+
+On SmolLM2-135M and the built-in corpus, with a topk dictionary (d_sae 4,608, k 32, batch 4,096):
+
+  (a) raw truncated forward: `run_with_cache` of the hook with `stop_at_layer` after its block, on
+      pre-tokenized batches (the floor every from-the-model path pays);
+  (b) training from the model: our trainer's loop (buffer refills + dictionary steps);
+  (c) writing an activation cache of the hook (`cache_activations`, float32, fsynced shards);
+  (d) training from that cache: the same dictionary, the loop reading shards instead of the model.
+
+Printed: tokens/s of each and the ratios (b)/(a) (target >= 0.75), (c)/(a) (target >= 0.9) and
+(d)/(b) (target >= 3). Setup (model load, held-out text, decoder-bias init) is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from core import (ActivationStoreConfig, CacheConfig, DatasetConfig, LanguageModelConfig, LoggingConfig,  # noqa
+                  SAEConfig, TokenBatches, Trainer, TrainerConfig, TrainingConfig, cache_activations,
+                  load_language_model)
+from core.config import resolve_device  # noqa: E402
+from core.lm import stop_layer_for  # noqa: E402
+
+BATCH = 4096
+MODEL_BATCH = 16
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def raw_forward(model, hook: str, tokens: int) -> float:
+    """Tokens/s of the truncated forward alone on pre-tokenized batches of the corpus."""
+    stream = TokenBatches(DatasetConfig(context_size=128), model.tokenizer, bos_token_id=model.bos_token_id,
+                          separator_token_id=model.separator_token_id, batch_size=MODEL_BATCH)
+    batches, n = [], 0
+    while n < tokens:
+        batches.append(next(stream).to(model.device))
+        n += int(model.token_mask(batches[-1]).sum())
+    stop = stop_layer_for(hook)
+    with torch.no_grad():
+        model.bridge.run_with_cache(batches[0], names_filter=[hook], stop_at_layer=stop)  # warm-up
+        sync(model.device)
+        start = time.perf_counter()
+        for batch in batches:
+            model.bridge.run_with_cache(batch, names_filter=[hook], stop_at_layer=stop, return_cache_object=False)
+        sync(model.device)
+    return n / (time.perf_counter() - start)
+
+
+def training(cfg: TrainingConfig, model, tokens: int) -> float:
+    """Tokens/s of the trainer's loop over `tokens` (after one warm-up step)."""
+    trainer = Trainer(cfg, model=model)
+    trainer.train_step(trainer.buffer.next_batch(), metrics=False)
+    steps = tokens // BATCH
+    sync(trainer.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(trainer.buffer.next_batch(), metrics=False)
+    sync(trainer.device)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=10 * BATCH)
+    parser.add_argument("--hook", default="blocks.5.hook_resid_post")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    model = load_language_model(LanguageModelConfig(), device)
+    work = Path(tempfile.mkdtemp(prefix="training-bench-"))
+    try:
+        cfg = TrainingConfig(
+            exp_name="from-model", results_dir=str(work), device=device, model=LanguageModelConfig(),
+            dataset=DatasetConfig(context_size=128),
+            activations=ActivationStoreConfig(hook_name=args.hook, model_batch_size=MODEL_BATCH,
+                                              buffer_tokens=4 * BATCH, train_batch_size=BATCH),
+            sae=SAEConfig(architecture="topk", expansion_factor=8, k=32, decoder_bias_init_samples=2048),
+            trainer=TrainerConfig(total_training_tokens=10 ** 9, eval_batches=1, eval_every_steps=10 ** 9),
+            logging=LoggingConfig(progress_bar=False))
+        print(f"device {device}, {torch.get_num_threads()} CPU threads; {model.name} at {args.hook}; "
+              f"{args.tokens:,} tokens each; topk d_sae 4,608, k 32, batch {BATCH}")
+        forward = raw_forward(model, args.hook, args.tokens)
+        from_model = training(cfg, model, args.tokens)
+
+        # The cache holds the tokens the cache-trained run reads, plus its warm-up and buffer fill.
+        cache_tokens = args.tokens + 6 * BATCH
+        cache_cfg = CacheConfig(cache_path=str(work / "cache"), hooks=(args.hook,), total_tokens=cache_tokens,
+                                shard_tokens=4 * BATCH, eval_sequences=2 * MODEL_BATCH,
+                                model_batch_size=MODEL_BATCH, device=device, dataset=DatasetConfig(context_size=128))
+        cache_activations(replace(cache_cfg, cache_path=str(work / "warm-up"), total_tokens=BATCH), model=model,
+                          progress=False)
+        start = time.perf_counter()
+        cache_activations(cache_cfg, model=model, progress=False)
+        writing = cache_tokens / (time.perf_counter() - start)
+        from_cache = training(replace(cfg, exp_name="from-cache", activations=replace(
+            cfg.activations, cache_path=cache_cfg.cache_path)), model, args.tokens)
+
+        print(f"(a) raw truncated forward        {forward:>10,.0f} tok/s")
+        print(f"(b) training from the model      {from_model:>10,.0f} tok/s   (b)/(a) = {from_model / forward:.2f} "
+              f"(target >= 0.75)")
+        print(f"(c) writing the activation cache {writing:>10,.0f} tok/s   (c)/(a) = {writing / forward:.2f} "
+              f"(target >= 0.9)")
+        print(f"(d) training from the cache      {from_cache:>10,.0f} tok/s   (d)/(b) = {from_cache / from_model:.2f} "
+              f"(target >= 3)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
