@@ -149,15 +149,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except (ModelLoadError, DictionaryLoadError, ConfigError, HookNameError) as e:
             log.warning("Cannot run dictionary %r: %s", name, e)
             raise HTTPException(500, f"Cannot run dictionary {name!r} on custom text: {e}") from None
-        acts = out.acts  # [n_tokens, d_sae]
-        k = min(body.top_k, acts.shape[1])
-        values, indices = acts.topk(k, dim=-1) if acts.shape[0] else (acts[:, :0], acts[:, :0].long())
-        top_features = [[{"index": i, "act": v} for i, v in zip(row_i, row_v) if v > 0]
-                        for row_i, row_v in zip(indices.tolist(), values.tolist())]
-        feature = None
-        if body.feature is not None:
-            feature = {"index": body.feature, "acts": acts[:, body.feature].tolist()}
-        return {"token_ids": out.token_ids, "tokens": out.tokens, "feature": feature,
+        acts = out.activations  # sparse rows: no [n_tokens, d_sae] matrix
+        feature = None if body.feature is None else {"index": body.feature, "acts": acts.feature(body.feature).tolist()}
+        top_features = [[{"index": i, "act": v} for i, v in row] for row in acts.top_features(body.top_k)]
+        return {"token_ids": acts.token_ids, "tokens": acts.tokens, "feature": feature,
                 "top_features": top_features, "truncated": out.truncated}
 
     @app.api_route("/api/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)

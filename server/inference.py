@@ -17,9 +17,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
+from core.analysis import TextActivations, encode_text
 from core.config import LanguageModelConfig
 from core.lm import LanguageModel, load_language_model
 from core.sae import SparseAutoencoder, load_dictionary
@@ -37,14 +39,9 @@ class LoadedPair:
     """Held while the model runs; shared by every pair that shares the model."""
 
 
-@dataclass
-class TokenActivations:
-    """What the activations endpoint needs from one text."""
-
-    token_ids: list[int]
-    tokens: list[str]
-    acts: torch.Tensor
-    """[n_tokens, d_sae] float32 on the CPU."""
+class EncodedText(NamedTuple):
+    activations: TextActivations
+    """The dictionary's features on the text's tokens (sparse rows, BOS not included)."""
     truncated: bool
     """The text had more tokens than the limit and was cut."""
 
@@ -90,18 +87,14 @@ class ModelCache:
                  time.perf_counter() - start)
         return pair
 
-    def encode(self, info: DictionaryInfo, text: str, *, max_tokens: int) -> TokenActivations:
+    def encode(self, info: DictionaryInfo, text: str, *, max_tokens: int) -> EncodedText:
         """The dictionary's activations on every token of `text` (BOS not included), computed by
         `core.analysis.encode_text`, the analyzer's own function. The text is cut to `max_tokens`
         tokens, or to the model's context length when that is shorter."""
-        from core.analysis import encode_text
-
         pair = self.get(info)
         n_ctx = getattr(pair.model.bridge.cfg, "n_ctx", None)
         limit = max_tokens if not n_ctx else min(max_tokens, int(n_ctx) - 1)  # BOS takes one position
         with pair.lock, torch.no_grad():
             n_text_tokens = int(pair.model.tokenize(text, prepend_bos=False).shape[1])
-            result = encode_text(pair.model, pair.sae, text, max_tokens=limit)
-        acts = result.acts.detach().to("cpu", torch.float32)
-        return TokenActivations(token_ids=[int(i) for i in result.token_ids], tokens=list(result.tokens),
-                                acts=acts, truncated=n_text_tokens > limit)
+            activations = encode_text(pair.model, pair.sae, text, max_tokens=limit)
+        return EncodedText(activations, truncated=n_text_tokens > limit)
