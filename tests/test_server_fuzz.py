@@ -198,7 +198,8 @@ def test_fuzz_every_endpoint_on_a_real_server(results_copy):
         assert {200, 400, 404, 405, 413, 422, 500} <= set(statuses) and computed > 0, (statuses, computed)
 
         assert httpx.get(f"{base}/api/health").json()["status"] == "ok"
-        ok = httpx.post(f"{base}/api/dictionaries/{DICT}/activations", json={"text": "Hello world", "feature": 3})
+        ok = httpx.post(f"{base}/api/dictionaries/{DICT}/activations", json={"text": "Hello world", "feature": 3},
+                        timeout=60)
         assert ok.status_code == 200 and ok.json()["tokens"] == ["Hello", " world"]
 
 

@@ -91,7 +91,7 @@ def test_body_cap_on_a_real_server_with_and_without_content_length(results_copy)
         # A chunked body under the cap is served as usual.
         body = json.dumps({"text": "Hello world"}).encode()
         ok = httpx.post(f"{base}{activations_url()}", content=iter([body[:5], body[5:]]),
-                        headers={"content-type": "application/json"})
+                        headers={"content-type": "application/json"}, timeout=120)  # loads the model
         assert "content-length" not in ok.request.headers and ok.status_code == 200, ok.text
         assert ok.json()["tokens"] == ["Hello", " world"]
         assert httpx.get(f"{base}/api/health").status_code == 200
@@ -138,7 +138,7 @@ def test_busy_inference_answers_503_with_retry_after_at_once(results_copy, deep_
         # Turned away, not queued: a 503 comes back before the slot's computation is done.
         first_inference = next(i for i, (_, r) in enumerate(answers) if r.status_code == 200 and "tokens" in r.json())
         assert 503 in statuses[:first_inference], statuses
-        assert httpx.post(f"{base}{activations_url('deep')}", json={"text": "again"}).status_code == 200
+        assert httpx.post(f"{base}{activations_url('deep')}", json={"text": "again"}, timeout=60).status_code == 200
 
 
 def test_a_cold_load_does_not_block_another_dictionary(results_copy, deep_gpt2_dir):
