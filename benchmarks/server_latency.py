@@ -87,10 +87,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(results_dir: Path, port: int) -> subprocess.Popen:
+def start_server(results_dir: Path, port: int, settings: dict[str, str] | None = None) -> subprocess.Popen:
+    """uvicorn serving `results_dir` on 127.0.0.1:`port`, once it answers /api/health; `settings`
+    are extra GPT2DICT_* variables."""
     import httpx
 
-    env = {**os.environ, "GPT2DICT_RESULTS_DIR": str(results_dir), "GPT2DICT_UI_DIST": str(results_dir / "no-ui")}
+    env = {**os.environ, "GPT2DICT_RESULTS_DIR": str(results_dir), "GPT2DICT_UI_DIST": str(results_dir / "no-ui"),
+           **(settings or {})}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env)
     deadline = time.monotonic() + 60

@@ -390,8 +390,39 @@ class TextActivations(NamedTuple):
     """Token ids of the text."""
     tokens: list[str]
     """Their display strings (decoded one token at a time, like the feature store's vocabulary)."""
-    acts: Tensor
-    """[n_tokens, d_sae] float32 feature activations on CPU; 0 on BOS / EOS / pad tokens."""
+    acts: SparseFeatureActs
+    """One sparse row per token (never a dense [n_tokens, d_sae] matrix: a 131k-feature dictionary
+    would make that ~270 MB for 512 tokens); rows of BOS / EOS / pad tokens are empty."""
+
+    def feature(self, index: int) -> Tensor:
+        """float32 [n_tokens]: feature `index`'s activation on every token."""
+        if not 0 <= index < self.acts.d_sae:
+            raise IndexError(f"feature {index} does not exist; this dictionary has features 0..{self.acts.d_sae - 1}.")
+        out = torch.zeros(self.acts.n_tokens)
+        hits = self.acts.features == index
+        out[self._token_of_entry()[hits]] = self.acts.values[hits]
+        return out
+
+    def top_features(self, k: int) -> list[list[tuple[int, float]]]:
+        """Per token, its (at most) k strongest active (> 0) features as (index, activation),
+        strongest first."""
+        rows = self._token_of_entry()
+        # Entries sorted by token, then by activation, strongest first (stable: ties keep their order).
+        order = torch.from_numpy(np.lexsort((-self.acts.values.numpy(), rows.numpy())))
+        values, features = self.acts.values[order], self.acts.features[order]
+        rank = torch.arange(len(order)) - self.acts.row_ptr[rows]  # rows are already in token order
+        keep = (rank < k) & (values > 0)
+        counts = torch.bincount(rows[keep], minlength=self.acts.n_tokens).tolist()
+        pairs = list(zip(features[keep].tolist(), values[keep].tolist()))
+        out, start = [], 0
+        for count in counts:
+            out.append(pairs[start:start + count])
+            start += count
+        return out
+
+    def _token_of_entry(self) -> Tensor:
+        """int64 [nnz]: the token each stored entry belongs to."""
+        return torch.repeat_interleave(torch.arange(self.acts.n_tokens), self.acts.row_ptr.diff())
 
 
 @torch.no_grad()
@@ -407,10 +438,12 @@ def encode_text(model: LanguageModel, sae: SparseAutoencoder, text: str, *,
                          "after BOS; shorten it or pass max_tokens.")
     source = ActivationSource(model, sae.hook_name, iter(()))
     acts = sae.encode_sparse(source.activations_of(tokens)[sae.hook_name].to(sae.device), rows=model.token_mask(tokens))
-    feature_acts = acts.to_dense()  # [1 + n, d_sae], rows of special tokens empty
+    bos_end = int(acts.row_ptr[1])  # drop the BOS row (empty, as the mask excludes it)
+    text_acts = acts._replace(row_ptr=acts.row_ptr[1:] - bos_end, features=acts.features[bos_end:],
+                              values=acts.values[bos_end:])
     token_ids = tokens[0, 1:].tolist()
     strings = model.tokenizer.batch_decode([[i] for i in token_ids], clean_up_tokenization_spaces=False)
-    return TextActivations(token_ids, strings, feature_acts[1:])
+    return TextActivations(token_ids, strings, text_acts)
 
 
 __all__ = ["analyze", "analysis_dir", "analyzed_dictionary", "encode_text", "TextActivations", "FeatureRecords", "SampleSlots",

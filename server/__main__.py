@@ -1,19 +1,28 @@
 """Open the viewer in one command: build the UI if needed, then serve API + UI on one port.
 
-    python -m server                 # http://127.0.0.1:24577
+    python -m server                 # http://127.0.0.1:24577, this machine only
     python -m server --port 8000 --host 0.0.0.0 --no-build
 
 Equivalent to `(cd ui && bun install && bun run build) && uvicorn server.app:app --port 24577`;
 the build step runs only when `ui/dist` is missing (or with --rebuild) and bun is installed.
+
+`--host 0.0.0.0` listens on every network interface: anyone who can reach the port can read the
+results (there is no login). Other machines open it by this machine's IP address; a host name
+must be listed in GPT2DICT_ALLOWED_HOSTS (the server refuses unknown Host headers, a guard against
+DNS rebinding). `--host NAME` allows NAME itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from .guards import is_ip_address
 
 UI = Path(__file__).resolve().parents[1] / "ui"
 
@@ -44,8 +53,27 @@ def main() -> None:
         build_ui(force=args.rebuild)
     import uvicorn
 
-    print(f"Viewer: http://{args.host}:{args.port}   (API docs: http://{args.host}:{args.port}/docs)", file=sys.stderr)
+    url = f"http://{browse_address(args.host)}:{args.port}"
+    print(f"Viewer: {url}   (API docs: {url}/docs)", file=sys.stderr)
+    if not is_loopback(args.host):
+        print(f"Listening on {args.host}: anyone who can reach port {args.port} can read the results. Other machines "
+              "open it by this machine's IP address; to use a host name, add it to GPT2DICT_ALLOWED_HOSTS.",
+              file=sys.stderr)
+    if not is_ip_address(args.host) and args.host != "localhost":  # a name given here is one the user will browse to
+        os.environ["GPT2DICT_ALLOWED_HOSTS"] = ",".join(filter(None, [os.environ.get("GPT2DICT_ALLOWED_HOSTS"),
+                                                                      args.host]))
     uvicorn.run("server.app:app", host=args.host, port=args.port)
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or (is_ip_address(host) and ipaddress.ip_address(host).is_loopback)
+
+
+def browse_address(host: str) -> str:
+    """Where a browser on this machine reaches a server bound to `host` (a wildcard is reached on loopback)."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ def file_signature(path: Path) -> FileSignature:
 def check_name(name: str, what: str) -> str:
     if (not name or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name
             or os.path.isabs(name) or len(name) > 255):
-        raise NotFound(f"{name!r} is not a valid {what} name; names are plain folder names inside the results folder.")
+        shown = repr(name[:80]) + ("..." if len(name) > 80 else "")
+        raise NotFound(f"{shown} is not a valid {what} name; names are plain folder names (at most 255 characters) "
+                       "inside the results folder.")
     return name
 
 

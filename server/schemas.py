@@ -6,6 +6,9 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_INT64 = 2**63 - 1
+"""Largest index or offset accepted (SQLite's integers are 64-bit); larger ones are a 422, not a crash."""
+
 
 class Histogram(BaseModel):
     edges: list[float] = Field(description="n + 1 bin edges")
@@ -120,7 +123,8 @@ class ActivationsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, description="the text to run through the model (limit: GPT2DICT_MAX_TEXT_CHARS)")
-    feature: Optional[int] = Field(None, description="a feature whose activation on every token is returned")
+    feature: Optional[int] = Field(None, ge=0, le=MAX_INT64,
+                                   description="a feature whose activation on every token is returned")
     top_k: int = Field(5, ge=1, le=20, description="strongest active features listed per token")
 
 

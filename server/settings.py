@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Everything the server can be told; relative paths are relative to the working directory."""
+    """Everything the server can be told; relative paths here are relative to the working directory (a
+    relative model path inside a dictionary's config.json is relative to `results_dir` instead)."""
 
     model_config = SettingsConfigDict(env_prefix="GPT2DICT_", env_file=".env", env_file_encoding="utf-8",
                                       extra="ignore")
@@ -30,7 +31,24 @@ class Settings(BaseSettings):
     """Custom texts are cut to this many tokens (the BOS the model reads first not counted, and never more
     than the model's context length); the answer then says `truncated: true`."""
     model_cache_size: int = Field(1, ge=1)
-    """How many (language model, dictionary) pairs stay loaded for custom text, least recently used evicted."""
+    """How many (language model, dictionary) pairs stay loaded for custom text, least recently used evicted;
+    also how many may be loading at once (more cold dictionaries get HTTP 503)."""
+    max_body_bytes: int = Field(65536, gt=0)
+    """Request bodies larger than this are refused with HTTP 413 before they are parsed (by Content-Length, or
+    as a chunked body streams in). Custom text takes up to 4 bytes a character (6 for JSON-escaped control
+    characters), so keep it well above 4 x max_text_chars."""
+    inference_concurrency: int = Field(1, ge=1)
+    """Custom-text requests computed at once; further ones are answered HTTP 503 with Retry-After at once
+    instead of queueing, so browsing stays fast while the model runs."""
+    inference_threads: int = Field(0, ge=0)
+    """torch threads per custom-text computation; 0: one less than the CPU cores (at least 1), so browsing
+    requests keep a core while the model runs."""
+    model_load_failure_ttl_s: float = Field(60.0, ge=0, allow_inf_nan=False)
+    """A dictionary whose model or weights failed to load answers that error for this many seconds before a new
+    load is tried (saving the dictionary again retries at once)."""
+    allowed_hosts: str = ""
+    """Comma-separated host names (without port) accepted in the Host header besides localhost and IP addresses,
+    e.g. the name of this machine or of a reverse proxy; `*` accepts any. Guards against DNS rebinding."""
     ui_dist: Path = Path("ui/dist")
     """The built UI (`cd ui && bun run build`); served on every non-/api path when it exists."""
 
@@ -44,3 +62,18 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: str) -> str:
+        from .guards import host_name
+
+        bad = [h.strip() for h in value.split(",") if h.strip() and h.strip() != "*" and host_name(h) is None]
+        if bad:
+            raise ValueError(f"GPT2DICT_ALLOWED_HOSTS has {', '.join(map(repr, bad))}; give host names such as "
+                             "'viewer.example.org' (no scheme, path or spaces), comma-separated, or '*'.")
+        return value
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]

@@ -14,6 +14,8 @@ if str(ROOT) not in sys.path:
 
 from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
 
+pytest_plugins = ["tests.server_helpers"]  # the server tests' fixtures (results_copy, ...)
+
 TINY_HOOK = "blocks.0.hook_resid_post"
 
 

@@ -281,20 +281,42 @@ def test_encode_text_matches_the_analyzer(tiny_model, sae, brute_force, store):
     encoded = encode_text(tiny_model, sae, text)
     assert encoded.token_ids == ids
     assert encoded.tokens == store.decode(ids)
-    assert encoded.acts.shape == (20, sae.d_sae) and encoded.acts.dtype == torch.float32
-    assert torch.allclose(encoded.acts, brute_force.acts[0, 1:21], atol=1e-5, rtol=1e-4)
+    assert isinstance(encoded.acts, SparseFeatureActs)  # sparse rows, never a dense [tokens, d_sae] matrix
+    assert encoded.acts.n_tokens == 20 and encoded.acts.d_sae == sae.d_sae
+    assert len(encoded.acts.features) <= 20 * sae.cfg.k
+    dense = encoded.acts.to_dense()
+    assert torch.allclose(dense, brute_force.acts[0, 1:21], atol=1e-5, rtol=1e-4)
 
     short = encode_text(tiny_model, sae, text, max_tokens=3)
-    assert short.token_ids == ids[:3] and short.acts.shape == (3, sae.d_sae)
-    assert torch.allclose(short.acts, encoded.acts[:3], atol=1e-5, rtol=1e-4)
+    assert short.token_ids == ids[:3] and short.acts.n_tokens == 3
+    assert torch.allclose(short.acts.to_dense(), dense[:3], atol=1e-5, rtol=1e-4)
     empty = encode_text(tiny_model, sae, "")
-    assert empty.token_ids == [] and empty.acts.shape == (0, sae.d_sae)
+    assert empty.token_ids == [] and empty.acts.to_dense().shape == (0, sae.d_sae)
+    assert empty.top_features(3) == [] and empty.feature(0).shape == (0,)
+
+
+def test_text_activations_read_from_sparse_rows(tiny_model, sae):
+    encoded = encode_text(tiny_model, sae, "The quick brown fox jumps over the lazy dog.")
+    dense = encoded.acts.to_dense()
+    active = int((dense > 0).sum(0).argmax())
+    assert torch.equal(encoded.feature(active), dense[:, active]) and dense[:, active].max() > 0
+    for k in (1, 3, sae.d_sae):
+        top = encoded.top_features(k)
+        assert len(top) == len(encoded.token_ids)
+        for row, acts in zip(top, dense):
+            expected = acts.topk(min(k, int((acts > 0).sum()))).values.tolist()
+            assert [v for _, v in row] == expected
+            assert all(acts[i].item() == v for i, v in row)
+    with pytest.raises(IndexError, match="0..127"):
+        encoded.feature(sae.d_sae)
 
 
 def test_encode_text_zeroes_special_tokens(tiny_model, sae):
     encoded = encode_text(tiny_model, sae, "Hello world<|endoftext|> again")
     eos = encoded.token_ids.index(tiny_model.tokenizer.eos_token_id)
-    assert encoded.acts[eos].abs().sum() == 0 and encoded.acts[eos - 1].abs().sum() > 0
+    dense = encoded.acts.to_dense()
+    assert dense[eos].abs().sum() == 0 and dense[eos - 1].abs().sum() > 0
+    assert encoded.top_features(5)[eos] == []
 
 
 # ------------------------------------------------------------------------------ other hooks

@@ -1,7 +1,8 @@
 """The feature-viewer server against a real feature store (the analyzer's output on the tiny GPT-2).
 
-Most tests use FastAPI's TestClient on `create_app(Settings(...))`; one starts a real uvicorn
-process and talks to it over loopback. Tests that change a results folder work on a copy in a
+Most tests use FastAPI's TestClient on `create_app(Settings(...))`, addressed as 127.0.0.1 like a
+browser on this machine; one starts a real uvicorn process and talks to it over loopback.
+test_server_limits.py and test_server_fuzz.py try to break it. Tests that change a results folder work on a copy in a
 temporary folder, never on the shared `tiny_results_dir`.
 """
 
@@ -10,39 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from core.store import FeatureStore, SORT_KEYS
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import ROOT, TINY_HOOK
-
-DICT = "tiny-topk"
-MAX_CHARS = 300
-MAX_TOKENS = 24
-TEXT = "The quick brown fox jumps over the lazy dog.\nHello world, this is a test."
-
-
-def make_settings(results_dir: Path, **overrides) -> Settings:
-    values = dict(results_dir=results_dir, ui_dist=results_dir / "no-ui-dist", max_text_chars=MAX_CHARS,
-                  max_text_tokens=MAX_TOKENS)
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
-
-
-@pytest.fixture(scope="module")
-def analysis_dir(tiny_analysis, tiny_results_dir) -> Path:
-    folder = tiny_results_dir / DICT / "analysis" / "default"
-    assert (folder / "features.sqlite").is_file()
-    return folder
+from tests.server_helpers import (DICT, MAX_CHARS, MAX_TOKENS, TEXT, assert_error, features_url, local_client,
+                                  make_settings, uvicorn_server)
 
 
 @pytest.fixture(scope="module")
@@ -53,31 +32,8 @@ def store(analysis_dir):
 
 @pytest.fixture(scope="module")
 def client(analysis_dir, tiny_results_dir):
-    with TestClient(create_app(make_settings(tiny_results_dir))) as c:
+    with local_client(create_app(make_settings(tiny_results_dir))) as c:
         yield c
-
-
-@pytest.fixture()
-def results_copy(analysis_dir, tiny_results_dir, tmp_path) -> Path:
-    """A private results folder holding a copy of the tiny dictionary and its analysis."""
-    results = tmp_path / "results"
-    shutil.copytree(tiny_results_dir / DICT, results / DICT, ignore=shutil.ignore_patterns("checkpoints"))
-    return results
-
-
-def features_url(name: str = DICT, analysis: str = "default") -> str:
-    return f"/api/dictionaries/{name}/analyses/{analysis}/features"
-
-
-def assert_error(response, status: int, *words: str) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    detail = response.json()["detail"]
-    assert isinstance(detail, str) and detail
-    assert "Traceback" not in detail
-    for word in words:
-        assert word in detail, detail
-    return detail
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,8 +169,9 @@ def test_unknown_dictionary_analysis_feature_404(client):
     assert_error(client.get(features_url(analysis="nope")), 404, "nope")
     assert_error(client.get(f"{features_url(analysis='nope')}/3"), 404, "nope")
     assert_error(client.get(f"{features_url()}/128"), 404, "0..127")
-    assert_error(client.get(f"{features_url()}/-1"), 404, "0..127")
-    assert_error(client.get(f"{features_url()}/99999999999999999999999"), 404)
+    # Never an index of any dictionary: malformed (422), not missing.
+    assert_error(client.get(f"{features_url()}/-1"), 422, "'index'", "greater than or equal to 0")
+    assert_error(client.get(f"{features_url()}/99999999999999999999999"), 422, "'index'", "less than or equal to")
     assert_error(client.get(f"{features_url()}/abc"), 422, "index")
     assert_error(client.post("/api/dictionaries/nope/activations", json={"text": "hi"}), 404, "nope")
     assert_error(client.get("/api/no-such-endpoint"), 404)
@@ -256,6 +213,7 @@ def test_activations_match_encode_text(client, tiny_model, tiny_dictionary, stor
     assert r.status_code == 200, r.text
     body = r.json()
     expected = encode_text(tiny_model, load_dictionary(tiny_dictionary), TEXT, max_tokens=MAX_TOKENS)
+    dense = expected.acts.to_dense()  # the reference; the server reads the sparse rows directly
     assert body["token_ids"] == expected.token_ids
     assert body["tokens"] == expected.tokens
     assert "".join(body["tokens"]) == TEXT
@@ -263,9 +221,9 @@ def test_activations_match_encode_text(client, tiny_model, tiny_dictionary, stor
     n = len(body["tokens"])
     assert body["feature"]["index"] == feature
     assert len(body["feature"]["acts"]) == n  # one activation per token
-    torch.testing.assert_close(torch.tensor(body["feature"]["acts"]), expected.acts[:, feature], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(body["feature"]["acts"]), dense[:, feature], atol=1e-5, rtol=1e-5)
     assert len(body["top_features"]) == n
-    for row, acts in zip(body["top_features"], expected.acts):
+    for row, acts in zip(body["top_features"], dense):
         assert 0 < len(row) <= 3
         values = [f["act"] for f in row]
         assert values == sorted(values, reverse=True) and all(v > 0 for v in values)
@@ -315,12 +273,12 @@ def test_activations_unknown_feature_404(client):
 def test_model_cache_is_lru_and_shares_the_model(results_copy):
     shutil.copytree(results_copy / DICT / "dictionary", results_copy / "second" / "dictionary")
     app = create_app(make_settings(results_copy, model_cache_size=1))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         for name in (DICT, "second", DICT):
             assert c.post(f"/api/dictionaries/{name}/activations", json={"text": "Hello"}).status_code == 200
         assert [Path(k).parent.name for k in app.state.models.keys()] == [DICT]
     app = create_app(make_settings(results_copy, model_cache_size=2))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         first = c.post(f"/api/dictionaries/{DICT}/activations", json={"text": "Hello world"}).json()
         second = c.post("/api/dictionaries/second/activations", json={"text": "Hello world"}).json()
         assert first == second  # same weights
@@ -355,7 +313,7 @@ def test_symlinks_leading_outside_the_results_folder_are_refused(results_copy, t
     (analyses / "leak-file" / "features.sqlite").symlink_to(outside / "evil" / "analysis" / "default" / "features.sqlite")
     (results_copy / "alias").symlink_to(results_copy / DICT, target_is_directory=True)  # inside: allowed
 
-    with TestClient(create_app(make_settings(results_copy))) as c:
+    with local_client(create_app(make_settings(results_copy))) as c:
         names = [d["name"] for d in c.get("/api/dictionaries").json()["dictionaries"]]
         assert names == ["alias", DICT]
         assert_error(c.get("/api/dictionaries/evil"), 404, "outside the results folder")
@@ -385,7 +343,7 @@ def test_corrupt_store_gives_500_and_the_server_keeps_serving(results_copy):
     (analyses / "text").mkdir()
     (analyses / "text" / "features.sqlite").write_text("not a database\n" * 20)
 
-    with TestClient(create_app(make_settings(results_copy))) as c:
+    with local_client(create_app(make_settings(results_copy))) as c:
         for name in ("truncated", "garbage", "text"):
             for url in (features_url(analysis=name), f"{features_url(analysis=name)}/1",
                         f"{features_url(analysis=name)}/random"):
@@ -405,7 +363,7 @@ def test_incomplete_analysis_is_not_listed_and_404(results_copy):
     running = results_copy / DICT / "analysis" / "running"
     running.mkdir()
     shutil.copy(results_copy / DICT / "analysis" / "default" / "features.sqlite", running / "features.sqlite.partial")
-    with TestClient(create_app(make_settings(results_copy))) as c:
+    with local_client(create_app(make_settings(results_copy))) as c:
         assert c.get(f"/api/dictionaries/{DICT}").json()["analyses"] == ["default"]
         assert_error(c.get(features_url(analysis="running")), 404, "not complete")
 
@@ -418,7 +376,7 @@ def test_damaged_dictionary_config(results_copy):
         if text is None:
             text = json.dumps({**json.loads(config_path.read_text()), "d_in": "sixty-four"})
         config_path.write_text(text)
-    with TestClient(create_app(make_settings(results_copy))) as c:
+    with local_client(create_app(make_settings(results_copy))) as c:
         assert [d["name"] for d in c.get("/api/dictionaries").json()["dictionaries"]] == [DICT]
         assert_error(c.get("/api/dictionaries/broken"), 500, "config.json", "broken")
         assert_error(c.get("/api/dictionaries/no-model"), 500, "model_name")
@@ -430,7 +388,7 @@ def test_damaged_dictionary_config(results_copy):
 def test_model_that_cannot_be_loaded_gives_500(results_copy):
     config_path = results_copy / DICT / "dictionary" / "config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_name": "/nonexistent/model"}))
-    with TestClient(create_app(make_settings(results_copy))) as c:
+    with local_client(create_app(make_settings(results_copy))) as c:
         assert_error(c.post(f"/api/dictionaries/{DICT}/activations", json={"text": "hi"}), 500,
                      "/nonexistent/model", "does not exist")
         assert c.get(f"{features_url()}/0").status_code == 200  # browsing needs no model
@@ -445,7 +403,7 @@ def test_unexpected_errors_do_not_leak_tracebacks(results_copy):
 
     app.router.routes.insert(0, app.router.routes.pop())  # before the /api catch-all
 
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with local_client(app, raise_server_exceptions=False) as c:
         detail = assert_error(c.get("/api/test-crash"), 500, "Internal server error")
         assert "secret" not in detail
         assert c.get("/api/health").status_code == 200
@@ -456,7 +414,7 @@ def test_new_and_rerun_results_appear_without_restart(results_copy, tmp_path, ti
     from tests.conftest import tiny_analysis_config
 
     empty = tmp_path / "later"
-    with TestClient(create_app(make_settings(empty))) as c:
+    with local_client(create_app(make_settings(empty))) as c:
         assert c.get("/api/dictionaries").json() == {"dictionaries": []}
         assert c.get("/api/health").json()["n_dictionaries"] == 0
         shutil.copytree(results_copy / DICT, empty / DICT)
@@ -490,7 +448,7 @@ def test_ui_served_from_dist_with_client_side_routes(results_copy, tmp_path):
     (dist / "index.html").write_text("<!doctype html><div id=root>viewer</div>")
     (dist / "assets" / "index-abc123.js").write_text("console.log('viewer')")
     (tmp_path / "secret.txt").write_text("do not serve")
-    with TestClient(create_app(make_settings(results_copy, ui_dist=dist))) as c:
+    with local_client(create_app(make_settings(results_copy, ui_dist=dist))) as c:
         for path in ("/", "/index.html", f"/dictionaries/{DICT}", f"/dictionaries/{DICT}/default/features/3"):
             r = c.get(path)
             assert r.status_code == 200 and "viewer</div>" in r.text, path
@@ -551,31 +509,11 @@ def test_env_example_documents_every_setting():
 # A real server process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_real_uvicorn_process(analysis_dir, tiny_results_dir, store, tmp_path):
+def test_real_uvicorn_process(analysis_dir, tiny_results_dir, store):
     import httpx
 
-    port = _free_port()
-    env = {**os.environ, "GPT2DICT_RESULTS_DIR": str(tiny_results_dir), "GPT2DICT_UI_DIST": str(tmp_path / "none")}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port",
-                             str(port), "--log-level", "warning"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                health = httpx.get(f"{base}/api/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "uvicorn did not start within 60 s"
-                time.sleep(0.2)
+    with uvicorn_server(tiny_results_dir) as base:
+        health = httpx.get(f"{base}/api/health", timeout=2)
         assert health.json() == {"status": "ok", "results_dir": str(tiny_results_dir), "n_dictionaries": 1}
         with httpx.Client(base_url=base, timeout=10) as http:
             assert [d["name"] for d in http.get("/api/dictionaries").json()["dictionaries"]] == [DICT]
@@ -585,11 +523,3 @@ def test_real_uvicorn_process(analysis_dir, tiny_results_dir, store, tmp_path):
             assert http.get(features_url(), params={"limit": 7}).json()["limit"] == 7
             assert http.get(f"{features_url()}/999").status_code == 404
             assert "bun run build" in http.get("/").text
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode is not None

@@ -1,0 +1,172 @@
+"""What the server tests share: settings, clients, fixtures over the tiny analysis, and a real
+uvicorn process. Test modules import the fixtures they use from here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, NamedTuple
+from urllib.parse import urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.settings import Settings
+from tests.conftest import ROOT
+
+DICT = "tiny-topk"
+MAX_CHARS = 300
+MAX_TOKENS = 24
+TEXT = "The quick brown fox jumps over the lazy dog.\nHello world, this is a test."
+
+
+def local_client(app, **kwargs) -> TestClient:
+    """A TestClient that addresses the app as a browser on this machine does (Host: 127.0.0.1)."""
+    return TestClient(app, base_url="http://127.0.0.1", **kwargs)
+
+
+def make_settings(results_dir: Path, **overrides) -> Settings:
+    values = dict(results_dir=results_dir, ui_dist=results_dir / "no-ui-dist", max_text_chars=MAX_CHARS,
+                  max_text_tokens=MAX_TOKENS)
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="module")
+def analysis_dir(tiny_analysis, tiny_results_dir) -> Path:
+    folder = tiny_results_dir / DICT / "analysis" / "default"
+    assert (folder / "features.sqlite").is_file()
+    return folder
+
+
+@pytest.fixture()
+def results_copy(analysis_dir, tiny_results_dir, tmp_path) -> Path:
+    """A private results folder holding a copy of the tiny dictionary and its analysis."""
+    results = tmp_path / "results"
+    shutil.copytree(tiny_results_dir / DICT, results / DICT, ignore=shutil.ignore_patterns("checkpoints"))
+    return results
+
+
+def features_url(name: str = DICT, analysis: str = "default") -> str:
+    return f"/api/dictionaries/{name}/analyses/{analysis}/features"
+
+
+def assert_error(response, status: int, *words: str) -> str:
+    """The server's error shape: `status`, JSON {"detail": one string naming `words`}, no traceback."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail
+    assert "Traceback" not in detail
+    for word in words:
+        assert word in detail, detail
+    return detail
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def uvicorn_server(results_dir: Path, settings: dict[str, str] | None = None, *, host: str = "127.0.0.1",
+                   log_level: str = "warning") -> Iterator[str]:
+    """A real `uvicorn server.app:app` process serving `results_dir` (plus GPT2DICT_* `settings`);
+    yields its base URL once /api/health answers, stops it afterwards."""
+    port = free_port()
+    command = ["-m", "uvicorn", "server.app:app", "--host", host, "--port", str(port), "--log-level", log_level]
+    with server_process(command, f"http://{host}:{port}", results_dir, settings) as url:
+        yield url
+
+
+@contextmanager
+def server_process(arguments: list[str], url: str, results_dir: Path, settings: dict[str, str] | None = None,
+                   log: Path | None = None) -> Iterator[str]:
+    """`python <arguments>` serving `results_dir` at `url` (plus GPT2DICT_* `settings`; the environment's
+    own GPT2DICT_* variables are left out), its output in `log` (a file: a chatty server never blocks on
+    it); yields `url` once /api/health answers there, stops the process afterwards."""
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPT2DICT_")}
+    env.update(GPT2DICT_RESULTS_DIR=str(results_dir), GPT2DICT_UI_DIST=str(Path(results_dir) / "no-ui-dist"),
+               **(settings or {}))
+    with (log.open("w+") if log else tempfile.TemporaryFile("w+")) as out:
+        proc = subprocess.Popen([sys.executable, *arguments], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    out.seek(0)
+                    raise RuntimeError(f"the server exited with code {proc.returncode}:\n{out.read()[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not answer {url}/api/health within 60 s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class RawResponse(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    """Lowercased names."""
+    body: bytes
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
+
+
+def raw_http(base_url: str, request: bytes, *, timeout: float = 30.0) -> RawResponse:
+    """Send `request` (bytes, exactly as given: any request line, headers or body) over a new TCP
+    connection and read the answer until the server closes it. Send `Connection: close` (or a request
+    the server refuses) so it does."""
+    parts = urlsplit(base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/"):
+        raise AssertionError(f"not an HTTP answer: {data[:200]!r}")
+    headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+    headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+    if "content-length" in headers:
+        body = body[:int(headers["content-length"])]
+    return RawResponse(int(lines[0].split()[1]), headers, body)
+
+
+def request_bytes(method: str, target: str | bytes, *, host: str | bytes | None = "127.0.0.1",
+                  headers: dict[str, str | bytes] | None = None, body: bytes | None = None) -> bytes:
+    """An HTTP/1.1 request with `Connection: close`, byte for byte as given (no encoding or checks)."""
+    enc = (lambda v: v if isinstance(v, bytes) else v.encode("utf-8"))
+    lines = [enc(method) + b" " + enc(target) + b" HTTP/1.1"]
+    if host is not None:
+        lines.append(b"Host: " + enc(host))
+    for name, value in (headers or {}).items():
+        lines.append(enc(name) + b": " + enc(value))
+    if body is not None and not any(name.lower() in ("content-length", "transfer-encoding") for name in headers or {}):
+        lines.append(b"Content-Length: " + str(len(body)).encode())
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
