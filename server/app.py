@@ -15,6 +15,7 @@ Before any endpoint, middleware (server/guards.py) checks the Host header and ca
 from __future__ import annotations
 
 import logging
+import re
 import os
 import threading
 from contextlib import asynccontextmanager
@@ -35,7 +36,7 @@ from core.store import FeatureStore, StoreError
 from . import schemas
 from .guards import BodyLimit, HostCheck
 from .inference import InferenceBusy, ModelCache, ModelLoadFailed
-from .results import DictionaryError, DictionaryInfo, NotFound, ResultsFolder
+from .results import ID_SEPARATOR, DictionaryError, DictionaryInfo, NotFound, ResultsFolder
 from .settings import Settings
 
 log = logging.getLogger("server")
@@ -212,8 +213,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _summary(results: ResultsFolder, info: DictionaryInfo) -> dict:
     c = info.config
-    return {"name": info.name, "model_name": c["model_name"], "hook_name": c["hook_name"],
-            "architecture": c["architecture"], "d_in": c["d_in"], "d_sae": info.d_sae,
+    return {"name": info.name, "run": info.name.partition(ID_SEPARATOR)[0], "model_name": c["model_name"],
+            "hook_name": c["hook_name"], "hook_out": c.get("hook_out"), "architecture": c["architecture"],
+            "d_in": c["d_in"], "d_sae": info.d_sae,
             "metrics": info.metrics, "analyses": results.analysis_names(info.name)}
 
 
@@ -236,6 +238,10 @@ _HINT = ("<!doctype html><meta charset=utf-8><title>GPT-2 Dictionary</title>"
          "<p>The API is under <a href=/api/health>/api</a>; its documentation is at <a href=/docs>/docs</a>.</p>")
 
 
+_STATIC_FILE = re.compile(r"\.(html|js|mjs|css|map|json|txt|ico|png|svg|jpe?g|gif|webp|woff2?|ttf|webmanifest)$")
+"""Names of files a built UI holds; other paths (dictionary ids hold dots too) are client-side routes."""
+
+
 def _ui_response(dist: Path, path: str) -> Response:
     """A file of the built UI, or index.html for client-side routes; a hint when the UI is not built."""
     if not (dist / "index.html").is_file():
@@ -249,7 +255,7 @@ def _ui_response(dist: Path, path: str) -> Response:
             immutable = candidate.parent.name == "assets"  # Vite puts a content hash in these names
             return FileResponse(candidate, headers={
                 "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache"})
-        if "." in path.rsplit("/", 1)[-1]:  # a missing file, not a client-side route
+        if path.startswith("assets/") or _STATIC_FILE.search(path):  # a missing file, not a client-side route
             raise HTTPException(404, f"No file {path} in the built UI.")
     return FileResponse(dist / "index.html", headers={"Cache-Control": "no-cache"})
 

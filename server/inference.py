@@ -65,7 +65,8 @@ def model_config_of(config: dict, results_root: Path) -> LanguageModelConfig:
         cfg = LanguageModelConfig(name=config["model_name"])
     else:
         cfg = LanguageModelConfig.from_dict(saved)
-        wrong = [f.name for f in dataclasses.fields(cfg) if not isinstance(getattr(cfg, f.name), str)]
+        wrong = [f.name for f in dataclasses.fields(cfg) if not isinstance(getattr(cfg, f.name), str)
+                 and not (getattr(cfg, f.name) is None and f.default is None)]  # optional fields may be null
         if wrong:
             raise ConfigError(f"The dictionary's config.json has a \"model\" whose {', '.join(wrong)} is not a "
                               "string; save the dictionary again.")

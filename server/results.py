@@ -6,9 +6,16 @@ are cached per file and reused while the file's identity (device, inode, size, m
 unchanged; a rerun that replaces a store (a rename gives a new inode) is picked up on the next
 request, and the old reader is closed when the last request using it lets go of it.
 
-Every name that comes from a URL is checked here: a plain folder name (no `/`, `\\`, NUL, no
-leading `.`, so neither `.` nor `..`), and the path it leads to must resolve (symlinks followed)
-inside the results folder. Anything else is `NotFound` and never opened.
+Dictionaries are named by where they are:
+
+- `<run>:<name>` for `<results>/<run>/dictionaries/<name>/` (runs of one or many dictionaries),
+  analyses in `<results>/<run>/dictionaries/<name>/analysis/<analysis>/`;
+- `<run>` for `<results>/<run>/dictionary/`, the one-dictionary layout of older runs, analyses in
+  `<results>/<run>/analysis/<analysis>/`.
+
+Every name that comes from a URL is checked here: each part a plain folder name (no `/`, `\\`,
+NUL, no leading `.`, so neither `.` nor `..`), and the path it leads to must resolve (symlinks
+followed) inside the results folder. Anything else is `NotFound` and never opened.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import ANALYSIS_FOLDER, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER
 from core.store import STORE_FILENAME, FeatureStore, StoreError, json_ready
 
 log = logging.getLogger(__name__)
 
-DICTIONARY_FOLDER = "dictionary"
 DICTIONARY_CONFIG = "config.json"
-ANALYSIS_FOLDER = "analysis"
+ID_SEPARATOR = ":"
+"""Between a run's name and a dictionary's name in a dictionary's id (neither may contain it)."""
 _REQUIRED_KEYS = {"model_name": str, "hook_name": str, "architecture": str, "d_in": int}
 
 
@@ -56,11 +64,29 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+def dictionary_parts(name: str) -> tuple[str, ...]:
+    """The folders of dictionary id `name` under the results folder (see the module docstring);
+    NotFound for an id that is not one."""
+    run, sep, dictionary = name.partition(ID_SEPARATOR)
+    check_name(run, "run")
+    if not sep:
+        return run, LEGACY_DICTIONARY_FOLDER
+    check_name(dictionary, "dictionary")
+    return run, DICTIONARIES_FOLDER, dictionary
+
+
+def analysis_parts(name: str) -> tuple[str, ...]:
+    """The folders holding the analyses of dictionary id `name`."""
+    parts = dictionary_parts(name)
+    return (parts[0], ANALYSIS_FOLDER) if parts[1] == LEGACY_DICTIONARY_FOLDER else (*parts, ANALYSIS_FOLDER)
+
+
 @dataclass(frozen=True)
 class DictionaryInfo:
     name: str
+    """Its id: `<run>:<dictionary>`, or `<run>` for an older run's only dictionary."""
     folder: Path
-    """The dictionary folder, `<results>/<name>/dictionary` (as found, not resolved)."""
+    """The dictionary folder (as found, not resolved)."""
     config: dict
     """config.json with NaN/inf replaced by None."""
     signature: FileSignature
@@ -120,11 +146,18 @@ class ResultsFolder:
     # -- dictionaries ----------------------------------------------------------------------
 
     def dictionary_names(self) -> list[str]:
-        """Names of the folders holding `dictionary/config.json`, sorted (unsafe ones skipped)."""
+        """Ids of every dictionary with a config.json, sorted by run then name (unsafe ones skipped)."""
+        candidates = []
+        for run in self._listdir(self.root):
+            if ID_SEPARATOR in run:
+                continue
+            candidates.append(run)
+            candidates += [f"{run}{ID_SEPARATOR}{d}" for d in self._listdir(self.root / run / DICTIONARIES_FOLDER)
+                           if ID_SEPARATOR not in d]
         names = []
-        for name in self._listdir(self.root):
+        for name in candidates:
             try:
-                config = self._inside(name, DICTIONARY_FOLDER, DICTIONARY_CONFIG)
+                config = self._inside(*dictionary_parts(name), DICTIONARY_CONFIG)
             except NotFound:
                 continue
             if config.is_file():
@@ -132,16 +165,16 @@ class ResultsFolder:
         return names
 
     def dictionary(self, name: str) -> DictionaryInfo:
-        """The dictionary `<results>/<name>/dictionary`; NotFound or DictionaryError."""
-        check_name(name, "dictionary")
-        config_path = self._inside(name, DICTIONARY_FOLDER, DICTIONARY_CONFIG)
+        """The dictionary of id `name`; NotFound or DictionaryError."""
+        parts = dictionary_parts(name)
+        config_path = self._inside(*parts, DICTIONARY_CONFIG)
         try:
             signature = file_signature(config_path)
         except OSError:
             with self._lock:
                 self._configs.pop(config_path, None)
             raise NotFound(f"No dictionary named {name!r} in the results folder "
-                           f"(expected {name}/{DICTIONARY_FOLDER}/{DICTIONARY_CONFIG}).") from None
+                           f"(expected {'/'.join((*parts, DICTIONARY_CONFIG))}).") from None
         with self._lock:
             cached = self._configs.get(config_path)
         if cached is None or cached[0] != signature:
@@ -174,9 +207,8 @@ class ResultsFolder:
 
     def analysis_names(self, name: str) -> list[str]:
         """Analyses of dictionary `name` whose store opens as a complete store, sorted."""
-        check_name(name, "dictionary")
         names = []
-        for analysis in self._listdir(self._inside(name, ANALYSIS_FOLDER)):
+        for analysis in self._listdir(self._inside(*analysis_parts(name))):
             try:
                 self.store(name, analysis)
             except (NotFound, StoreError):
@@ -185,14 +217,13 @@ class ResultsFolder:
         return names
 
     def store(self, name: str, analysis: str) -> FeatureStore:
-        """The open reader of `<results>/<name>/analysis/<analysis>/features.sqlite`.
+        """The open reader of the store of analysis `analysis` of dictionary `name`.
 
         NotFound when the dictionary or analysis does not exist (or is still being written);
         StoreError when the file exists but is not a usable store.
         """
-        check_name(name, "dictionary")
         check_name(analysis, "analysis")
-        path = self._inside(name, ANALYSIS_FOLDER, analysis, STORE_FILENAME)
+        path = self._inside(*analysis_parts(name), analysis, STORE_FILENAME)
         try:
             signature = file_signature(path)
         except OSError:

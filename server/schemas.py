@@ -79,9 +79,12 @@ class AnalysisSummary(BaseModel):
 
 
 class DictionarySummary(BaseModel):
-    name: str = Field(description="the experiment folder's name")
+    name: str = Field(description="its id: `<run>:<dictionary>` (results/<run>/dictionaries/<dictionary>/), or "
+                                  "`<run>` for an older run's only dictionary (results/<run>/dictionary/)")
+    run: str = Field(description="the training run (experiment folder) it belongs to")
     model_name: str
-    hook_name: str
+    hook_name: str = Field(description="the hook it encodes (a transcoder's in-hook)")
+    hook_out: Optional[str] = Field(None, description="a transcoder's out-hook, which it reconstructs; null for an SAE")
     architecture: str
     d_in: int
     d_sae: int

@@ -19,9 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY_HOOK
 
-DICT = "tiny-topk"
+RUN = "tiny-topk"
+DICT = f"{RUN}:{TINY_HOOK}"
+"""The tiny dictionary's id: results/tiny-topk/dictionaries/blocks.0.hook_resid_post/."""
 MAX_CHARS = 300
 MAX_TOKENS = 24
 TEXT = "The quick brown fox jumps over the lazy dog.\nHello world, this is a test."
@@ -39,18 +41,27 @@ def make_settings(results_dir: Path, **overrides) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def dictionary_folder(results: Path, run: str = RUN) -> Path:
+    """Where the tiny dictionary (or its copy in run `run`) sits in `results`."""
+    return results / run / "dictionaries" / TINY_HOOK
+
+
+def analyses_folder(results: Path, run: str = RUN) -> Path:
+    return dictionary_folder(results, run) / "analysis"
+
+
 @pytest.fixture(scope="module")
 def analysis_dir(tiny_analysis, tiny_results_dir) -> Path:
-    folder = tiny_results_dir / DICT / "analysis" / "default"
+    folder = analyses_folder(tiny_results_dir) / "default"
     assert (folder / "features.sqlite").is_file()
     return folder
 
 
 @pytest.fixture()
 def results_copy(analysis_dir, tiny_results_dir, tmp_path) -> Path:
-    """A private results folder holding a copy of the tiny dictionary and its analysis."""
+    """A private results folder holding a copy of the tiny dictionary's run and its analysis."""
     results = tmp_path / "results"
-    shutil.copytree(tiny_results_dir / DICT, results / DICT, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(tiny_results_dir / RUN, results / RUN, ignore=shutil.ignore_patterns("checkpoints"))
     return results
 
 

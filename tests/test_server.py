@@ -20,8 +20,8 @@ from core.store import FeatureStore, SORT_KEYS
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import ROOT, TINY_HOOK
-from tests.server_helpers import (DICT, MAX_CHARS, MAX_TOKENS, TEXT, assert_error, features_url, local_client,
-                                  make_settings, uvicorn_server)
+from tests.server_helpers import (DICT, MAX_CHARS, MAX_TOKENS, RUN, TEXT, analyses_folder, assert_error,
+                                  dictionary_folder, features_url, local_client, make_settings, uvicorn_server)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,9 @@ def test_list_dictionaries(client, tiny_dictionary, tiny_gpt2_dir):
     assert [d["name"] for d in dictionaries] == [DICT]
     d = dictionaries[0]
     config = json.loads((tiny_dictionary / "config.json").read_text())
-    assert set(d) == {"name", "model_name", "hook_name", "architecture", "d_in", "d_sae", "metrics", "analyses"}
+    assert set(d) == {"name", "run", "model_name", "hook_name", "hook_out", "architecture", "d_in", "d_sae", "metrics",
+                      "analyses"}
+    assert (d["run"], d["hook_out"]) == (RUN, None)
     assert d["model_name"] == str(tiny_gpt2_dir) == config["model_name"]
     assert d["hook_name"] == TINY_HOOK
     assert (d["architecture"], d["d_in"], d["d_sae"]) == ("topk", 64, 128)
@@ -271,16 +273,17 @@ def test_activations_unknown_feature_404(client):
 
 
 def test_model_cache_is_lru_and_shares_the_model(results_copy):
-    shutil.copytree(results_copy / DICT / "dictionary", results_copy / "second" / "dictionary")
+    shutil.copytree(dictionary_folder(results_copy), dictionary_folder(results_copy, "second"))
+    second_id = f"second:{TINY_HOOK}"
     app = create_app(make_settings(results_copy, model_cache_size=1))
     with local_client(app) as c:
-        for name in (DICT, "second", DICT):
+        for name in (DICT, second_id, DICT):
             assert c.post(f"/api/dictionaries/{name}/activations", json={"text": "Hello"}).status_code == 200
-        assert [Path(k).parent.name for k in app.state.models.keys()] == [DICT]
+        assert [Path(k).parts[-3] for k in app.state.models.keys()] == [RUN]
     app = create_app(make_settings(results_copy, model_cache_size=2))
     with local_client(app) as c:
         first = c.post(f"/api/dictionaries/{DICT}/activations", json={"text": "Hello world"}).json()
-        second = c.post("/api/dictionaries/second/activations", json={"text": "Hello world"}).json()
+        second = c.post(f"/api/dictionaries/{second_id}/activations", json={"text": "Hello world"}).json()
         assert first == second  # same weights
         pairs = list(app.state.models._pairs.values())
         assert len(pairs) == 2 and pairs[0].model is pairs[1].model and pairs[0].lock is pairs[1].lock
@@ -305,30 +308,32 @@ def test_traversal_names_are_refused(client, path):
 
 def test_symlinks_leading_outside_the_results_folder_are_refused(results_copy, tmp_path):
     outside = tmp_path / "outside"
-    shutil.copytree(results_copy / DICT, outside / "evil")
-    (results_copy / "evil").symlink_to(outside / "evil", target_is_directory=True)  # whole dictionary
-    analyses = results_copy / DICT / "analysis"
-    (analyses / "leak").symlink_to(outside / "evil" / "analysis" / "default", target_is_directory=True)
+    shutil.copytree(results_copy / RUN, outside / "evil")
+    (results_copy / "evil").symlink_to(outside / "evil", target_is_directory=True)  # a whole run
+    evil = f"evil:{TINY_HOOK}"
+    analyses = analyses_folder(results_copy)
+    (analyses / "leak").symlink_to(analyses_folder(outside, "evil") / "default", target_is_directory=True)
     (analyses / "leak-file").mkdir()
-    (analyses / "leak-file" / "features.sqlite").symlink_to(outside / "evil" / "analysis" / "default" / "features.sqlite")
-    (results_copy / "alias").symlink_to(results_copy / DICT, target_is_directory=True)  # inside: allowed
+    (analyses / "leak-file" / "features.sqlite").symlink_to(analyses_folder(outside, "evil") / "default" /
+                                                            "features.sqlite")
+    (results_copy / "alias").symlink_to(results_copy / RUN, target_is_directory=True)  # inside: allowed
 
     with local_client(create_app(make_settings(results_copy))) as c:
         names = [d["name"] for d in c.get("/api/dictionaries").json()["dictionaries"]]
-        assert names == ["alias", DICT]
-        assert_error(c.get("/api/dictionaries/evil"), 404, "outside the results folder")
-        assert_error(c.get(features_url("evil")), 404, "outside the results folder")
-        assert_error(c.get(f"{features_url('evil')}/0"), 404)
-        assert_error(c.post("/api/dictionaries/evil/activations", json={"text": "hi"}), 404)
+        assert names == [f"alias:{TINY_HOOK}", DICT]
+        assert_error(c.get(f"/api/dictionaries/{evil}"), 404, "outside the results folder")
+        assert_error(c.get(features_url(evil)), 404, "outside the results folder")
+        assert_error(c.get(f"{features_url(evil)}/0"), 404)
+        assert_error(c.post(f"/api/dictionaries/{evil}/activations", json={"text": "hi"}), 404)
         for leak in ("leak", "leak-file"):
             assert_error(c.get(features_url(analysis=leak)), 404, "outside the results folder")
             assert_error(c.get(f"{features_url(analysis=leak)}/random"), 404)
         assert c.get(f"/api/dictionaries/{DICT}").json()["analyses"] == ["default"]
-        assert c.get(f"{features_url('alias')}/0").status_code == 200
+        assert c.get(f"{features_url(f'alias:{TINY_HOOK}')}/0").status_code == 200
 
 
 def test_corrupt_store_gives_500_and_the_server_keeps_serving(results_copy):
-    analyses = results_copy / DICT / "analysis"
+    analyses = analyses_folder(results_copy)
     good = analyses / "default" / "features.sqlite"
     # 1. truncated: refused when opened
     (analyses / "truncated").mkdir()
@@ -360,9 +365,9 @@ def test_corrupt_store_gives_500_and_the_server_keeps_serving(results_copy):
 
 
 def test_incomplete_analysis_is_not_listed_and_404(results_copy):
-    running = results_copy / DICT / "analysis" / "running"
+    running = analyses_folder(results_copy) / "running"
     running.mkdir()
-    shutil.copy(results_copy / DICT / "analysis" / "default" / "features.sqlite", running / "features.sqlite.partial")
+    shutil.copy(analyses_folder(results_copy) / "default" / "features.sqlite", running / "features.sqlite.partial")
     with local_client(create_app(make_settings(results_copy))) as c:
         assert c.get(f"/api/dictionaries/{DICT}").json()["analyses"] == ["default"]
         assert_error(c.get(features_url(analysis="running")), 404, "not complete")
@@ -371,23 +376,24 @@ def test_incomplete_analysis_is_not_listed_and_404(results_copy):
 def test_damaged_dictionary_config(results_copy):
     for name, text in (("broken", "{not json"), ("no-model", '{"hook_name": "x", "architecture": "topk", "d_in": 64}'),
                        ("bad-width", None)):
-        shutil.copytree(results_copy / DICT / "dictionary", results_copy / name / "dictionary")
-        config_path = results_copy / name / "dictionary" / "config.json"
+        shutil.copytree(dictionary_folder(results_copy), dictionary_folder(results_copy, name))
+        config_path = dictionary_folder(results_copy, name) / "config.json"
         if text is None:
             text = json.dumps({**json.loads(config_path.read_text()), "d_in": "sixty-four"})
         config_path.write_text(text)
     with local_client(create_app(make_settings(results_copy))) as c:
         assert [d["name"] for d in c.get("/api/dictionaries").json()["dictionaries"]] == [DICT]
-        assert_error(c.get("/api/dictionaries/broken"), 500, "config.json", "broken")
-        assert_error(c.get("/api/dictionaries/no-model"), 500, "model_name")
-        assert_error(c.get("/api/dictionaries/bad-width"), 500, "d_in")
-        assert_error(c.post("/api/dictionaries/bad-width/activations", json={"text": "hi"}), 500, "d_in")
+        assert_error(c.get(f"/api/dictionaries/broken:{TINY_HOOK}"), 500, "config.json", "broken")
+        assert_error(c.get(f"/api/dictionaries/no-model:{TINY_HOOK}"), 500, "model_name")
+        assert_error(c.get(f"/api/dictionaries/bad-width:{TINY_HOOK}"), 500, "d_in")
+        assert_error(c.post(f"/api/dictionaries/bad-width:{TINY_HOOK}/activations", json={"text": "hi"}), 500, "d_in")
         assert c.get(f"/api/dictionaries/{DICT}").status_code == 200
 
 
 def test_model_that_cannot_be_loaded_gives_500(results_copy):
-    config_path = results_copy / DICT / "dictionary" / "config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_name": "/nonexistent/model"}))
+    config_path = dictionary_folder(results_copy) / "config.json"
+    config = {k: v for k, v in json.loads(config_path.read_text()).items() if k != "model"}
+    config_path.write_text(json.dumps({**config, "model_name": "/nonexistent/model"}))
     with local_client(create_app(make_settings(results_copy))) as c:
         assert_error(c.post(f"/api/dictionaries/{DICT}/activations", json={"text": "hi"}), 500,
                      "/nonexistent/model", "does not exist")
@@ -417,13 +423,13 @@ def test_new_and_rerun_results_appear_without_restart(results_copy, tmp_path, ti
     with local_client(create_app(make_settings(empty))) as c:
         assert c.get("/api/dictionaries").json() == {"dictionaries": []}
         assert c.get("/api/health").json()["n_dictionaries"] == 0
-        shutil.copytree(results_copy / DICT, empty / DICT)
+        shutil.copytree(results_copy / RUN, empty / RUN)
         assert [d["name"] for d in c.get("/api/dictionaries").json()["dictionaries"]] == [DICT]
         before = c.get(f"/api/dictionaries/{DICT}").json()["analysis_summaries"][0]
         assert c.get(f"{features_url()}/0").status_code == 200  # the store is now open and cached
 
         # a new analysis, and a rerun (overwrite) of the existing one with another token count
-        dictionary = empty / DICT / "dictionary"
+        dictionary = dictionary_folder(empty)
         analyze(tiny_analysis_config(dictionary, tiny_gpt2_dir, analysis_name="second",
                                      total_analyzing_tokens=2000), model=tiny_model)
         analyze(tiny_analysis_config(dictionary, tiny_gpt2_dir, overwrite=True, total_analyzing_tokens=2000),
@@ -432,7 +438,7 @@ def test_new_and_rerun_results_appear_without_restart(results_copy, tmp_path, ti
         assert body["analyses"] == ["default", "second"]
         after = body["analysis_summaries"][0]
         assert after["n_tokens"] != before["n_tokens"]
-        with FeatureStore(empty / DICT / "analysis" / "default") as fresh:
+        with FeatureStore(analyses_folder(empty) / "default") as fresh:
             assert fresh.n_tokens == after["n_tokens"]
             assert c.get(f"{features_url()}/5").json() == fresh.get_feature(5).to_dict()
         assert c.get(f"{features_url(analysis='second')}/random").json()["act_count"] > 0
@@ -440,6 +446,21 @@ def test_new_and_rerun_results_appear_without_restart(results_copy, tmp_path, ti
 
 # ----------------------------------------------------------------------------------------------
 # The built UI
+
+
+def test_older_one_dictionary_runs_are_still_served(results_copy, store):
+    """results/<run>/dictionary/ with results/<run>/analysis/<name>/, as runs wrote them before
+    multi-dictionary training: listed as `<run>` beside today's `<run>:<dictionary>`."""
+    old = results_copy / "old-run"
+    shutil.copytree(dictionary_folder(results_copy), old / "dictionary", ignore=shutil.ignore_patterns("analysis"))
+    shutil.copytree(analyses_folder(results_copy) / "default", old / "analysis" / "default")
+    with local_client(create_app(make_settings(results_copy))) as c:
+        listed = {d["name"]: d for d in c.get("/api/dictionaries").json()["dictionaries"]}
+        assert sorted(listed) == ["old-run", DICT]
+        assert listed["old-run"]["run"] == "old-run" and listed["old-run"]["analyses"] == ["default"]
+        assert c.get(f"{features_url('old-run')}/3").json() == store.get_feature(3).to_dict()
+        assert c.post("/api/dictionaries/old-run/activations", json={"text": "Hello"}).status_code == 200
+        assert_error(c.get(f"/api/dictionaries/old-run:{TINY_HOOK}"), 404, "No dictionary named")
 
 
 def test_ui_served_from_dist_with_client_side_routes(results_copy, tmp_path):

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import httpx
 
-from tests.server_helpers import DICT, raw_http, request_bytes, uvicorn_server
+from tests.server_helpers import DICT, analyses_folder, raw_http, request_bytes, uvicorn_server
 
 SEED = 20240917
 RANDOM_REQUESTS = 300
@@ -175,7 +175,7 @@ def check(answer, request: bytes, corrupt: bool, where: str) -> None:
 
 
 def test_fuzz_every_endpoint_on_a_real_server(results_copy):
-    broken = results_copy / DICT / "analysis" / "broken"
+    broken = analyses_folder(results_copy) / "broken"
     broken.mkdir()
     (broken / "features.sqlite").write_bytes(bytes(random.Random(1).randrange(256) for _ in range(8192)))
     settings = {"GPT2DICT_MAX_BODY_BYTES": str(MAX_BODY), "GPT2DICT_MAX_TEXT_CHARS": "300",

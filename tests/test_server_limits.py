@@ -20,9 +20,10 @@ import torch
 
 from server.app import create_app
 from server.inference import model_config_of
-from tests.server_helpers import (DICT, assert_error, features_url, free_port,
+from tests.server_helpers import (DICT, assert_error, dictionary_folder, features_url, free_port,
                                   local_client, make_settings, raw_http, request_bytes, server_process,
                                   uvicorn_server)
+from tests.conftest import TINY_HOOK
 from tests.tiny_gpt2 import build_tiny_gpt2
 
 DEEP_LAYERS = 96
@@ -34,16 +35,20 @@ def activations_url(name: str = DICT) -> str:
 
 
 def edit_config(dictionary: Path, **changes) -> None:
+    """Change config.json's keys; a new model_name drops the trainer's "model" key (which would win)."""
     path = dictionary / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    config = json.loads(path.read_text())
+    if "model_name" in changes and "model" not in changes:
+        config.pop("model", None)
+    path.write_text(json.dumps({**config, **changes}))
 
 
-def copy_dictionary(results: Path, name: str, **changes) -> Path:
-    """A copy of the tiny dictionary as `<results>/<name>/dictionary`, its config.json edited."""
-    folder = results / name / "dictionary"
-    shutil.copytree(results / DICT / "dictionary", folder)
+def copy_dictionary(results: Path, run: str, **changes) -> str:
+    """A copy of the tiny dictionary in run `run` of `results`, its config.json edited; returns its id."""
+    folder = dictionary_folder(results, run)
+    shutil.copytree(dictionary_folder(results), folder)
     edit_config(folder, **changes)
-    return folder
+    return f"{run}:{TINY_HOOK}"
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +57,13 @@ def deep_gpt2_dir(tmp_path_factory) -> Path:
     return build_tiny_gpt2(tmp_path_factory.mktemp("deep-gpt2") / "model", n_layer=DEEP_LAYERS, seed=1)
 
 
-def add_deep_dictionary(results: Path, deep_gpt2_dir: Path, name: str = "deep") -> None:
-    """The tiny dictionary's weights read at the deep model's last block (d_model is the same)."""
-    copy_dictionary(results, name, model_name=str(deep_gpt2_dir), hook_name=f"blocks.{DEEP_LAYERS - 1}.hook_resid_post")
+DEEP = f"deep:{TINY_HOOK}"
+
+
+def add_deep_dictionary(results: Path, deep_gpt2_dir: Path) -> str:
+    """The tiny dictionary's weights read at the deep model's last block (d_model is the same), as `DEEP`."""
+    return copy_dictionary(results, "deep", model_name=str(deep_gpt2_dir),
+                           hook_name=f"blocks.{DEEP_LAYERS - 1}.hook_resid_post")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +115,7 @@ def test_busy_inference_answers_503_with_retry_after_at_once(results_copy, deep_
     settings = {"GPT2DICT_INFERENCE_CONCURRENCY": "1", "GPT2DICT_MAX_TEXT_TOKENS": "200",
                 "GPT2DICT_MAX_TEXT_CHARS": "2000"}
     with uvicorn_server(results_copy, settings) as base:
-        assert httpx.post(f"{base}{activations_url('deep')}", json={"text": "warm up"}, timeout=120).status_code == 200
+        assert httpx.post(f"{base}{activations_url(DEEP)}", json={"text": "warm up"}, timeout=120).status_code == 200
         n = 6
         start = threading.Barrier(n + 1)
         answers: list[tuple[float, httpx.Response]] = []
@@ -114,7 +123,7 @@ def test_busy_inference_answers_503_with_retry_after_at_once(results_copy, deep_
         def post():
             with httpx.Client(base_url=base, timeout=60) as http:
                 start.wait()
-                r = http.post(activations_url("deep"), json={"text": LONG_TEXT})
+                r = http.post(activations_url(DEEP), json={"text": LONG_TEXT})
                 answers.append((time.monotonic(), r))
 
         def browse():
@@ -138,7 +147,7 @@ def test_busy_inference_answers_503_with_retry_after_at_once(results_copy, deep_
         # Turned away, not queued: a 503 comes back before the slot's computation is done.
         first_inference = next(i for i, (_, r) in enumerate(answers) if r.status_code == 200 and "tokens" in r.json())
         assert 503 in statuses[:first_inference], statuses
-        assert httpx.post(f"{base}{activations_url('deep')}", json={"text": "again"}, timeout=60).status_code == 200
+        assert httpx.post(f"{base}{activations_url(DEEP)}", json={"text": "again"}, timeout=60).status_code == 200
 
 
 def test_a_cold_load_does_not_block_another_dictionary(results_copy, deep_gpt2_dir):
@@ -149,31 +158,31 @@ def test_a_cold_load_does_not_block_another_dictionary(results_copy, deep_gpt2_d
         # Two requests for the cold deep dictionary: one loads it (seconds), the other is told so at once.
         answers: queue.Queue[httpx.Response] = queue.Queue()
         cold = [threading.Thread(target=lambda: answers.put(httpx.post(
-            f"{base}{activations_url('deep')}", json={"text": "Hello"}, timeout=120))) for _ in range(2)]
+            f"{base}{activations_url(DEEP)}", json={"text": "Hello"}, timeout=120))) for _ in range(2)]
         for t in cold:
             t.start()
         try:
             loading = answers.get(timeout=60)
-            assert_error(loading, 503, "'deep'", "being loaded")
+            assert_error(loading, 503, f"'{DEEP}'", "being loaded")
             assert loading.headers["retry-after"] == "5"
             # While it loads: the loaded dictionary computes, and browsing answers.
             assert http.post(activations_url(), json={"text": "Hello world"}).json()["tokens"] == ["Hello", " world"]
             assert http.get(f"{features_url()}/0").status_code == 200
-            still = http.post(activations_url("deep"), json={"text": "Hello"})
+            still = http.post(activations_url(DEEP), json={"text": "Hello"})
             assert still.status_code == 503, "the deep model finished loading before the other dictionary answered"
         finally:
             for t in cold:
                 t.join()
         loaded = answers.get(timeout=1)
         assert loaded.status_code == 200, loaded.text
-        assert http.post(activations_url("deep"), json={"text": "Hello"}).status_code == 200
+        assert http.post(activations_url(DEEP), json={"text": "Hello"}).status_code == 200
 
 
 def test_two_dictionaries_of_one_model_load_it_once(results_copy):
-    copy_dictionary(results_copy, "twin")
+    twin = copy_dictionary(results_copy, "twin")
     app = create_app(make_settings(results_copy, model_cache_size=2))
     results, models = app.state.results, app.state.models
-    infos = [results.dictionary(DICT), results.dictionary("twin")]
+    infos = [results.dictionary(DICT), results.dictionary(twin)]
     start = threading.Barrier(2)
     pairs = {}
 
@@ -186,12 +195,12 @@ def test_two_dictionaries_of_one_model_load_it_once(results_copy):
         t.start()
     for t in threads:
         t.join()
-    assert pairs[DICT].model is pairs["twin"].model and pairs[DICT].sae is not pairs["twin"].sae
+    assert pairs[DICT].model is pairs[twin].model and pairs[DICT].sae is not pairs[twin].sae
 
 
 def test_a_failed_model_load_is_remembered_for_its_ttl(results_copy, tiny_gpt2_dir):
     # A relative model folder is looked up in the results folder, where it is missing at first.
-    edit_config(results_copy / DICT / "dictionary", model_name="./models/tiny-gpt2")
+    edit_config(dictionary_folder(results_copy), model_name="./models/tiny-gpt2")
     with local_client(create_app(make_settings(results_copy, model_load_failure_ttl_s=3.0))) as c:
         first = assert_error(c.post(activations_url(), json={"text": "Hello"}), 500,
                              str(results_copy / "models" / "tiny-gpt2"), "does not exist",
@@ -207,7 +216,7 @@ def test_a_failed_model_load_is_remembered_for_its_ttl(results_copy, tiny_gpt2_d
 
 
 def test_saving_the_dictionary_again_retries_its_load_at_once(results_copy, tiny_gpt2_dir):
-    dictionary = results_copy / DICT / "dictionary"
+    dictionary = dictionary_folder(results_copy)
     edit_config(dictionary, model_name="/nonexistent/model")
     with local_client(create_app(make_settings(results_copy, model_load_failure_ttl_s=3600))) as c:
         assert_error(c.post(activations_url(), json={"text": "Hi"}), 500, "/nonexistent/model")
@@ -305,7 +314,7 @@ def test_model_config_of_a_dictionary(tmp_path):
 
 def test_dictionary_model_config_is_used_for_inference(results_copy, tiny_gpt2_dir):
     shutil.copytree(tiny_gpt2_dir, results_copy / "models" / "tiny")  # relative to the results folder
-    edit_config(results_copy / DICT / "dictionary",
+    edit_config(dictionary_folder(results_copy),
                 model={"name": "models/tiny", "cache_dir": "cache", "dtype": "bfloat16"})
     app = create_app(make_settings(results_copy))
     with local_client(app) as c:
@@ -323,7 +332,7 @@ def test_dictionary_model_config_is_used_for_inference(results_copy, tiny_gpt2_d
     ("gpt2", ("LanguageModelConfig", "JSON object")),
 ])
 def test_a_bad_model_config_is_a_clear_500(results_copy, model, words):
-    edit_config(results_copy / DICT / "dictionary", model=model)
+    edit_config(dictionary_folder(results_copy), model=model)
     with local_client(create_app(make_settings(results_copy))) as c:
         assert_error(c.post(activations_url(), json={"text": "Hi"}), 500, f"'{DICT}'", *words)
         assert c.get(f"{features_url()}/0").status_code == 200
@@ -331,7 +340,7 @@ def test_a_bad_model_config_is_a_clear_500(results_copy, model, words):
 
 def test_a_relative_model_path_never_resolves_against_the_working_directory(results_copy, tiny_gpt2_dir, tmp_path,
                                                                              monkeypatch):
-    edit_config(results_copy / DICT / "dictionary", model_name="models/tiny")
+    edit_config(dictionary_folder(results_copy), model_name="models/tiny")
     elsewhere = tmp_path / "cwd"
     shutil.copytree(tiny_gpt2_dir, elsewhere / "models" / "tiny")
     monkeypatch.chdir(elsewhere)  # found here, but the server does not look here

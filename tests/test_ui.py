@@ -94,7 +94,9 @@ def test_ui_component_tests(ui_dependencies):
 def test_ui_end_to_end_in_headless_chromium(ui_dependencies, viewer_url, tiny_analysis):
     if not Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")).exists():
         pytest.fail("Chromium is missing; install it with `apt-get install -y chromium` (or `bash .ci/run`).")
-    dictionary = tiny_analysis.parent.parent.name
+    from tests.server_helpers import DICT
+
+    dictionary = DICT  # the server's id of the tiny dictionary: <run>:<dictionary name>
     proc = _run([ui_dependencies, "run", "test:e2e"], env={
         "VIEWER_URL": viewer_url, "E2E_DICTIONARY": dictionary, "E2E_ANALYSIS": tiny_analysis.name})
     out = proc.stdout + proc.stderr
