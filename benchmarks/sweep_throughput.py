@@ -26,7 +26,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch  # noqa: E402
 from core import (ActivationStoreConfig, DatasetConfig, DictionaryConfig, LanguageModelConfig, LoggingConfig,  # noqa
                   SAEConfig, Trainer, TrainerConfig, TrainingConfig, load_language_model)
 from core.config import resolve_device  # noqa: E402
+from benchmarks.timing import time_training_loop  # noqa: E402
 
 BATCH = 4096
 
@@ -49,32 +49,19 @@ def base_config(results: Path, name: str, tokens: int, device: str) -> TrainingC
         activations=ActivationStoreConfig(hook_name="blocks.5.hook_resid_post", model_batch_size=16,
                                           buffer_tokens=4 * BATCH, train_batch_size=BATCH),
         sae=SAEConfig(architecture="topk", expansion_factor=8, k=32, decoder_bias_init_samples=2048),
-        trainer=TrainerConfig(total_training_tokens=tokens + 2 * BATCH, eval_batches=1, eval_every_steps=10 ** 9,
+        trainer=TrainerConfig(total_training_tokens=10 ** 9, eval_batches=1, eval_every_steps=10 ** 9,
                               lr_warmup_steps=5),
         logging=LoggingConfig(progress_bar=False))
-
-
-def time_training(cfg: TrainingConfig, model, tokens: int) -> float:
-    """Seconds for `tokens` training tokens of the loop (after one warm-up step)."""
-    trainer = Trainer(cfg, model=model)
-    trainer.train_step(trainer.buffer.next_batch(), metrics=False)  # warm-up: allocations, first refill
-    steps = tokens // BATCH
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(trainer.buffer.next_batch(), metrics=False)
-    if str(trainer.device).startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def compare(name: str, dictionaries: tuple[DictionaryConfig, ...], work: Path, model, tokens: int,
             device: str) -> float:
     one_pass = replace(base_config(work, f"{name}-one-pass", tokens, device), dictionaries=dictionaries)
-    together = time_training(one_pass, model, tokens)
+    together = time_training_loop(Trainer(one_pass, model=model), tokens)
     separately = 0.0
     for d in one_pass.dictionary_configs():
         single = replace(base_config(work, f"{name}-{d.name}", tokens, device), dictionaries=(d,))
-        separately += time_training(single, model, tokens)
+        separately += time_training_loop(Trainer(single, model=model), tokens)
     ratio = separately / together
     print(f"{name}: one pass {together:.1f} s ({tokens / together:,.0f} tok/s for all 4), 4 single runs "
           f"{separately:.1f} s ({tokens / separately:,.0f} tok/s) -> one pass is {ratio:.2f}x faster "

@@ -34,14 +34,10 @@ from core import (ActivationStoreConfig, CacheConfig, DatasetConfig, LanguageMod
                   load_language_model)
 from core.config import resolve_device  # noqa: E402
 from core.lm import stop_layer_for  # noqa: E402
+from benchmarks.timing import sync, time_training_loop  # noqa: E402
 
 BATCH = 4096
 MODEL_BATCH = 16
-
-
-def sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def raw_forward(model, hook: str, tokens: int) -> float:
@@ -64,16 +60,8 @@ def raw_forward(model, hook: str, tokens: int) -> float:
 
 
 def training(cfg: TrainingConfig, model, tokens: int) -> float:
-    """Tokens/s of the trainer's loop over `tokens` (after one warm-up step)."""
-    trainer = Trainer(cfg, model=model)
-    trainer.train_step(trainer.buffer.next_batch(), metrics=False)
-    steps = tokens // BATCH
-    sync(trainer.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(trainer.buffer.next_batch(), metrics=False)
-    sync(trainer.device)
-    return steps * BATCH / (time.perf_counter() - start)
+    """Tokens/s of the trainer's loop in its steady state."""
+    return tokens // BATCH * BATCH / time_training_loop(Trainer(cfg, model=model), tokens)
 
 
 def main() -> None:
@@ -99,8 +87,8 @@ def main() -> None:
         forward = raw_forward(model, args.hook, args.tokens)
         from_model = training(cfg, model, args.tokens)
 
-        # The cache holds the tokens the cache-trained run reads, plus its warm-up and buffer fill.
-        cache_tokens = args.tokens + 6 * BATCH
+        # The cache holds the tokens the cache-trained run reads, plus its buffer's first fill and warm-up.
+        cache_tokens = args.tokens + 10 * BATCH
         cache_cfg = CacheConfig(cache_path=str(work / "cache"), hooks=(args.hook,), total_tokens=cache_tokens,
                                 shard_tokens=4 * BATCH, eval_sequences=2 * MODEL_BATCH,
                                 model_batch_size=MODEL_BATCH, device=device, dataset=DatasetConfig(context_size=128))
