@@ -315,7 +315,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.trainer.max_grad_norm)
         self.optimizer.step()
         self.sae.set_decoder_norm_to_unit_norm()
-        self.tracker.update(out.feature_acts.detach())
+        self.tracker.update(out.fire_counts, len(x))
         self.step += 1
         self.tokens_seen += len(x)
         return {"loss": out.loss.item(), "mse_loss": out.mse_loss.item(), "sparsity_loss": out.sparsity_loss.item(),
