@@ -228,13 +228,13 @@ BATCH_TOP_K_SAMPLE = 65536
 
 
 @njit(nogil=True, cache=True)
-def batch_top_k(bits, n_keep, row_ptr, columns):
+def batch_top_k(bits, n_keep, rows, columns, kept_bits):
     """The n_keep largest positive entries of a float matrix [rows, n], given as its bit patterns
     `bits` (the matrix viewed as int32 for float32, int64 for float64: for positive floats the
     order of the bit patterns is the order of the values, and every non-positive float has a
-    bit pattern <= 0). Writes their columns row by row (ascending within a row) into `columns`
-    [>= n_keep] and row_ptr [rows + 1]; returns how many were kept (fewer than n_keep when fewer
-    entries are positive). Among equal values the earlier (row-major) entries are kept.
+    bit pattern <= 0). Writes their rows, columns and bit patterns in row-major order into
+    `rows`, `columns`, `kept_bits` [>= n_keep]; returns how many were kept (fewer than n_keep when
+    fewer entries are positive). Among equal values the earlier (row-major) entries are kept.
 
     1. a lower bound of the n_keep-th largest: an order statistic of an evenly strided sample,
        a few standard deviations below the expected rank (lowered until at least n_keep entries
@@ -278,22 +278,15 @@ def batch_top_k(bits, n_keep, row_ptr, columns):
         threshold = np.partition(candidate_bits, count - n_keep)[count - n_keep]
         ties = n_keep - _count_at_least(candidate_bits, count, threshold + 1)
     kept = 0
-    row = 0
-    row_ptr[0] = 0
     for c in range(count):
         b = candidate_bits[c]
         if b > threshold or (b == threshold and ties > 0):
             if b == threshold:
                 ties -= 1
-            r = candidates[c] // n
-            while row < r:
-                row += 1
-                row_ptr[row] = kept
-            columns[kept] = candidates[c] - r * n
+            rows[kept] = candidates[c] // n
+            columns[kept] = candidates[c] - rows[kept] * n
+            kept_bits[kept] = b
             kept += 1
-    while row < n_rows:
-        row += 1
-        row_ptr[row] = kept
     return kept
 
 

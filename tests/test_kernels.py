@@ -168,17 +168,15 @@ def test_encode_sparse_generic_path_for_dtypes_without_a_kernel():
 
 
 def run_batch_top_k(pre: np.ndarray, n_keep: int) -> tuple[int, list[int]]:
-    """(kept, flat indices kept), checking that rows come in order and columns ascend within a row."""
-    n_rows, n = pre.shape
-    row_ptr, columns = np.empty(n_rows + 1, np.int64), np.empty(max(n_keep, 1), np.int64)
-    kept = batch_top_k(pre.view(np.int32 if pre.dtype == np.float32 else np.int64), n_keep, row_ptr, columns)
-    assert row_ptr[0] == 0 and row_ptr[-1] == kept and (np.diff(row_ptr) >= 0).all()
-    flat = []
-    for r in range(n_rows):
-        row = columns[row_ptr[r]:row_ptr[r + 1]]
-        assert (np.diff(row) > 0).all()
-        flat += (r * n + row).tolist()
-    return kept, flat
+    """(kept, flat indices kept), checking that the entries come in row-major order with their values."""
+    n = pre.shape[1]
+    bits = pre.view(np.int32 if pre.dtype == np.float32 else np.int64)
+    rows, columns, kept_bits = (np.empty(max(n_keep, 1), dtype) for dtype in (np.int64, np.int64, bits.dtype))
+    kept = batch_top_k(bits, n_keep, rows, columns, kept_bits)
+    flat = rows[:kept] * n + columns[:kept]
+    assert (np.diff(flat) > 0).all() and ((0 <= columns[:kept]) & (columns[:kept] < n)).all()
+    assert np.array_equal(kept_bits[:kept].view(pre.dtype), pre.reshape(-1)[flat])
+    return kept, flat.tolist()
 
 
 def reference_batch_top_k(pre: np.ndarray, n_keep: int) -> list[int]:

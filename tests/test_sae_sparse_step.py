@@ -128,6 +128,23 @@ def test_torch_fallback_matches_the_kernels(monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(kernel_counts, torch_counts))
 
 
+@pytest.mark.parametrize("aux_k", [None, 2])
+@pytest.mark.parametrize("architecture", TOPK_FAMILY)
+def test_bfloat16_step_runs_through_the_torch_ops(architecture, aux_k):
+    """bf16 (a GPU's training dtype) takes the torch ops; on CPU it must run and agree with float32
+    to bf16 precision."""
+    losses = []
+    for dtype in (torch.float32, torch.bfloat16):
+        sae = make(architecture, transcoder=True, dtype=dtype, aux_k=aux_k)
+        (x, target), = batches(1, True, dtype=dtype, n=256)
+        out = sae.training_forward(x, target=target, dead_mask=dead_mask())
+        out.loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in sae.parameters())
+        assert out.x_hat.dtype == dtype and out.aux_loss.item() > 0
+        losses.append(out.loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+
+
 def test_inputs_that_require_grad_take_the_dense_path():
     sae = make("topk")
     x = torch.randn(16, D_IN, dtype=torch.float64, requires_grad=True)

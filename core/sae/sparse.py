@@ -150,60 +150,81 @@ def row_dots(a: Tensor, a_rows: Tensor, b: Tensor, b_rows: Tensor) -> Tensor:
 
 
 class _EncoderEntries(torch.autograd.Function):
-    """pre[rows, latents], differentiable in W_enc, b_enc and (an SAE's) b_dec through the entries."""
+    """The selected pre-activations, and the dense columns of `columns`, differentiable in W_enc,
+    b_enc and (an SAE's) b_dec with one backward for both."""
 
     @staticmethod
-    def forward(ctx, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, centered: Tensor, pre: Tensor,
-                rows: Tensor, latents: Tensor) -> Tensor:
-        ctx.save_for_backward(W_enc, centered, rows, latents)
-        return pre[rows, latents]
+    def forward(ctx, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, centered: Tensor, values: Tensor,
+                rows: Tensor, latents: Tensor, columns: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        ctx.save_for_backward(W_enc, centered, rows, latents, columns)
+        return values.clone(), W_enc.index_select(1, columns), b_enc.index_select(0, columns)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        W_enc, centered, rows, latents = ctx.saved_tensors
+    def backward(ctx, grad: Tensor, grad_W_columns: Tensor | None, grad_b_columns: Tensor | None):
+        W_enc, centered, rows, latents, columns = ctx.saved_tensors
         grad = grad.contiguous()
         d_in, d_sae = W_enc.shape
         grad_W_enc = grad_b_enc = grad_b_dec = None
         if ctx.needs_input_grad[0]:
             grad_W_enc_t = scatter_add_rows(W_enc.new_zeros(d_sae, d_in), latents, grad, centered, rows)
             grad_W_enc = grad_W_enc_t.t().contiguous()
+            if grad_W_columns is not None:
+                grad_W_enc.index_add_(1, columns, grad_W_columns)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             per_latent = W_enc.new_zeros(d_sae).index_add_(0, latents, grad.to(W_enc.dtype))
-            grad_b_enc = per_latent if ctx.needs_input_grad[1] else None
             if ctx.needs_input_grad[2]:  # centered = x - b_dec, and pre = centered @ W_enc + b_enc
                 grad_b_dec = -(W_enc @ per_latent)
-        return grad_W_enc, grad_b_enc, grad_b_dec, None, None, None, None
+            if grad_b_columns is not None:
+                per_latent.index_add_(0, columns, grad_b_columns)
+            grad_b_enc = per_latent
+        return grad_W_enc, grad_b_enc, grad_b_dec, None, None, None, None, None
 
 
-def encoder_entries(pre: Tensor, rows: Tensor, latents: Tensor, *, centered: Tensor, W_enc: Tensor, b_enc: Tensor,
-                    b_dec: Tensor | None) -> Tensor:
-    """The pre-activations pre[rows, latents] [n_entries] of pre = centered @ W_enc + b_enc (computed
-    without autograd by the caller), with gradients to W_enc, b_enc and, when the encoder's input
-    is centered = x - b_dec (an SAE), to b_dec, from these entries only."""
-    return _EncoderEntries.apply(W_enc, b_enc, b_dec, centered.detach(), pre.detach(), rows, latents)
+def encoder_entries(values: Tensor, rows: Tensor, latents: Tensor, *, centered: Tensor, W_enc: Tensor,
+                    b_enc: Tensor, b_dec: Tensor | None, columns: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """The pre-activations `values` [n_entries] = pre[rows, latents] of pre = centered @ W_enc + b_enc
+    (computed without autograd by the caller), with gradients to W_enc, b_enc and, when the
+    encoder's input is centered = x - b_dec (an SAE), to b_dec, from these entries only.
+
+    Also W_enc[:, columns] and b_enc[columns] (AuxK's dense block over the dead latents), whose
+    gradients join the same backward instead of making full-size gradients of their own."""
+    if columns is None:
+        columns = latents.new_zeros(0)
+    return _EncoderEntries.apply(W_enc, b_enc, b_dec, centered.detach(), values.detach(), rows, latents, columns)
 
 
 class _DecodeEntries(torch.autograd.Function):
-    """out[bags[e]] += values[e] * W_dec[latents[e]], differentiable in values and W_dec."""
+    """out[bags[e]] += values[e] * W_dec[latents[e]], and the rows W_dec[rows_out], differentiable in
+    values and W_dec."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, W_dec: Tensor, bags: Tensor, latents: Tensor, n_bags: int) -> Tensor:
-        ctx.save_for_backward(values, W_dec, bags, latents)
-        return scatter_add_rows(W_dec.new_zeros(n_bags, W_dec.shape[1]), bags, values.detach(), W_dec.detach(),
-                                latents)
+    def forward(ctx, values: Tensor, W_dec: Tensor, bags: Tensor, latents: Tensor, n_bags: int,
+                decoder_rows: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(values, W_dec, bags, latents, decoder_rows)
+        ctx.n_bags = n_bags
+        out = scatter_add_rows(W_dec.new_zeros(n_bags, W_dec.shape[1]), bags, values.detach(), W_dec.detach(), latents)
+        return out, W_dec.index_select(0, decoder_rows)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        values, W_dec, bags, latents = ctx.saved_tensors
-        grad = grad.contiguous().to(W_dec.dtype)
-        grad_values = row_dots(grad, bags, W_dec, latents).to(values.dtype) if ctx.needs_input_grad[0] else None
-        grad_W_dec = None
+    def backward(ctx, grad: Tensor | None, grad_rows: Tensor | None):
+        values, W_dec, bags, latents, decoder_rows = ctx.saved_tensors
+        grad = W_dec.new_zeros(ctx.n_bags, W_dec.shape[1]) if grad is None else grad.contiguous().to(W_dec.dtype)
+        grad_values = grad_W_dec = None
+        if ctx.needs_input_grad[0]:
+            grad_values = row_dots(grad, bags, W_dec, latents).to(values.dtype)
         if ctx.needs_input_grad[1]:
             grad_W_dec = scatter_add_rows(torch.zeros_like(W_dec), latents, values, grad, bags)
-        return grad_values, grad_W_dec, None, None, None
+            if grad_rows is not None:
+                grad_W_dec.index_add_(0, decoder_rows, grad_rows)
+        return grad_values, grad_W_dec, None, None, None, None
 
 
-def decode_entries(values: Tensor, W_dec: Tensor, bags: Tensor, latents: Tensor, n_bags: int) -> Tensor:
+def decode_entries(values: Tensor, W_dec: Tensor, bags: Tensor, latents: Tensor, n_bags: int,
+                   decoder_rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """[n_bags, d_out]: row b is the sum of values[e] * W_dec[latents[e]] over the entries e with
-    bags[e] == b (no decoder bias); differentiable in values and W_dec."""
-    return _DecodeEntries.apply(values, W_dec, bags, latents, n_bags)
+    bags[e] == b (no decoder bias); differentiable in values and W_dec. Also W_dec[decoder_rows]
+    (AuxK's dense block), whose gradient joins the same backward."""
+    if decoder_rows is None:
+        decoder_rows = latents.new_zeros(0)
+    return _DecodeEntries.apply(values, W_dec, bags, latents, n_bags, decoder_rows)

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..config import ConfigError
 from .base import ENCODE_CHUNK_TOKENS, SAEOutput, SparseAutoencoder
-from .sparse import SparseFeatureActs, _in_parallel, decode_entries, encoder_entries, rows_of, uses_kernels
+from .sparse import SparseFeatureActs, _in_parallel, decode_entries, encoder_entries, uses_kernels
 
 AUXK_DENSE_RATIO = 8
 """AuxK works on dense [batch, n_dead] products (over the dead latents' columns) while there are at
@@ -62,22 +62,28 @@ def top_k_per_row(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, indices
 
 
-def batch_top_k(pre: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
-    """The n_keep largest positive entries of `pre` [rows, n] as (row_ptr [rows + 1], columns),
-    row by row (fewer when fewer are positive)."""
+def batch_top_k(pre: Tensor, n_keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The n_keep largest positive entries of `pre` [rows, n] as (rows, columns, values) in row-major
+    order (fewer when fewer are positive): the compiled kernel on CPU, torch.topk elsewhere."""
     n_rows, n = pre.shape
     n_keep = min(n_keep, n_rows * n)
+    pre = pre.detach()
     if uses_kernels(pre):
         from ..kernels import batch_top_k as kernel
 
-        bits = pre.detach().contiguous().numpy().view(np.int32 if pre.dtype == torch.float32 else np.int64)
-        row_ptr, columns = np.empty(n_rows + 1, np.int64), np.empty(n_keep, np.int64)
-        kept = kernel(bits, n_keep, row_ptr, columns)
-        return torch.from_numpy(row_ptr), torch.from_numpy(columns[:kept])
-    values, flat = pre.detach().flatten().topk(n_keep, sorted=False)
+        bits = pre.contiguous().numpy().view(np.int32 if pre.dtype == torch.float32 else np.int64)
+        rows, columns, kept_bits = np.empty(n_keep, np.int64), np.empty(n_keep, np.int64), np.empty(n_keep, bits.dtype)
+        kept = kernel(bits, n_keep, rows, columns, kept_bits)
+        return (torch.from_numpy(rows[:kept]), torch.from_numpy(columns[:kept]),
+                torch.from_numpy(kept_bits[:kept]).view(pre.dtype))
+    values, flat = pre.flatten().topk(n_keep, sorted=False)
     flat = flat[values > 0].sort().values
-    rows, columns = flat // n, flat % n
-    return SparseFeatureActs.row_ptr_of(torch.bincount(rows, minlength=n_rows)), columns
+    return flat // n, flat % n, pre.flatten()[flat]
+
+
+def _rows_of_k(n: int, k: int, device: torch.device) -> Tensor:
+    """The row of every entry of n rows of k entries: [0] * k + [1] * k + ..."""
+    return torch.arange(n, device=device).unsqueeze(1).expand(n, k).reshape(-1)
 
 
 class _TopKFamily(SparseAutoencoder):
@@ -100,8 +106,8 @@ class _TopKFamily(SparseAutoencoder):
 
     # ---------------------------------------------------------------- what subclasses define
 
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        """The kept entries of pre-activations [batch, d_sae]: (row_ptr [batch + 1], latents)."""
+    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The kept entries of pre-activations [batch, d_sae]: (rows, latents, pre-activations)."""
         raise NotImplementedError
 
     def _dense_select(self, pre: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -113,8 +119,8 @@ class _TopKFamily(SparseAutoencoder):
         """The reference path's decoded rows (no bias) of the dense activations."""
         return feature_acts @ self.W_dec
 
-    def _note_smallest_kept(self, values: Tensor) -> None:
-        """Called in training mode with the positive kept activations of the batch."""
+    def _note_kept(self, acts: Tensor) -> None:
+        """Called in training mode with the kept activations of the batch (0: not active)."""
 
     def _bags(self, rows: Tensor, latents: Tensor, n: int) -> tuple[Tensor, int]:
         """Which decoded row each kept entry adds to, and how many rows: one per token."""
@@ -136,40 +142,44 @@ class _TopKFamily(SparseAutoencoder):
             centered = self._centered(x)
             pre = torch.matmul(centered, self.W_enc)
             pre += self.b_enc
-        row_ptr, latents = self._select(pre)
-        rows = rows_of(row_ptr)
+        rows, latents, values = self._select(pre)
         n_kept = len(latents)
         bags, n_bags = self._bags(rows, latents, n)
         dead = self._dead_latents(dead_mask)
         aux_entries = dead is not None and len(dead) > AUXK_DENSE_RATIO * self._k_aux(len(dead))
         if aux_entries:  # AuxK's entries ride along: one encoder and one decoder pass for all
-            aux_rows, aux_latents = self._aux_entries(pre, dead)
-            rows, latents = torch.cat([rows, aux_rows]), torch.cat([latents, aux_latents])
+            aux_rows, aux_latents, aux_values = self._aux_entries(pre, dead)
+            rows, latents, values = (torch.cat(pair) for pair in ((rows, aux_rows), (latents, aux_latents),
+                                                                  (values, aux_values)))
             bags = torch.cat([bags, aux_rows + n_bags])
-        acts = encoder_entries(pre, rows, latents, centered=centered, W_enc=self.W_enc, b_enc=self.b_enc,
-                               b_dec=None if self.is_transcoder else self.b_dec).relu()
-        decoded = decode_entries(acts, self.W_dec, bags, latents, n_bags + (n if aux_entries else 0))
-        x_hat, mse_loss = self._reconstruction_loss(decoded[:n_bags], x, target)
+        block = None if aux_entries else dead  # else AuxK's dense block over the dead latents
+        pre_values, W_enc_block, b_enc_block = encoder_entries(
+            values, rows, latents, centered=centered, W_enc=self.W_enc, b_enc=self.b_enc,
+            b_dec=None if self.is_transcoder else self.b_dec, columns=block)
+        acts = pre_values.relu()
+        decoded, W_dec_block = decode_entries(acts, self.W_dec, bags, latents, n_bags + (n if aux_entries else 0), block)
+        x_hat, mse_loss = self._reconstruction_loss(decoded[:n_bags] if aux_entries else decoded, x, target)
         aux_loss = x_hat.new_zeros(())
         if aux_entries:
             aux_loss = self._auxk_loss(target - x_hat, decoded[n_bags:])
         elif dead is not None:
-            aux_loss = self._auxk_loss(target - x_hat, self._aux_reconstruction(x, pre, dead))
+            aux_acts = self._aux_block_acts(x, pre, dead, W_enc_block, b_enc_block)
+            aux_loss = self._auxk_loss(target - x_hat, aux_acts @ W_dec_block)
 
-        kept = acts[:n_kept].detach()
-        active = kept > 0
+        kept = acts.detach()[:n_kept]
         if self.training:
-            self._note_smallest_kept(kept[active])
-        fire_counts = torch.bincount(latents[:n_kept][active], minlength=self.d_sae)
+            self._note_kept(kept)
+        active = (kept > 0).long()
+        fire_counts = torch.zeros(self.d_sae, dtype=torch.int64, device=x.device).index_add_(0, latents[:n_kept], active)
         return SAEOutput(x_hat=x_hat, fire_counts=fire_counts, loss=mse_loss + aux_loss, mse_loss=mse_loss,
-                         sparsity_loss=x_hat.new_zeros(()), aux_loss=aux_loss, l0=fire_counts.sum().float() / n)
+                         sparsity_loss=x_hat.new_zeros(()), aux_loss=aux_loss, l0=active.sum().float() / n)
 
     def _dense_training_forward(self, x: Tensor, target: Tensor, dead_mask: Tensor | None) -> SAEOutput:
         """The reference: dense activations, plain autograd through the encoder product."""
         pre = self._pre_acts(x)
         feature_acts, indices = self._dense_select(pre)
         if self.training:
-            self._note_smallest_kept(feature_acts.detach()[feature_acts.detach() > 0])
+            self._note_kept(feature_acts.detach().flatten())
         x_hat, mse_loss = self._reconstruction_loss(self._dense_decode(feature_acts, indices), x, target)
         aux_loss = x_hat.new_zeros(())
         if self._dead_latents(dead_mask) is not None:
@@ -193,26 +203,23 @@ class _TopKFamily(SparseAutoencoder):
     def _k_aux(self, n_dead: int) -> int:
         return min(self.cfg.aux_k or self.d_out // 2, n_dead)
 
-    def _aux_entries(self, pre: Tensor, dead: Tensor) -> tuple[Tensor, Tensor]:
-        """(rows, latents) of the k_aux largest pre-activations of every token among the `dead`."""
-        n, k_aux = pre.shape[0], self._k_aux(len(dead))
-        _, local = top_k_per_row(pre.index_select(1, dead), k_aux)
-        return torch.arange(n, device=pre.device).repeat_interleave(k_aux), dead[local.to(dead.device).flatten()]
+    def _aux_entries(self, pre: Tensor, dead: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, latents, pre-activations) of the k_aux largest pre-activations of every token among
+        the `dead`."""
+        values, local = top_k_per_row(pre.index_select(1, dead), self._k_aux(len(dead)))
+        return _rows_of_k(pre.shape[0], local.shape[1], pre.device), dead[local.flatten()], values.flatten()
 
-    def _aux_reconstruction(self, x: Tensor, pre: Tensor, dead: Tensor) -> Tensor:
-        """AuxK's reconstruction of the residual [batch, d_out] through dense products over the dead
-        latents only: their pre-activations (differentiable; (x - b_dec) @ W + b = x @ W + (b - b_dec @ W)),
-        the k_aux largest of each token kept (selected on `pre`, as the top-k selects), decoded."""
-        W_dead = self.W_enc.index_select(1, dead)  # [d_in, n_dead]
-        bias = self.b_enc.index_select(0, dead)
-        if not self.is_transcoder:
-            bias = bias - self.b_dec @ W_dead
+    def _aux_block_acts(self, x: Tensor, pre: Tensor, dead: Tensor, W_dead: Tensor, b_dead: Tensor) -> Tensor:
+        """AuxK's activations [batch, n_dead] by a dense product over the dead latents' columns
+        W_dead = W_enc[:, dead], b_dead = b_enc[dead] ((x - b_dec) @ W + b = x @ W + (b - b_dec @ W)),
+        the k_aux largest of each token kept (selected on `pre`, as the top-k selects)."""
+        bias = b_dead if self.is_transcoder else b_dead - self.b_dec @ W_dead
         acts = torch.addmm(bias, x, W_dead).relu()
         k_aux = self._k_aux(len(dead))
         if k_aux < len(dead):
             _, local = top_k_per_row(pre.index_select(1, dead), k_aux)
             acts = acts * torch.zeros_like(acts).scatter_(1, local.to(acts.device), 1.0)
-        return acts @ self.W_dec.index_select(0, dead)
+        return acts
 
     def _auxk_loss(self, residual: Tensor, residual_hat: Tensor) -> Tensor:
         """aux_k_coefficient * |residual_hat - residual|^2 / |residual - its mean|^2, the residual
@@ -236,10 +243,9 @@ class TopKSAE(_TopKFamily, architecture="topk"):
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, indices, values.relu()), indices
 
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        _, indices = top_k_per_row(pre, self.cfg.k)
-        k, n = self.cfg.k, pre.shape[0]
-        return torch.arange(0, n * k + 1, k, device=pre.device), indices.to(pre.device).flatten()
+    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        values, indices = top_k_per_row(pre, self.cfg.k)
+        return _rows_of_k(pre.shape[0], self.cfg.k, pre.device), indices.flatten(), values.flatten()
 
     def _dense_decode(self, feature_acts: Tensor, indices: Tensor | None) -> Tensor:
         # As the dense path always did: decode the k active rows by embedding_bag.
@@ -288,9 +294,8 @@ class BatchTopKSAE(_TopKFamily, architecture="batchtopk"):
     def _activate(self, pre: Tensor) -> Tensor:
         return (pre * (pre > self.threshold).to(pre.dtype)).relu()
 
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        row_ptr, latents = batch_top_k(pre, self.cfg.k * pre.shape[0])
-        return row_ptr.to(pre.device), latents.to(pre.device)
+    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return batch_top_k(pre, self.cfg.k * pre.shape[0])
 
     def _dense_select(self, pre: Tensor) -> tuple[Tensor, None]:
         return self._top_k_per_batch(pre), None
@@ -303,10 +308,10 @@ class BatchTopKSAE(_TopKFamily, architecture="batchtopk"):
         return torch.zeros_like(flat).scatter(0, indices, values).reshape(pre.shape)
 
     @torch.no_grad()
-    def _note_smallest_kept(self, values: Tensor) -> None:
+    def _note_kept(self, acts: Tensor) -> None:
         """Fold this batch's smallest kept activation into the threshold's bias-corrected moving
         average (no host sync); a batch where nothing fired leaves it as it was."""
-        smallest = torch.cat([values, values.new_full((1,), torch.inf)]).min()
+        smallest = torch.where(acts > 0, acts, torch.inf).amin() if acts.numel() else acts.new_tensor(torch.inf)
         fired = torch.isfinite(smallest)
         decay = BATCHTOPK_THRESHOLD_DECAY
         update = torch.stack([torch.where(fired, smallest, 0.0), fired.to(smallest.dtype)]) * (1 - decay)
@@ -321,9 +326,7 @@ class BatchTopKSAE(_TopKFamily, architecture="batchtopk"):
         Inference then keeps about k latents per token on the same distribution. Returns it."""
         values = []
         for x in batches:
-            pre = self._pre_acts(x.to(self.device, self.dtype))
-            row_ptr, latents = self._select(pre)
-            kept = pre[rows_of(row_ptr), latents]
+            _, _, kept = self._select(self._pre_acts(x.to(self.device, self.dtype)))
             if len(kept):
                 values.append(kept.min())
         if not values:
