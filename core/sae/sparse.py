@@ -150,48 +150,49 @@ def row_dots(a: Tensor, a_rows: Tensor, b: Tensor, b_rows: Tensor) -> Tensor:
 
 
 class _EncoderEntries(torch.autograd.Function):
-    """The selected pre-activations, and the dense columns of `columns`, differentiable in W_enc,
+    """The selected pre-activations and the dense block pre[:, columns], differentiable in W_enc,
     b_enc and (an SAE's) b_dec with one backward for both."""
 
     @staticmethod
-    def forward(ctx, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, centered: Tensor, values: Tensor,
-                rows: Tensor, latents: Tensor, columns: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(ctx, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, centered: Tensor, pre: Tensor,
+                values: Tensor, rows: Tensor, latents: Tensor, columns: Tensor) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(W_enc, centered, rows, latents, columns)
-        return values.clone(), W_enc.index_select(1, columns), b_enc.index_select(0, columns)
+        return values.clone(), pre.index_select(1, columns)
 
     @staticmethod
-    def backward(ctx, grad: Tensor, grad_W_columns: Tensor | None, grad_b_columns: Tensor | None):
+    def backward(ctx, grad: Tensor, grad_block: Tensor | None):
         W_enc, centered, rows, latents, columns = ctx.saved_tensors
-        grad = grad.contiguous()
+        grad = grad.contiguous().to(W_enc.dtype)
         d_in, d_sae = W_enc.shape
         grad_W_enc = grad_b_enc = grad_b_dec = None
         if ctx.needs_input_grad[0]:
             grad_W_enc_t = scatter_add_rows(W_enc.new_zeros(d_sae, d_in), latents, grad, centered, rows)
             grad_W_enc = grad_W_enc_t.t().contiguous()
-            if grad_W_columns is not None:
-                grad_W_enc.index_add_(1, columns, grad_W_columns)
+            if grad_block is not None:
+                grad_W_enc.index_add_(1, columns, centered.t() @ grad_block.to(W_enc.dtype))
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            per_latent = W_enc.new_zeros(d_sae).index_add_(0, latents, grad.to(W_enc.dtype))
+            per_latent = W_enc.new_zeros(d_sae).index_add_(0, latents, grad)  # d loss / d pre, summed over tokens
+            if grad_block is not None:
+                per_latent.index_add_(0, columns, grad_block.sum(0).to(W_enc.dtype))
+            grad_b_enc = per_latent
             if ctx.needs_input_grad[2]:  # centered = x - b_dec, and pre = centered @ W_enc + b_enc
                 grad_b_dec = -(W_enc @ per_latent)
-            if grad_b_columns is not None:
-                per_latent.index_add_(0, columns, grad_b_columns)
-            grad_b_enc = per_latent
-        return grad_W_enc, grad_b_enc, grad_b_dec, None, None, None, None, None
+        return grad_W_enc, grad_b_enc, grad_b_dec, None, None, None, None, None, None
 
 
-def encoder_entries(values: Tensor, rows: Tensor, latents: Tensor, *, centered: Tensor, W_enc: Tensor,
-                    b_enc: Tensor, b_dec: Tensor | None, columns: Tensor | None = None
-                    ) -> tuple[Tensor, Tensor, Tensor]:
+def encoder_entries(pre: Tensor, values: Tensor, rows: Tensor, latents: Tensor, *, centered: Tensor,
+                    W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, columns: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor]:
     """The pre-activations `values` [n_entries] = pre[rows, latents] of pre = centered @ W_enc + b_enc
     (computed without autograd by the caller), with gradients to W_enc, b_enc and, when the
     encoder's input is centered = x - b_dec (an SAE), to b_dec, from these entries only.
 
-    Also W_enc[:, columns] and b_enc[columns] (AuxK's dense block over the dead latents), whose
-    gradients join the same backward instead of making full-size gradients of their own."""
+    Also the dense block pre[:, columns] [batch, len(columns)] (AuxK's, over the dead latents),
+    whose gradients (centered^T @ grad for those columns of W_enc) join the same backward."""
     if columns is None:
         columns = latents.new_zeros(0)
-    return _EncoderEntries.apply(W_enc, b_enc, b_dec, centered.detach(), values.detach(), rows, latents, columns)
+    return _EncoderEntries.apply(W_enc, b_enc, b_dec, centered.detach(), pre.detach(), values.detach(), rows,
+                                 latents, columns)
 
 
 class _DecodeEntries(torch.autograd.Function):

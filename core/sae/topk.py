@@ -51,7 +51,7 @@ def top_k_per_row(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(values, indices) [rows, k] of the k largest entries of every row of `pre` [rows, n], in no
     particular order: the compiled kernel on CPU (split over torch's threads), torch.topk elsewhere."""
     if not uses_kernels(pre):
-        return pre.topk(k, dim=-1, sorted=False)
+        return pre.detach().topk(k, dim=-1, sorted=False)
     from ..kernels import top_k_rows
 
     pre = pre.detach().contiguous()
@@ -153,9 +153,9 @@ class _TopKFamily(SparseAutoencoder):
                                                                   (values, aux_values)))
             bags = torch.cat([bags, aux_rows + n_bags])
         block = None if aux_entries else dead  # else AuxK's dense block over the dead latents
-        pre_values, W_enc_block, b_enc_block = encoder_entries(
-            values, rows, latents, centered=centered, W_enc=self.W_enc, b_enc=self.b_enc,
-            b_dec=None if self.is_transcoder else self.b_dec, columns=block)
+        pre_values, pre_block = encoder_entries(pre, values, rows, latents, centered=centered, W_enc=self.W_enc,
+                                                b_enc=self.b_enc, b_dec=None if self.is_transcoder else self.b_dec,
+                                                columns=block)
         acts = pre_values.relu()
         decoded, W_dec_block = decode_entries(acts, self.W_dec, bags, latents, n_bags + (n if aux_entries else 0), block)
         x_hat, mse_loss = self._reconstruction_loss(decoded[:n_bags] if aux_entries else decoded, x, target)
@@ -163,8 +163,7 @@ class _TopKFamily(SparseAutoencoder):
         if aux_entries:
             aux_loss = self._auxk_loss(target - x_hat, decoded[n_bags:])
         elif dead is not None:
-            aux_acts = self._aux_block_acts(x, pre, dead, W_enc_block, b_enc_block)
-            aux_loss = self._auxk_loss(target - x_hat, aux_acts @ W_dec_block)
+            aux_loss = self._auxk_loss(target - x_hat, self._aux_block_acts(pre_block) @ W_dec_block)
 
         kept = acts.detach()[:n_kept]
         if self.training:
@@ -219,15 +218,13 @@ class _TopKFamily(SparseAutoencoder):
         values, local = top_k_per_row(pre.index_select(1, dead), self._k_aux(len(dead)))
         return _rows_of_k(pre.shape[0], local.shape[1], pre.device), dead[local.flatten()], values.flatten()
 
-    def _aux_block_acts(self, x: Tensor, pre: Tensor, dead: Tensor, W_dead: Tensor, b_dead: Tensor) -> Tensor:
-        """AuxK's activations [batch, n_dead] by a dense product over the dead latents' columns
-        W_dead = W_enc[:, dead], b_dead = b_enc[dead] ((x - b_dec) @ W + b = x @ W + (b - b_dec @ W)),
-        the k_aux largest of each token kept (selected on `pre`, as the top-k selects)."""
-        bias = b_dead if self.is_transcoder else b_dead - self.b_dec @ W_dead
-        acts = torch.addmm(bias, x, W_dead).relu()
-        k_aux = self._k_aux(len(dead))
-        if k_aux < len(dead):
-            _, local = top_k_per_row(pre.index_select(1, dead), k_aux)
+    def _aux_block_acts(self, pre_dead: Tensor) -> Tensor:
+        """AuxK's activations [batch, n_dead] from the dead latents' pre-activations: the k_aux
+        largest of each token, the others 0."""
+        acts = pre_dead.relu()
+        k_aux = self._k_aux(pre_dead.shape[1])
+        if k_aux < pre_dead.shape[1]:
+            _, local = top_k_per_row(pre_dead, k_aux)
             acts = acts * torch.zeros_like(acts).scatter_(1, local.to(acts.device), 1.0)
         return acts
 
