@@ -111,6 +111,26 @@ def test_sparse_step_float32_gradients_match_the_dense_step(architecture, transc
         assert (grads[0][name] - grad).abs().max() <= tolerance * scale, name
 
 
+@pytest.mark.parametrize("architecture", TOPK_FAMILY)
+def test_kernels_split_over_threads_give_the_dense_gradients(architecture):
+    """At sizes where the kernels split their rows over two threads (>= 2,048 rows)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        cfg = SAEConfig(architecture=architecture, d_sae=2048, k=16)
+        sae = SparseAutoencoder(cfg, D_IN, hook_name="h", model_name="m", dtype=torch.float64)
+        dense = dense_twin(sae)
+        x = torch.randn(2048, D_IN, dtype=torch.float64)
+        dead = torch.arange(2048) % 10 == 0
+        for model in (sae, dense):
+            model.training_forward(x, dead_mask=dead).loss.backward()
+        for (name, p), q in zip(sae.named_parameters(), dense.parameters()):
+            assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-12 * q.grad.abs().max()), name
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_torch_fallback_matches_the_kernels(monkeypatch):
     """The torch ops that serve CUDA and bf16 compute the same step as the CPU kernels."""
     results = []

@@ -5,17 +5,18 @@ A training step of a top-k dictionary has one dense product, the pre-activations
 x @ W_enc [batch, d_sae], computed once without autograd. Everything after it touches only the
 entries (token, latent) that the top-k keeps (about k per token) and those of the AuxK loss:
 
-- `encoder_entries`: the pre-activations at the entries. Backward: dW_enc[:, j] += g_e x[t_e] over
-  the entries (a scatter of input rows: entries * d_in work instead of the batch * d_sae * d_in
-  of a dense backward), db_enc[j] the sum of g over j's entries, and for an SAE's pre-encoder
-  bias db_dec = -W_enc @ db_enc (the input is data, so no per-token input gradient is needed).
+- `encoder_entries`: the pre-activations at the entries (and optionally a dense block of columns).
+  Backward: dW_enc[:, j] += g_e x[t_e] over the entries (a scatter of input rows: entries * d_in
+  work instead of the batch * d_sae * d_in of a dense backward), db_enc[j] the sum of g over j's
+  entries, and for an SAE's pre-encoder bias db_dec = -W_enc @ db_enc (the input is data, so no
+  per-token input gradient is needed).
 - `decode_entries`: sum_e v_e W_dec[j_e] into output rows ("bags": a token, or a token and a
   matryoshka prefix). Backward: dv_e = <grad[bag_e], W_dec[j_e]> and dW_dec[j_e] += v_e grad[bag_e].
 
 On CPU in float32 / float64 the scatters and dots are numba kernels (`core.kernels`), split over
 torch's threads by output rows; elsewhere (CUDA, bf16) chunked torch `index_add_` and gathers,
 the same sums. The torch sparse CSR x dense product (MKL) was measured for the encoder's scatter:
-about 10x slower than the kernel on CPU (`benchmarks/sae_step.py` prints both).
+2-5x slower than the kernel on CPU, building the CSR included (`benchmarks/sae_step.py` prints both).
 """
 
 from __future__ import annotations
@@ -100,21 +101,20 @@ def uses_kernels(t: Tensor) -> bool:
     return USE_KERNELS and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _in_parallel(kernel: Callable, n: int, *args) -> None:
     """kernel(*args, lo, hi) over torch.get_num_threads() disjoint ranges covering [0, n) at once
     (the kernels release the GIL)."""
-    global _pool
     threads = max(1, min(torch.get_num_threads(), n // 1024))
     if threads == 1:
         kernel(*args, 0, n)
         return
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="sae-kernels")
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="sae-kernels")
     bounds = [n * i // threads for i in range(threads + 1)]
-    for future in [_pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])]:
+    for future in [_pools[threads].submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])]:
         future.result()
 
 
