@@ -31,7 +31,7 @@ LEGACY_DICTIONARY_FOLDER = "dictionary"
 ANALYSIS_FOLDER = "analysis"
 BUILTIN_CORPUS = "builtin:python-docs"
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 WANDB_MODES = ("off", "offline", "online")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -203,12 +203,13 @@ class SAEConfig(_JsonConfig):
     """Architecture and sparsity settings of the dictionary."""
 
     architecture: str = "topk"
-    """One of relu, topk, batchtopk, jumprelu."""
+    """One of relu, topk, batchtopk, jumprelu, matryoshka_batchtopk."""
     expansion_factor: int = 8
     """d_sae = expansion_factor * d_in, unless `d_sae` is set."""
     d_sae: Optional[int] = None
     k: int = 32
-    """Active latents per token for topk / batchtopk (mean per token for batchtopk)."""
+    """Active latents per token for topk / batchtopk / matryoshka_batchtopk (mean per token for the
+    batch-level ones)."""
     l1_coefficient: float = 5.0
     """relu: weight of the L1 penalty (on activations times decoder row norms)."""
     jumprelu_init_threshold: float = 0.001
@@ -217,7 +218,7 @@ class SAEConfig(_JsonConfig):
     l0_coefficient: float = 1.0
     """jumprelu: weight of the L0 penalty."""
     aux_k: Optional[int] = None
-    """topk / batchtopk: latents used by the AuxK loss on dead latents (default d_in // 2)."""
+    """topk / batchtopk / matryoshka_batchtopk: latents used by the AuxK loss on dead latents (default d_in // 2)."""
     aux_k_coefficient: float = 1.0 / 32
     dead_tokens_threshold: Optional[int] = None
     """A latent that has not fired for this many training tokens counts as dead: AuxK trains it, and
@@ -229,6 +230,12 @@ class SAEConfig(_JsonConfig):
     decoder_bias_init: str = "geometric_median"
     """How b_dec starts: geometric median or mean of a sample of activations, or zeros."""
     decoder_bias_init_samples: int = 8192
+    matryoshka_widths: tuple[int, ...] = ()
+    """matryoshka_batchtopk: the nested prefixes of the latents whose reconstructions are trained,
+    increasing, the last one d_sae (e.g. (512, 2048, 8192)). Empty: (d_sae // 16, d_sae // 4, d_sae)."""
+    skip_connection: bool = False
+    """Transcoders only: add a trained linear skip path W_skip [d_in, d_out] (starts at zero) to the
+    reconstruction."""
 
     def validate(self) -> None:
         _check_choice("sae", "architecture", self.architecture, ARCHITECTURES)
@@ -246,6 +253,17 @@ class SAEConfig(_JsonConfig):
             _check_positive("sae", "aux_k", self.aux_k)
         if self.dead_tokens_threshold is not None:
             _check_positive("sae", "dead_tokens_threshold", self.dead_tokens_threshold)
+        widths = self.matryoshka_widths
+        if widths and self.architecture != "matryoshka_batchtopk":
+            raise ConfigError(f"sae.matryoshka_widths is {widths!r} but sae.architecture is {self.architecture!r}; "
+                              f"the widths are for 'matryoshka_batchtopk' only, leave them empty.")
+        if widths and (not all(isinstance(w, int) and w > 0 for w in widths)
+                       or any(a >= b for a, b in zip(widths, widths[1:]))):
+            raise ConfigError(f"sae.matryoshka_widths is {widths!r}; it must be increasing positive integers "
+                              f"ending at d_sae, e.g. (512, 2048, 8192).")
+        if widths and self.d_sae is not None and widths[-1] != self.d_sae:
+            raise ConfigError(f"sae.matryoshka_widths ends at {widths[-1]} but sae.d_sae is {self.d_sae}; the last "
+                              f"width must be d_sae.")
 
     def resolve_d_sae(self, d_in: int) -> int:
         return self.d_sae if self.d_sae is not None else self.expansion_factor * d_in

@@ -71,13 +71,13 @@ class FeatureActivityTracker:
         self.last_density: Optional[torch.Tensor] = None
 
     @torch.no_grad()
-    def update(self, feature_acts: torch.Tensor) -> None:
-        fired = (feature_acts != 0)
-        fired_any = fired.any(dim=0)
-        self.tokens_since_fired += len(feature_acts)
-        self.tokens_since_fired[fired_any] = 0
-        self.window_counts += fired.sum(dim=0)
-        self.window_seen += len(feature_acts)
+    def update(self, fire_counts: torch.Tensor, n_tokens: int) -> None:
+        """Add a batch of `n_tokens` tokens on which latent j was active on fire_counts[j] (int64
+        [d_sae], `SAEOutput.fire_counts`)."""
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fire_counts > 0] = 0
+        self.window_counts += fire_counts
+        self.window_seen += n_tokens
         if self.window_seen >= self.window_tokens:
             self.last_density = (self.window_counts.double() / self.window_seen).cpu()
             self.window_counts.zero_()

@@ -223,7 +223,7 @@ class DictionaryTrainer:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), self.spec.optimizer.max_grad_norm)
         self.optimizer.step()
         sae.set_decoder_norm_to_unit_norm()
-        self.tracker.update(out.feature_acts.detach())
+        self.tracker.update(out.fire_counts, len(x))
         if not metrics:
             return None
         return {"loss": out.loss.item(), "mse_loss": out.mse_loss.item(), "sparsity_loss": out.sparsity_loss.item(),

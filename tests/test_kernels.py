@@ -9,7 +9,7 @@ import torch
 
 import core.sae as sae_module
 from core.config import ARCHITECTURES, SAEConfig
-from core.kernels import positive_entries, top_k_rows
+from core.kernels import batch_top_k, positive_entries, row_dots, scatter_add_rows, top_k_rows
 from core.sae import SparseAutoencoder, SparseFeatureActs
 
 
@@ -162,3 +162,76 @@ def test_encode_sparse_generic_path_for_dtypes_without_a_kernel():
     dense = sae.encode(x[rows]).float()
     assert torch.equal(sparse.to_dense()[rows], dense)
     assert int(sparse.row_ptr.diff()[~rows].sum()) == 0
+
+
+# ------------------------------------------------------------------ batch top-k and the sparse products
+
+
+def run_batch_top_k(pre: np.ndarray, n_keep: int) -> tuple[int, list[int]]:
+    """(kept, flat indices kept), checking that the entries come in row-major order with their values."""
+    n = pre.shape[1]
+    bits = pre.view(np.int32 if pre.dtype == np.float32 else np.int64)
+    rows, columns, kept_bits = (np.empty(max(n_keep, 1), dtype) for dtype in (np.int64, np.int64, bits.dtype))
+    kept = batch_top_k(bits, n_keep, rows, columns, kept_bits)
+    flat = rows[:kept] * n + columns[:kept]
+    assert (np.diff(flat) > 0).all() and ((0 <= columns[:kept]) & (columns[:kept] < n)).all()
+    assert np.array_equal(kept_bits[:kept].view(pre.dtype), pre.reshape(-1)[flat])
+    return kept, flat.tolist()
+
+
+def reference_batch_top_k(pre: np.ndarray, n_keep: int) -> list[int]:
+    """The n_keep largest positive entries, the earlier (row-major) entry first among equal values."""
+    flat = pre.reshape(-1)
+    order = sorted((i for i in range(flat.size) if flat[i] > 0), key=lambda i: (-flat[i], i))
+    return sorted(order[:n_keep])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_top_k_matches_a_sort(dtype):
+    rng = np.random.default_rng(3)
+    cases = [
+        (rng.standard_normal((64, 300)), 64 * 8),
+        (rng.standard_normal((7, 13)), 20),
+        (-np.abs(rng.standard_normal((5, 9))), 10),  # nothing positive
+        (np.where(rng.random((30, 40)) < 0.02, 1 + rng.random((30, 40)), -1.0), 200),  # fewer positive than n_keep
+        (rng.integers(-3, 4, size=(50, 60)).astype(float), 700),  # heavy ties at the threshold
+        (np.full((8, 50), 2.0), 33),  # all equal: the first ones win
+        (rng.standard_normal((40, 512)) + np.where(np.arange(40) == 7, 30.0, 0.0)[:, None], 40 * 4),  # one row dominates
+        (rng.standard_normal((3, 5)), 100),  # n_keep larger than the matrix
+    ]
+    for pre, n_keep in cases:
+        pre = np.ascontiguousarray(pre.astype(dtype))
+        kept, flat = run_batch_top_k(pre, min(n_keep, pre.size))
+        expected = reference_batch_top_k(pre, n_keep)
+        assert kept == len(expected) and flat == expected
+
+
+def test_batch_top_k_at_training_size_matches_torch():
+    pre = torch.randn(1024, 4608)
+    _, flat = run_batch_top_k(pre.numpy(), 1024 * 32)
+    assert sorted(flat) == sorted(pre.flatten().topk(1024 * 32).indices.tolist())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scatter_add_rows_and_row_dots_match_torch(dtype):
+    rng = np.random.default_rng(4)
+    src = rng.standard_normal((50, 37)).astype(dtype)
+    out_rows = rng.integers(0, 20, 400)
+    src_rows = rng.integers(0, 50, 400)
+    coef = rng.standard_normal(400).astype(dtype)
+    start = rng.standard_normal((20, 37)).astype(dtype)
+    expected = torch.from_numpy(start).index_add(0, torch.from_numpy(out_rows),
+                                                 torch.from_numpy(src[src_rows] * coef[:, None]))
+    out = start.copy()
+    scatter_add_rows(out, out_rows, coef, src, src_rows, 0, 8)  # two threads' disjoint ranges of rows
+    scatter_add_rows(out, out_rows, coef, src, src_rows, 8, 20)
+    eps = np.finfo(dtype).eps  # rounding of sums of ~20 terms of size ~1-10: a few dozen eps
+    assert np.abs(out - expected.numpy()).max() <= 64 * eps * np.abs(expected.numpy()).max()
+
+    b = rng.standard_normal((20, 37)).astype(dtype)
+    dots = np.full(400, np.nan, dtype)
+    row_dots(dots, src, src_rows, b, out_rows, 0, 150)
+    row_dots(dots, src, src_rows, b, out_rows, 150, 400)
+    terms = src[src_rows].astype(np.float64) * b[out_rows]
+    # A sum of 37 products is exact up to 37 eps times the sum of their magnitudes.
+    assert (np.abs(dots - terms.sum(-1)) <= 37 * eps * np.abs(terms).sum(-1)).all()

@@ -1,4 +1,5 @@
-"""Tests for core/sae.py: architectures, losses, AuxK, normalization folding and the on-disk format."""
+"""Tests for core/sae/: architectures, losses, AuxK, normalization folding and the on-disk format.
+(Transcoders: test_transcoder.py; the sparse training step and matryoshka: test_sae_sparse_step.py.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import core.sae as sae_module
+import core.sae.base as sae_base
 from core.config import ARCHITECTURES, ConfigError, SAEConfig
 from core.sae import (
     DictionaryLoadError,
@@ -59,7 +61,9 @@ ARCH_KWARGS = {
     "topk": dict(),
     "batchtopk": dict(),
     "jumprelu": dict(l0_coefficient=1e-3, jumprelu_bandwidth=0.05, jumprelu_init_threshold=0.05),
+    "matryoshka_batchtopk": dict(),
 }
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -71,14 +75,16 @@ def test_training_forward_shapes_and_finite_losses(architecture):
     out = sae.training_forward(x, dead_mask=dead)
     assert isinstance(out, SAEOutput)
     assert out.x_hat.shape == (32, D_IN)
-    assert out.feature_acts.shape == (32, D_SAE)
+    assert out.fire_counts.shape == (D_SAE,) and out.fire_counts.dtype == torch.int64
     for name in ("loss", "mse_loss", "sparsity_loss", "aux_loss", "l0"):
         value = getattr(out, name)
         assert value.shape == (), name
         assert torch.isfinite(value), name
     assert torch.allclose(out.loss, out.mse_loss + out.sparsity_loss + out.aux_loss)
-    assert torch.allclose(out.mse_loss, (out.x_hat - x).pow(2).sum(-1).mean())
-    assert (out.feature_acts >= 0).all()
+    if architecture != "matryoshka_batchtopk":  # its mse_loss is the mean over prefixes (test_sae_sparse_step.py)
+        assert torch.allclose(out.mse_loss, (out.x_hat - x).pow(2).sum(-1).mean())
+    assert (out.fire_counts >= 0).all() and (out.fire_counts <= 32).all()
+    assert out.fire_counts.sum().item() == pytest.approx(out.l0.item() * 32)
     if architecture in ("relu", "jumprelu"):
         assert out.sparsity_loss > 0 and out.aux_loss == 0
     else:
@@ -91,8 +97,11 @@ def test_short_training_lowers_mse(architecture):
     data = SparseData()
     sae.initialize_decoder_bias(data.batch(512))
     eval_x = data.batch(1024)
+    def reconstruction_error(out) -> float:  # of x_hat (matryoshka's mse_loss averages its prefixes')
+        return (out.x_hat - eval_x).pow(2).sum(-1).mean().item()
+
     with torch.no_grad():
-        mse_before = sae.training_forward(eval_x).mse_loss.item()
+        mse_before = reconstruction_error(sae.training_forward(eval_x))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     for _ in range(200):
         out = sae.training_forward(data.batch(256))
@@ -103,11 +112,11 @@ def test_short_training_lowers_mse(architecture):
         sae.set_decoder_norm_to_unit_norm()
     with torch.no_grad():
         after = sae.training_forward(eval_x)
-    assert after.mse_loss.item() < 0.25 * mse_before
+    assert reconstruction_error(after) < 0.25 * mse_before
     # Better than predicting the mean: the SAE explains most of the variance.
     variance = (eval_x - eval_x.mean(0)).pow(2).sum(-1).mean().item()
-    assert after.mse_loss.item() < 0.3 * variance
-    if architecture in ("topk", "batchtopk"):
+    assert reconstruction_error(after) < 0.3 * variance
+    if architecture in TOPK_FAMILY:
         assert after.l0.item() == pytest.approx(K)
 
 
@@ -115,14 +124,15 @@ def test_topk_keeps_exactly_k_largest_per_token():
     sae = make_sae("topk")
     x = SparseData().batch(64)
     out = sae.training_forward(x)
-    assert ((out.feature_acts != 0).sum(-1) == K).all()
+    feature_acts = sae.encode(x)  # the rule on raw inputs (normalization_scale 1)
+    assert ((feature_acts != 0).sum(-1) == K).all()
     assert out.l0.item() == K
     # The kept latents are the k largest pre-activations, with their values unchanged.
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     top_values, top_indices = pre.topk(K, dim=-1)
-    assert torch.equal(out.feature_acts.gather(-1, top_indices), top_values)
-    # encode() on raw inputs uses the same rule.
-    assert torch.equal(sae.encode(x), out.feature_acts)
+    assert torch.equal(feature_acts.gather(-1, top_indices), top_values)
+    # Training keeps the same latents as encode().
+    assert torch.equal(out.fire_counts, (feature_acts != 0).sum(0))
 
 
 def test_batchtopk_threshold_follows_the_recent_encoder_and_calibrates_to_k():
@@ -153,17 +163,22 @@ def test_batchtopk_training_keeps_k_per_token_on_average_and_learns_threshold():
     assert sae.threshold.item() == -1.0
     out = sae.training_forward(x)
     assert out.l0.item() == pytest.approx(K)
-    counts = (out.feature_acts != 0).sum(-1)
+    with torch.no_grad():
+        feature_acts = sae._top_k_per_batch(sae._pre_acts(x))  # the k * 64 largest over the batch
+    assert torch.equal(out.fire_counts, (feature_acts != 0).sum(0))
+    counts = (feature_acts != 0).sum(-1)
     assert counts.sum().item() == K * 64
     assert counts.min() != counts.max()  # budget shared over the batch, not per token
-    smallest_kept = out.feature_acts[out.feature_acts > 0].min()
+    smallest_kept = feature_acts[feature_acts > 0].min()
     assert sae.threshold.item() == pytest.approx(smallest_kept.item())  # first step: no EMA history
 
     # Later steps move the threshold by a bias-corrected moving average with decay
     # BATCHTOPK_THRESHOLD_DECAY: no weight on an initial guess.
     x2 = SparseData(seed=5).batch(64)
-    out2 = sae.training_forward(x2)
-    smallest2 = out2.feature_acts[out2.feature_acts > 0].min().item()
+    with torch.no_grad():
+        kept2 = sae._top_k_per_batch(sae._pre_acts(x2))
+    sae.training_forward(x2)
+    smallest2 = kept2[kept2 > 0].min().item()
     decay = sae_module.BATCHTOPK_THRESHOLD_DECAY
     expected = (decay * smallest_kept.item() + smallest2) / (decay + 1)
     assert sae.threshold.item() == pytest.approx(expected, rel=1e-5)
@@ -189,7 +204,8 @@ def test_jumprelu_forward_and_straight_through_threshold_gradients():
     pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).detach()
     theta = torch.full((D_SAE,), theta0)
     out = sae.training_forward(x)
-    assert torch.equal(out.feature_acts, torch.where(pre > theta, pre, torch.zeros_like(pre)))
+    assert torch.equal(sae.encode(x), torch.where(pre > theta, pre, torch.zeros_like(pre)))
+    assert torch.equal(out.fire_counts, (pre > theta).sum(0))
     assert out.sparsity_loss.item() == pytest.approx(2.0 * (pre > theta).float().sum(-1).mean().item())
 
     in_window = ((pre - theta).abs() < bandwidth / 2).float()  # rectangle kernel support
@@ -203,7 +219,7 @@ def test_jumprelu_forward_and_straight_through_threshold_gradients():
 
     # JumpReLU output: d(sum f)/dtheta = sum_b -(theta/eps) K.
     sae.zero_grad()
-    out.feature_acts.sum().backward()
+    sae.encode(x).sum().backward()
     expected = theta * (-(theta / bandwidth) * in_window).sum(0)
     assert torch.allclose(sae.log_threshold.grad, expected, atol=1e-5)
 
@@ -221,7 +237,7 @@ def test_relu_sparsity_loss_is_l1_weighted_by_decoder_norms():
         sae.W_dec.mul_(torch.linspace(0.5, 2.0, D_SAE)[:, None])
     x = SparseData().batch(16)
     out = sae.training_forward(x)
-    expected = 0.7 * (out.feature_acts * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    expected = 0.7 * (sae.encode(x) * sae.W_dec.norm(dim=1)).sum(-1).mean()
     assert torch.allclose(out.sparsity_loss, expected)
     overridden = sae.training_forward(x, sparsity_coefficient=0.0)
     assert overridden.sparsity_loss.item() == 0.0
@@ -230,7 +246,7 @@ def test_relu_sparsity_loss_is_l1_weighted_by_decoder_norms():
 # ------------------------------------------------------------------ AuxK
 
 
-@pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
+@pytest.mark.parametrize("architecture", TOPK_FAMILY)
 def test_auxk_zero_without_dead_latents(architecture):
     sae = make_sae(architecture)
     x = SparseData().batch(32)
@@ -239,7 +255,7 @@ def test_auxk_zero_without_dead_latents(architecture):
     assert sae.training_forward(x, dead_mask=torch.zeros(0, dtype=torch.bool)).aux_loss.item() == 0.0
 
 
-@pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
+@pytest.mark.parametrize("architecture", TOPK_FAMILY)
 def test_auxk_positive_and_trains_only_dead_encoder_columns(architecture):
     sae = make_sae(architecture)
     x = SparseData().batch(32)
@@ -253,8 +269,9 @@ def test_auxk_positive_and_trains_only_dead_encoder_columns(architecture):
     assert grad_norms[:40].abs().max() == 0  # the residual target is detached from live latents
 
 
-def test_auxk_value_matches_formula_when_all_dead_latents_are_used():
-    sae = make_sae("topk", aux_k=100, aux_k_coefficient=0.5)
+@pytest.mark.parametrize("architecture", TOPK_FAMILY)
+def test_auxk_value_matches_formula_when_all_dead_latents_are_used(architecture):
+    sae = make_sae(architecture, aux_k=100, aux_k_coefficient=0.5)
     perturb(sae)  # non-zero b_dec: the aux reconstruction must not include it
     x = SparseData().batch(32)
     dead = torch.zeros(D_SAE, dtype=torch.bool)
@@ -268,8 +285,9 @@ def test_auxk_value_matches_formula_when_all_dead_latents_are_used():
     assert out.aux_loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_auxk_single_token_batch_is_not_nan():
-    sae = make_sae("topk")
+@pytest.mark.parametrize("architecture", TOPK_FAMILY)
+def test_auxk_single_token_batch_is_not_nan(architecture):
+    sae = make_sae(architecture)
     dead = torch.ones(D_SAE, dtype=torch.bool)
     out = sae.training_forward(SparseData().batch(1), dead_mask=dead)  # residual variance is 0
     assert out.aux_loss.item() == 0.0
@@ -357,7 +375,7 @@ def test_remove_gradient_parallel_to_decoder_directions():
 def test_encode_decode_apply_normalization_scale(architecture):
     sae = make_sae(architecture)
     perturb(sae)
-    if architecture == "batchtopk":
+    if sae.has_inference_threshold:
         sae.threshold.fill_(0.3)
     sae.normalization_scale = 2.5  # the trainer assigns a plain float
     assert isinstance(sae.normalization_scale, torch.Tensor) and sae.normalization_scale.item() == 2.5
@@ -376,7 +394,7 @@ def test_encode_decode_apply_normalization_scale(architecture):
 def test_fold_normalization_preserves_raw_outputs(architecture):
     sae = make_sae(architecture)
     perturb(sae)
-    if architecture == "batchtopk":
+    if sae.has_inference_threshold:
         sae.threshold.fill_(0.3)
     sae.normalization_scale = 3.0
     x = SparseData().batch(32) * 10  # "raw" activations with a large norm
@@ -394,7 +412,7 @@ def test_fold_normalization_preserves_raw_outputs(architecture):
 def test_save_load_round_trip_is_exact(tmp_path, architecture):
     sae = make_sae(architecture)
     perturb(sae)
-    if architecture == "batchtopk":
+    if sae.has_inference_threshold:
         sae.threshold.fill_(0.3)
     folder = sae.save(tmp_path / "dictionary", metrics={"mse": 0.5}, extra={"dataset": "builtin:python-docs"})
     assert folder == tmp_path / "dictionary"
@@ -421,7 +439,9 @@ def test_saved_config_contents(tmp_path):
     assert config["architecture"] == "jumprelu"
     assert (config["d_in"], config["d_sae"]) == (D_IN, D_SAE)
     assert config["hook_name"] == "blocks.1.hook_resid_post" and config["model_name"] == "tiny-gpt2"
-    assert config["sae"] == sae.cfg.to_dict()
+    assert config["hook_out"] is None and config["d_out"] is None  # an SAE, not a transcoder
+    assert "output_normalization_scale" not in config
+    assert config["sae"] == json.loads(json.dumps(sae.cfg.to_dict()))  # (tuples are JSON lists)
     assert config["normalization_scale"] == 1.75 and config["normalization_folded"] is True
     assert config["metrics"] == {"l0": 3.5, "fvu": 0.1}
     assert (config["dataset"], config["context_size"], config["training_tokens"]) == ("wikitext", 128, 10_000)
@@ -433,7 +453,7 @@ def test_saved_config_contents(tmp_path):
 def test_save_folds_normalization_into_copy(tmp_path, architecture):
     sae = make_sae(architecture)
     perturb(sae)
-    if architecture == "batchtopk":
+    if sae.has_inference_threshold:
         sae.threshold.fill_(0.3)
     sae.normalization_scale = 4.0
     state_before = {name: t.clone() for name, t in sae.state_dict().items()}
@@ -468,7 +488,7 @@ def test_failed_save_keeps_previous_dictionary(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sae_module, "save_file", crash)
+    monkeypatch.setattr(sae_base, "save_file", crash)
     other = make_sae("topk", seed=9)
     with pytest.raises(OSError, match="disk full"):
         other.save(tmp_path)

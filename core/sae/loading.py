@@ -1,0 +1,109 @@
+"""`load_dictionary`: the one entry point that opens a dictionary folder.
+
+Native folders (written by `SparseAutoencoder.save`; format_version 1 and 2) are read here.
+Nothing is unpickled: the weights are safetensors, the config is JSON, and every mismatch
+between the two is refused with one sentence naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..config import ARCHITECTURES, ConfigError, SAEConfig
+from .base import CONFIG_FILENAME, FORMAT_VERSION, WEIGHTS_FILENAME, SparseAutoencoder
+
+
+class DictionaryLoadError(ValueError):
+    """A dictionary folder cannot be loaded; the message says which path is wrong and what to do."""
+
+
+def load_dictionary(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> SparseAutoencoder:
+    """Load the dictionary (SAE or transcoder) in folder `path`, ready for raw activations."""
+    folder = Path(path)
+    if not folder.exists():
+        raise DictionaryLoadError(f"No dictionary at {folder}: the folder does not exist; pass the folder "
+                                  f"that holds {CONFIG_FILENAME} and {WEIGHTS_FILENAME} "
+                                  f"(e.g. results/<exp_name>/dictionary).")
+    if not folder.is_dir():
+        raise DictionaryLoadError(f"{folder} is a file, not a dictionary folder; pass the folder that "
+                                  f"contains it ({folder.parent}).")
+    # Foreign formats (SAELens and sparsify folders) are to be recognized here, before the native
+    # reader: each converted exactly into a SparseAutoencoder, or refused with a sentence naming
+    # what this library cannot represent.
+    return _load_native(folder, device, dtype)
+
+
+def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -> SparseAutoencoder:
+    config_path = folder / CONFIG_FILENAME
+    if not config_path.is_file():
+        raise DictionaryLoadError(f"{folder} is not a dictionary: it has no {CONFIG_FILENAME}; pass a folder "
+                                  f"written by SparseAutoencoder.save (e.g. results/<exp_name>/dictionary).")
+    try:
+        data = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DictionaryLoadError(f"{config_path} is not valid JSON ({e}); the dictionary is damaged, "
+                                  f"save or copy it again.") from e
+    if not isinstance(data, dict):
+        raise DictionaryLoadError(f"{config_path} must hold a JSON object, got {type(data).__name__}; "
+                                  f"the dictionary is damaged, save or copy it again.")
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DictionaryLoadError(f"{config_path} has format_version {version!r}, newer than this library "
+                                  f"reads ({FORMAT_VERSION}); upgrade the library.")
+    missing = [key for key in ("architecture", "d_in", "hook_name", "model_name", "sae") if key not in data]
+    if missing:
+        raise DictionaryLoadError(f"{config_path} lacks key(s) {', '.join(missing)}; it was not written by "
+                                  f"SparseAutoencoder.save or is damaged.")
+    architecture = data["architecture"]
+    if architecture not in ARCHITECTURES:
+        raise DictionaryLoadError(f"{config_path} names unknown architecture {architecture!r}; allowed: "
+                                  f"{', '.join(ARCHITECTURES)}. Fix the file or upgrade the library.")
+    try:
+        cfg = SAEConfig.from_dict(data["sae"])
+        if cfg.architecture != architecture:
+            raise ConfigError(f"sae.architecture is {cfg.architecture!r} but architecture is {architecture!r}")
+        # Version 1 folders are SAEs: no hook_out, no d_out.
+        sae = SparseAutoencoder(cfg, data["d_in"], hook_name=data["hook_name"], model_name=data["model_name"],
+                                d_out=data.get("d_out"), hook_out=data.get("hook_out"), device=device, dtype=dtype)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise DictionaryLoadError(f"{config_path} holds an invalid dictionary config ({e}); fix the file "
+                                  f"or save the dictionary again.") from e
+    if "d_sae" in data and data["d_sae"] != sae.d_sae:
+        raise DictionaryLoadError(f"{config_path} says d_sae={data['d_sae']} but its sae config gives "
+                                  f"{sae.d_sae}; the file is inconsistent, save the dictionary again.")
+
+    weights_path = folder / WEIGHTS_FILENAME
+    if not weights_path.is_file():
+        raise DictionaryLoadError(f"{folder} has {CONFIG_FILENAME} but no {WEIGHTS_FILENAME}; the save was "
+                                  f"interrupted or the file was not copied, save or copy it again.")
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DictionaryLoadError(f"{weights_path} is not a readable safetensors file ({e}); the file is "
+                                  f"corrupt or truncated, save or copy the dictionary again.") from e
+
+    expected = {name: tuple(t.shape) for name, t in sae._saved_tensors().items()}
+    problems = [f"{name} missing" for name in expected if name not in tensors]
+    problems += [f"unexpected {name}" for name in tensors if name not in expected]
+    problems += [f"{name} has shape {list(tensors[name].shape)}, expected {list(shape)}"
+                 for name, shape in expected.items()
+                 if name in tensors and tuple(tensors[name].shape) != shape]
+    if problems:
+        sizes = f"d_in={sae.d_in}, d_sae={sae.d_sae}" + (f", d_out={sae.d_out}" if sae.is_transcoder else "")
+        raise DictionaryLoadError(f"{weights_path} does not match {config_path} (architecture {architecture}, "
+                                  f"{sizes}): {'; '.join(problems)}. The files come from different dictionaries; "
+                                  f"save the dictionary again.")
+    with torch.no_grad():
+        for name, target in sae._saved_tensors().items():
+            target.copy_(tensors[name])
+    sae.saved_config = data
+    return sae
