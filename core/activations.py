@@ -58,9 +58,10 @@ class ActivationSource:
         """{hook: activations [batch, seq, d_hook]} of `tokens` [batch, seq]; later blocks never run.
         Per-head activations ([batch, seq, n_heads, d_head], `attn.hook_z`) come flattened."""
         tokens = tokens.to(self.model.device)
-        _, cache = self.model.bridge.run_with_cache(
-            tokens, names_filter=list(self.hooks), stop_at_layer=self.stop_at_layer, return_cache_object=False
-        )
+        with self.model.autocast():
+            _, cache = self.model.bridge.run_with_cache(
+                tokens, names_filter=list(self.hooks), stop_at_layer=self.stop_at_layer, return_cache_object=False
+            )
         return {hook: cache[hook].reshape(*cache[hook].shape[:2], -1) for hook in self.hooks}
 
     def position(self) -> dict:
@@ -75,6 +76,38 @@ class ActivationSource:
         acts = self.activations_of(tokens)
         mask = self.model.token_mask(tokens.to(self.model.device))
         return {hook: a[mask] for hook, a in acts.items()}  # [n_text_tokens, d_hook]
+
+    def skip(self) -> None:
+        """Move past the next batch without running the model on it (another rank does)."""
+        next(self.token_batches)
+
+
+class ShardedActivations:
+    """The rows of `source`, computed by the ranks of a torchrun job in turn and all-gathered.
+
+    In each round rank r computes the r-th of the next world_size chunks of `source` and skips the
+    others; the round's chunks are gathered in rank order. Every rank therefore yields the rows one
+    process would yield, in the same order, having computed 1/world_size of them, and every rank's
+    `source` is at the same position afterwards."""
+
+    def __init__(self, source, dist):
+        self.source, self.dist = source, dist
+        self.hooks = source.hooks
+
+    def __iter__(self) -> "ShardedActivations":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        mine = None
+        for r in range(self.dist.world_size):
+            if r == self.dist.rank:
+                mine = next(self.source)
+            else:
+                self.source.skip()
+        return self.dist.all_gather_rows(mine)
+
+    def position(self) -> dict:
+        return self.source.position()
 
 
 class ActivationBuffer:
@@ -174,4 +207,5 @@ def expected_norm_scale(sample: torch.Tensor) -> float:
     return float(sample.shape[-1] ** 0.5 / max(mean_norm, 1e-8))
 
 
-__all__ = ["ActivationSource", "ActivationBuffer", "ActivationStream", "expected_norm_scale", "stop_layer_for_hooks"]
+__all__ = ["ActivationSource", "ActivationBuffer", "ActivationStream", "ShardedActivations", "expected_norm_scale",
+           "stop_layer_for_hooks"]

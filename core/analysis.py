@@ -62,6 +62,7 @@ from .activations import ActivationSource
 from .config import (ANALYSIS_FOLDER, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER, AnalysisConfig, ConfigError,
                      resolve_device)
 from .data import TokenBatches
+from .distributed import SINGLE_PROCESS, Distributed, init_distributed, rank_device
 from .lm import LanguageModel, check_model_matches, is_residual_hook, load_language_model
 from .sae import WEIGHTS_FILENAME, SparseAutoencoder, SparseFeatureActs, load_dictionary
 from .store import STORE_FILENAME, FeatureStoreWriter, SampleArrays
@@ -224,33 +225,51 @@ def _first_tokens(mask: Tensor, n: int) -> Tensor:
 @torch.no_grad()
 def accumulate_features(model: LanguageModel, sae: SparseAutoencoder, token_batches: Iterable[Tensor],
                         cfg: AnalysisConfig, *, records: Optional[FeatureRecords] = None,
-                        progress: bool = True) -> FeatureRecords:
+                        progress: bool = True, dist: Distributed = SINGLE_PROCESS) -> Optional[FeatureRecords]:
     """Run `token_batches` ([batch, seq], BOS first) through the model and `sae` until
     `cfg.total_analyzing_tokens` text tokens are analyzed (or the batches run out). `records`
-    continues earlier records (the token count includes theirs) instead of starting new ones."""
+    continues earlier records (the token count includes theirs) instead of starting new ones.
+
+    In a torchrun job every rank walks the same batches and encodes every world_size-th one (rank r
+    the r-th of each round); the sparse activations travel to rank 0, which updates the records with
+    every batch in order, so they equal one process's exactly. Returns the records on rank 0, None
+    on the other ranks."""
     from tqdm.auto import tqdm
 
     device = model.device
     source = ActivationSource(model, sae.hook_name, iter(()))
-    records = FeatureRecords(sae.d_sae, cfg) if records is None else records
+    if dist.is_main:
+        records = FeatureRecords(sae.d_sae, cfg) if records is None else records
     total = cfg.total_analyzing_tokens
-    bar = tqdm(total=total, initial=records.n_tokens, unit="tok", unit_scale=True,
-               desc=f"analyze {cfg.analysis_name}", disable=not progress, dynamic_ncols=True)
+    analyzed = dist.broadcast_object(records.n_tokens if dist.is_main else None)
+    bar = tqdm(total=total, initial=analyzed, unit="tok", unit_scale=True, desc=f"analyze {cfg.analysis_name}",
+               disable=not progress or not dist.is_main, dynamic_ncols=True)
+    batches = iter(token_batches)
     try:
-        for tokens in token_batches:
-            tokens = tokens.to(device)
-            mask = _first_tokens(model.token_mask(tokens), total - records.n_tokens)
-            feature_acts = sae.encode_sparse(source.activations_of(tokens)[sae.hook_name].to(sae.device), rows=mask)
-            n_before = records.n_tokens
-            records.update(tokens, feature_acts, mask)
-            bar.update(records.n_tokens - n_before)
-            if records.n_tokens >= total:
+        while analyzed < total:
+            round_ = [b for b in (next(batches, None) for _ in range(dist.world_size)) if b is not None]
+            if not round_:
                 break
+            masks = []
+            for tokens in round_:  # every rank knows every batch's analyzed positions
+                masks.append(_first_tokens(model.token_mask(tokens), total - analyzed))
+                analyzed += int(masks[-1].sum())
+            mine = None
+            if dist.rank < len(round_):
+                tokens = round_[dist.rank].to(device)
+                acts = source.activations_of(tokens)[sae.hook_name].to(sae.device)
+                mine = sae.encode_sparse(acts, rows=masks[dist.rank].to(acts.device))
+            encoded = dist.gather_objects(mine)
+            if dist.is_main:
+                for tokens, mask, feature_acts in zip(round_, masks, encoded):
+                    n_before = records.n_tokens
+                    records.update(tokens, feature_acts, mask)
+                    bar.update(records.n_tokens - n_before)
     finally:
         bar.close()
-    if records.n_tokens < total:
-        log.warning("The token batches ran out after %d of %d tokens.", records.n_tokens, total)
-    return records
+    if analyzed < total and dist.is_main:
+        log.warning("The token batches ran out after %d of %d tokens.", analyzed, total)
+    return records if dist.is_main else None
 
 # ----------------------------------------------------------------------------------------------
 # Logit lens
@@ -343,9 +362,12 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
 
     `model` / `sae` skip loading them (the output folder still follows `cfg.dictionary_path`).
     An existing analysis of the same name is refused unless `cfg.overwrite`; it is replaced only
-    once the new store is complete, so an interrupted run never damages it.
+    once the new store is complete, so an interrupted run never damages it. Under torchrun the ranks
+    share the encoding and rank 0 writes one store, the same as one process's (`accumulate_features`).
     """
     cfg.validate()
+    dist = init_distributed(cfg.device)
+    dist.check_same("analysis config", cfg.to_dict())
     if sae is None:
         sae = load_dictionary(cfg.dictionary_path)
     folder = analysis_dir(cfg)
@@ -354,28 +376,31 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
         if cfg.model.name != sae.model_name:  # fail before the (slow) model load
             raise ConfigError(f"The dictionary was trained on model {sae.model_name!r} but the configured model is "
                               f"{cfg.model.name!r}; set model.name to {sae.model_name!r}.")
-        model = load_language_model(cfg.model, resolve_device(cfg.device))
+        model = load_language_model(cfg.model, resolve_device(rank_device(cfg.device, dist)))
     check_model_matches(model, model_name=sae.model_name, hook_name=sae.hook_name, d_in=sae.d_in)
     sae = sae.to(model.device).eval()
 
     token_batches = TokenBatches(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
                                  separator_token_id=model.separator_token_id, batch_size=cfg.model_batch_size,
                                  cache_dir=cfg.model.cache_dir)
-    records = accumulate_features(model, sae, token_batches, cfg)
-
-    if is_residual_hook(sae.hook_name):
-        lens, note = logit_lens(model, sae, cfg.logit_lens_k), None
-    else:
-        lens, note = None, (f"No logit lens: {sae.hook_name} is not in the residual-stream basis, so its decoder "
-                            "directions cannot be read through the unembedding.")
-    meta = {"analysis_config": cfg.to_dict(), "dictionary_config": sae.saved_config,
-            "metrics": sae.saved_config.get("metrics") or {}, "model_name": sae.model_name,
-            "hook_name": sae.hook_name, "logit_lens_note": note, "analysis_name": cfg.analysis_name}
-    folder.mkdir(parents=True, exist_ok=True)
-    write_feature_store(folder / STORE_FILENAME, records, vocab=model.token_strings(), meta=meta, lens=lens,
-                        overwrite=cfg.overwrite)
-    cfg.save_json(folder / CONFIG_FILENAME)
-    log.info("Wrote the analysis of %d tokens to %s.", records.n_tokens, folder)
+    records = accumulate_features(model, sae, token_batches, cfg, dist=dist)
+    if dist.is_main:  # rank 0 writes the store; the other ranks only encoded their share
+        output_hook = sae.hook_out or sae.hook_name  # decoder directions live in a transcoder's out-hook space
+        if is_residual_hook(output_hook):
+            lens, note = logit_lens(model, sae, cfg.logit_lens_k), None
+        else:
+            lens, note = None, (f"No logit lens: {output_hook} is not in the residual-stream basis, so the decoder "
+                                "directions cannot be read through the unembedding.")
+        meta = {"analysis_config": cfg.to_dict(), "dictionary_config": sae.saved_config,
+                "metrics": sae.saved_config.get("metrics") or {}, "model_name": sae.model_name,
+                "hook_name": sae.hook_name, "hook_out": sae.hook_out, "logit_lens_note": note,
+                "analysis_name": cfg.analysis_name}
+        folder.mkdir(parents=True, exist_ok=True)
+        write_feature_store(folder / STORE_FILENAME, records, vocab=model.token_strings(), meta=meta, lens=lens,
+                            overwrite=cfg.overwrite)
+        cfg.save_json(folder / CONFIG_FILENAME)
+        log.info("Wrote the analysis of %d tokens to %s.", records.n_tokens, folder)
+    dist.barrier()
     return folder
 
 

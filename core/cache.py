@@ -44,8 +44,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .activations import ActivationSource
-from .config import CacheConfig, ConfigError, resolve_device, torch_dtype
+from .config import CacheConfig, resolve_device, torch_dtype
 from .data import TokenBatches, held_out_sequences
+from .distributed import Distributed, init_distributed, rank_device
 from .files import atomic_write
 from .lm import LanguageModel, load_language_model
 
@@ -118,10 +119,17 @@ def _writer_state_name(n_shards: int) -> str:
 
 
 def cache_activations(cfg: CacheConfig, *, model: Optional[LanguageModel] = None, progress: bool = True) -> Path:
-    """Write (or finish) the activation cache of `cfg`; returns its folder (see the module docstring)."""
+    """Write (or finish) the activation cache of `cfg`; returns its folder (see the module docstring).
+
+    Under torchrun the ranks walk the same token stream and each runs the model on every
+    world_size-th batch; each rank writes its own shards and rank 0 the manifest, which commits a
+    round's shards together, so one cache comes out and an interrupted one resumes on any number of
+    ranks."""
     from tqdm.auto import tqdm
 
     cfg.validate()
+    dist = init_distributed(cfg.device)
+    dist.check_same("cache config", cfg.to_dict())
     folder = Path(cfg.cache_path).expanduser()
     manifest = None
     if (folder / MANIFEST_FILENAME).is_file():
@@ -139,16 +147,17 @@ def cache_activations(cfg: CacheConfig, *, model: Optional[LanguageModel] = None
     elif folder.exists() and any(p.name != EVAL_FILENAME for p in folder.iterdir()):
         raise FileExistsError(f"{folder} exists and is not an activation cache; choose an empty or new cache_path.")
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(rank_device(cfg.device, dist))
     model = model if model is not None else load_language_model(cfg.model, device)
     shapes = {hook: model.hook_shape(hook) for hook in cfg.hooks}
     dtype = torch_dtype(cfg.store_dtype)
     held = held_out_sequences(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
                               separator_token_id=model.separator_token_id, n_sequences=cfg.eval_sequences,
                               cache_dir=cfg.model.cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / EVAL_FILENAME, lambda p: save_file(
-        {"tokens": torch.tensor(held.sequences, dtype=torch.int32)}, str(p)))
+    if dist.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / EVAL_FILENAME, lambda p: save_file(
+            {"tokens": torch.tensor(held.sequences, dtype=torch.int32)}, str(p)))
     if manifest is None:
         manifest = {"format_version": FORMAT_VERSION, "complete": False, "model": cfg.model.to_dict(),
                     "hooks": {hook: {"d_in": int(torch.Size(shape).numel()), "shape": list(shape)}
@@ -158,7 +167,8 @@ def cache_activations(cfg: CacheConfig, *, model: Optional[LanguageModel] = None
                     "separator_token_id": model.separator_token_id, "first_document": held.n_documents,
                     "eval_sequences": len(held.sequences), "total_tokens": 0, "shards": [],
                     "config": cfg.to_dict()}
-        _write_manifest(folder, manifest)
+        if dist.is_main:
+            _write_manifest(folder, manifest)
     position = None
     if manifest["shards"]:
         position = torch.load(folder / _writer_state_name(len(manifest["shards"])), map_location="cpu",
@@ -169,33 +179,35 @@ def cache_activations(cfg: CacheConfig, *, model: Optional[LanguageModel] = None
                                  position=position)
     source = ActivationSource(model, cfg.hooks, token_batches)
     bar = tqdm(total=cfg.total_tokens, initial=manifest["total_tokens"], unit="tok", unit_scale=True,
-               desc=f"cache {folder.name}", disable=not progress, dynamic_ncols=True)
+               desc=f"cache {folder.name}", disable=not progress or not dist.is_main, dynamic_ncols=True)
     started = time.perf_counter()
-    tokens, masks, acts = [], [], {hook: [] for hook in cfg.hooks}
-    shard_rows = 0
+    tokens, masks, acts = [], [], {hook: [] for hook in cfg.hooks}  # this rank's rows since the last commit
+    pending = 0  # every rank's rows since the last commit
     try:
-        while manifest["total_tokens"] + shard_rows < cfg.total_tokens:
-            batch = next(token_batches)
-            mask = model.token_mask(batch)
-            # Exactly total_tokens text tokens: the last batch's positions beyond are not cached.
-            budget = cfg.total_tokens - manifest["total_tokens"] - shard_rows
-            flat = mask.flatten()
-            mask = (flat & (flat.cumsum(0) <= budget)).view_as(mask)
-            hook_acts = source.activations_of(batch)
-            for hook in cfg.hooks:
-                acts[hook].append(hook_acts[hook][mask.to(hook_acts[hook].device)].to("cpu", dtype))
-            tokens.append(batch.to(torch.int32))
-            masks.append(mask.cpu())
-            n = int(mask.sum())
-            shard_rows += n
-            bar.update(n)
-            if shard_rows >= cfg.shard_tokens or manifest["total_tokens"] + shard_rows >= cfg.total_tokens:
-                _write_shard(folder, manifest, tokens, masks, acts, token_batches.position())
-                tokens, masks, acts, shard_rows = [], [], {hook: [] for hook in cfg.hooks}, 0
+        while manifest["total_tokens"] + pending < cfg.total_tokens:
+            for r in range(dist.world_size):  # a round: one batch per rank
+                batch = next(token_batches)
+                mask = model.token_mask(batch)
+                # Exactly total_tokens text tokens: the last batch's positions beyond are not cached.
+                flat = mask.flatten()
+                mask = (flat & (flat.cumsum(0) <= cfg.total_tokens - manifest["total_tokens"] - pending)).view_as(mask)
+                pending += int(mask.sum())
+                if r == dist.rank:
+                    hook_acts = source.activations_of(batch)
+                    for hook in cfg.hooks:
+                        acts[hook].append(hook_acts[hook][mask.to(hook_acts[hook].device)].to("cpu", dtype))
+                    tokens.append(batch.to(torch.int32))
+                    masks.append(mask.cpu())
+                bar.update(int(mask.sum()))
+            if pending >= cfg.shard_tokens * dist.world_size or manifest["total_tokens"] + pending >= cfg.total_tokens:
+                _commit_shards(folder, manifest, tokens, masks, acts, token_batches.position(), dist)
+                tokens, masks, acts, pending = [], [], {hook: [] for hook in cfg.hooks}, 0
     finally:
         bar.close()
     manifest["complete"] = True
-    _write_manifest(folder, manifest)
+    if dist.is_main:
+        _write_manifest(folder, manifest)
+    dist.barrier()
     log.info("Cached %d tokens of %s in %d shards at %s (%.0f tokens/s).", manifest["total_tokens"],
              ", ".join(cfg.hooks), len(manifest["shards"]), folder,
              manifest["total_tokens"] / max(time.perf_counter() - started, 1e-9))
@@ -212,18 +224,27 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     atomic_write(folder / MANIFEST_FILENAME, json.dumps(manifest, indent=2) + "\n")
 
 
-def _write_shard(folder: Path, manifest: dict, tokens: list, masks: list, acts: dict, position: dict) -> None:
-    """Shard, then the writer state after it, then the manifest that lists both (the commit point)."""
-    index = len(manifest["shards"])
-    tensors = {"tokens": torch.cat(tokens), "text_mask": torch.cat(masks)}
-    tensors.update({f"acts.{hook}": torch.cat(parts).contiguous() for hook, parts in acts.items()})
-    n_tokens = int(tensors["text_mask"].sum())
-    atomic_write(folder / _shard_name(index), lambda p: save_file(tensors, str(p)))
-    atomic_write(folder / _writer_state_name(index + 1), lambda p: torch.save({"data": position}, p))
-    manifest["shards"].append({"file": _shard_name(index), "tokens": n_tokens, "sequences": len(tensors["tokens"])})
-    manifest["total_tokens"] += n_tokens
-    _write_manifest(folder, manifest)
-    (folder / _writer_state_name(index)).unlink(missing_ok=True)  # superseded
+def _commit_shards(folder: Path, manifest: dict, tokens: list, masks: list, acts: dict, position: dict,
+                   dist: Distributed) -> None:
+    """Each rank writes its shard of the round(s) since the last commit; then rank 0 writes the
+    writer state after them and the manifest that lists them (the commit point), and every rank
+    updates its copy of the manifest the same way."""
+    first = len(manifest["shards"])
+    entry = None
+    if masks and bool(torch.cat(masks).any()):
+        name = _shard_name(first + dist.rank)
+        tensors = {"tokens": torch.cat(tokens), "text_mask": torch.cat(masks)}
+        tensors.update({f"acts.{hook}": torch.cat(parts).contiguous() for hook, parts in acts.items()})
+        atomic_write(folder / name, lambda p: save_file(tensors, str(p)))
+        entry = {"file": name, "tokens": int(tensors["text_mask"].sum()), "sequences": len(tensors["tokens"])}
+    entries = dist.broadcast_object([e for e in dist.gather_objects(entry) or [] if e is not None])
+    manifest["shards"].extend(entries)
+    manifest["total_tokens"] += sum(e["tokens"] for e in entries)
+    if dist.is_main:
+        atomic_write(folder / _writer_state_name(len(manifest["shards"])), lambda p: torch.save({"data": position}, p))
+        _write_manifest(folder, manifest)
+        (folder / _writer_state_name(first)).unlink(missing_ok=True)  # superseded
+    dist.barrier()
 
 
 class CachedActivations:
@@ -267,7 +288,8 @@ class CachedActivations:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
 
-    def __next__(self) -> dict[str, torch.Tensor]:
+    def _next_chunk(self) -> tuple[int, int, int]:
+        """(shard, first row, end row) of the next chunk; moves the position past it."""
         while True:
             if self._shard >= len(self._order):
                 self.epoch, self._shard, self._row = self.epoch + 1, 0, 0
@@ -277,11 +299,18 @@ class CachedActivations:
             if self._row < n:
                 break
             self._shard, self._row = self._shard + 1, 0
-        reader = self._reader(shard)
-        end = min(self._row + self.chunk_tokens, n)
-        rows = {hook: reader.get_slice(f"acts.{hook}")[self._row:end] for hook in self.hooks}
+        start, end = self._row, min(self._row + self.chunk_tokens, n)
         self._row = end
-        return rows
+        return shard, start, end
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        shard, start, end = self._next_chunk()
+        reader = self._reader(shard)
+        return {hook: reader.get_slice(f"acts.{hook}")[start:end] for hook in self.hooks}
+
+    def skip(self) -> None:
+        """Move past the next chunk without reading it (another rank reads it)."""
+        self._next_chunk()
 
     def token_ids(self, shard: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [n_sequences, context_size], text_mask) of a shard: row i of its activations is

@@ -10,6 +10,7 @@ from typing import Callable, TypeVar
 from .cache import CacheError
 from .config import ConfigError
 from .data import DatasetError
+from .distributed import DistributedError
 from .lm import HookNameError, ModelLoadError
 from .sae import DictionaryLoadError
 from .store import StoreError
@@ -24,7 +25,8 @@ T = TypeVar("T")
 
 def run_entry_point(main: Callable[..., T], *args, **kwargs) -> T:
     """Call `main`; a user error exits with status 2 and `error: <message>`, a signal-stopped training
-    run with 128 + the signal's number and where its checkpoint is."""
+    run with 128 + the signal's number and where its checkpoint is, a torchrun job whose ranks cannot
+    go on together (a rank died, configs differ) with status 1 and its message."""
     try:
         return main(*args, **kwargs)
     except USER_ERRORS as e:
@@ -33,3 +35,6 @@ def run_entry_point(main: Callable[..., T], *args, **kwargs) -> T:
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(128 + signal.Signals[e.signal_name].value) from None
+    except DistributedError as e:  # the ranks of a torchrun job cannot go on together
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

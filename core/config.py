@@ -114,6 +114,9 @@ class LanguageModelConfig(_JsonConfig):
     """Where the offline model is converted to a normal HF folder on its first (slow) use."""
     dtype: str = "float32"
     """Dtype of the language model's weights. Use float32 on CPU (bf16 matmuls are slow there)."""
+    autocast_dtype: Optional[str] = None
+    """bfloat16 or float16: run the model's forward under torch.autocast (weights stay in `dtype`).
+    For GPUs; a CPU without AMX computes bfloat16 products slower than float32."""
     bos_token: Optional[str] = None
     """Token put first in every sequence. None: the model's document-boundary token `<|endoftext|>`
     when its vocabulary has one (GPT-2, SmolLM2, Pythia, ...), else the tokenizer's BOS (or EOS)."""
@@ -130,6 +133,8 @@ class LanguageModelConfig(_JsonConfig):
             raise ConfigError("model.name is empty; give a hub name like 'gpt2', a local folder, or "
                               f"{OFFLINE_MODEL_NAME!r}.")
         _check_choice("model", "dtype", self.dtype, DTYPES)
+        if self.autocast_dtype is not None:
+            _check_choice("model", "autocast_dtype", self.autocast_dtype, ("bfloat16", "float16"))
 
 
 @dataclass
@@ -176,7 +181,8 @@ class ActivationStoreConfig(_JsonConfig):
     buffer_tokens: int = 65_536
     """Size of the shuffle buffer in tokens; memory is bounded by buffer_tokens * d_model."""
     train_batch_size: int = 2048
-    """Activations (tokens) per SAE training step."""
+    """Activations (tokens) per SAE training step, over all ranks of a torchrun job (global, not per
+    rank; data parallel gives each rank train_batch_size / world_size of them)."""
     store_dtype: str = "float32"
     """Dtype activations are kept in inside the buffer (float16/bfloat16 halve its memory)."""
     cache_path: Optional[str] = None
@@ -325,6 +331,11 @@ class TrainerConfig(OptimizerConfig):
     """Write a resumable checkpoint every N steps; None only writes the final dictionary."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
+    autocast_dtype: Optional[str] = None
+    """bfloat16 or float16: run the dictionaries' steps under torch.autocast (their weights and Adam
+    state stay float32). For GPUs; a CPU without AMX computes bfloat16 products slower than float32."""
+    compile: bool = False
+    """torch.compile each dictionary's training forward (compiling takes a while at the start)."""
 
     def validate(self) -> None:
         super().validate("trainer")
@@ -333,6 +344,8 @@ class TrainerConfig(OptimizerConfig):
             _check_positive("trainer", name, getattr(self, name))
         if self.checkpoint_every_steps is not None:
             _check_positive("trainer", "checkpoint_every_steps", self.checkpoint_every_steps)
+        if self.autocast_dtype is not None:
+            _check_choice("trainer", "autocast_dtype", self.autocast_dtype, ("bfloat16", "float16"))
 
     def optimizer(self) -> OptimizerConfig:
         """The optimizer settings part of this config."""
@@ -433,6 +446,26 @@ def parse_sweep(sweep: tuple[str, ...]) -> list[tuple[str, list]]:
     return axes
 
 
+DISTRIBUTED_STRATEGIES = ("data_parallel", "spread_dictionaries")
+
+
+@dataclass
+class DistributedConfig(_JsonConfig):
+    """How the ranks of a torchrun job share a run (ignored in a single process; see core/distributed.py)."""
+
+    strategy: str = "data_parallel"
+    """data_parallel: every rank trains every dictionary on its slice of each global batch, gradients
+    averaged; spread_dictionaries: each dictionary lives on one rank and trains on whole batches.
+    Either way each rank runs the model on every world_size-th batch and the activations are shared."""
+    collective_timeout_s: float = 600.0
+    """A collective waits at most this long: a rank that died or hangs stops the others with an
+    error. It must exceed the longest time one rank works alone (an evaluation, a checkpoint write)."""
+
+    def validate(self) -> None:
+        _check_choice("distributed", "strategy", self.strategy, DISTRIBUTED_STRATEGIES)
+        _check_positive("distributed", "collective_timeout_s", self.collective_timeout_s)
+
+
 @dataclass
 class LoggingConfig(_JsonConfig):
     """Where metrics go besides `metrics.jsonl` (always written)."""
@@ -468,6 +501,7 @@ class TrainingConfig(_JsonConfig):
     sae: SAEConfig = field(default_factory=SAEConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     dictionaries: tuple[DictionaryConfig, ...] = ()
     """The dictionaries trained from one pass of the model; empty means one, on
     `activations.hook_name`, with `sae` and the optimizer settings of `trainer`."""
@@ -478,7 +512,7 @@ class TrainingConfig(_JsonConfig):
 
     def validate(self) -> "TrainingConfig":
         _validate_run_fields(self.exp_name, self.device, self.dtype)
-        for part in (self.model, self.dataset, self.activations, self.sae, self.trainer, self.logging):
+        for part in (self.model, self.dataset, self.activations, self.sae, self.trainer, self.logging, self.distributed):
             part.validate()
         for d in self.dictionary_configs():
             d.sae.validate()

@@ -51,6 +51,10 @@ def feature_density_histogram(density: torch.Tensor) -> dict:
     return {**density_histogram(density.double().cpu().numpy()), "unfired": int((density == 0).sum())}
 
 
+DEAD_MASK_REFRESH_STEPS = 10
+"""Training steps between refreshes of the dead-latent mask that AuxK trains on."""
+
+
 class FeatureActivityTracker:
     """Per-feature firing statistics during training, logged in `metrics.jsonl`.
 
@@ -58,6 +62,10 @@ class FeatureActivityTracker:
       tokens (`tokens_since_fired`); the AuxK loss trains exactly these.
     - `dense_features` / `window_unfired_features`: features firing on more than `dense_threshold`
       of the tokens / on none of them, over the last completed window of `window_tokens` tokens.
+
+    Nothing here waits for the device: counts stay where the dictionary is, and `dead_mask`, which
+    the AuxK loss turns into a list of latents (a wait on a GPU), is a snapshot refreshed every
+    `DEAD_MASK_REFRESH_STEPS` updates (the same tensor between refreshes, so the SAE reuses its list).
     """
 
     def __init__(self, d_sae: int, *, window_tokens: int, dead_tokens_threshold: int, dense_threshold: float,
@@ -69,13 +77,18 @@ class FeatureActivityTracker:
         self.window_counts = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.window_seen = 0
         self.last_density: Optional[torch.Tensor] = None
+        self.updates = 0
+        self.dead_mask = torch.zeros(d_sae, dtype=torch.bool, device=device)
+        """Latents dead as of the last refresh (bool [d_sae])."""
 
     @torch.no_grad()
     def update(self, fire_counts: torch.Tensor, n_tokens: int) -> None:
         """Add a batch of `n_tokens` tokens on which latent j was active on fire_counts[j] (int64
         [d_sae], `SAEOutput.fire_counts`)."""
-        self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fire_counts > 0] = 0
+        self.tokens_since_fired.add_(n_tokens).masked_fill_(fire_counts > 0, 0)
+        self.updates += 1
+        if self.updates % DEAD_MASK_REFRESH_STEPS == 0:
+            self.dead_mask = self.tokens_since_fired >= self.dead_tokens_threshold
         self.window_counts += fire_counts
         self.window_seen += n_tokens
         if self.window_seen >= self.window_tokens:
@@ -83,12 +96,8 @@ class FeatureActivityTracker:
             self.window_counts.zero_()
             self.window_seen = 0
 
-    @property
-    def dead_mask(self) -> torch.Tensor:
-        return self.tokens_since_fired >= self.dead_tokens_threshold
-
     def stats(self) -> dict:
-        out = {"dead_features": int(self.dead_mask.sum())}
+        out = {"dead_features": int((self.tokens_since_fired >= self.dead_tokens_threshold).sum())}
         if self.last_density is not None:
             out["dense_features"] = int((self.last_density > self.dense_threshold).sum())
             out["window_unfired_features"] = int((self.last_density == 0).sum())
@@ -96,7 +105,8 @@ class FeatureActivityTracker:
 
     def state_dict(self) -> dict:
         return {"tokens_since_fired": self.tokens_since_fired.cpu(), "window_counts": self.window_counts.cpu(),
-                "window_seen": torch.tensor(self.window_seen),
+                "window_seen": torch.tensor(self.window_seen), "updates": torch.tensor(self.updates),
+                "dead_mask": self.dead_mask.cpu(),
                 "last_density": self.last_density if self.last_density is not None else torch.empty(0)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -104,6 +114,8 @@ class FeatureActivityTracker:
         self.tokens_since_fired = state["tokens_since_fired"].to(device)
         self.window_counts = state["window_counts"].to(device)
         self.window_seen = int(state["window_seen"])
+        self.updates = int(state["updates"])
+        self.dead_mask = state["dead_mask"].to(device)
         self.last_density = state["last_density"] if len(state["last_density"]) else None
 
 
@@ -240,7 +252,8 @@ def evaluate_dictionaries(model: LanguageModel, saes: Sequence, token_batches: I
         mask = model.token_mask(tokens)  # [b, s]
         pred_mask = mask[:, :-1] & mask[:, 1:]  # predictions made at text positions, of text tokens
         n_pred += float(pred_mask.sum())
-        logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
+        with model.autocast():
+            logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
         ce_clean += _masked_next_token_stats(logits_clean, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
         ce_zero: dict[str, float] = {}
         for sae, hook_out, acc in zip(saes, outputs, sums):
@@ -249,15 +262,17 @@ def evaluate_dictionaries(model: LanguageModel, saes: Sequence, token_batches: I
             feats = sae.encode(x)
             target_hat = sae(x)  # raw reconstruction (a transcoder's skip connection included)
             acc.add_reconstruction(target, target_hat, feats)
-            logits = model.bridge.run_with_hooks(tokens, return_type="logits",
-                                                 fwd_hooks=[(hook_out, _splice(mask, target_hat))])
+            with model.autocast():
+                logits = model.bridge.run_with_hooks(tokens, return_type="logits",
+                                                     fwd_hooks=[(hook_out, _splice(mask, target_hat))])
             ce, kl = _masked_next_token_stats(logits, tokens, pred_mask, logits_clean, chunk_tokens)
             acc.ce_recon += ce
             acc.kl += kl
             del logits
             if hook_out not in ce_zero:
-                logits = model.bridge.run_with_hooks(tokens, return_type="logits",
-                                                     fwd_hooks=[(hook_out, _splice(mask, torch.zeros_like(target)))])
+                with model.autocast():
+                    logits = model.bridge.run_with_hooks(
+                        tokens, return_type="logits", fwd_hooks=[(hook_out, _splice(mask, torch.zeros_like(target)))])
                 ce_zero[hook_out] = _masked_next_token_stats(logits, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
                 del logits
             acc.ce_zero += ce_zero[hook_out]

@@ -10,6 +10,7 @@ Three ways to name a model in `LanguageModelConfig.name`:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import math
@@ -55,6 +56,13 @@ class LanguageModel:
     @property
     def tokenizer(self):
         return self.bridge.tokenizer
+
+    def autocast(self):
+        """The context every forward of the model runs in: torch.autocast in the configured
+        `autocast_dtype`, or nothing."""
+        if self.config.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch_dtype(self.config.autocast_dtype))
 
     @property
     def d_model(self) -> int:
@@ -146,7 +154,7 @@ class LanguageModel:
             n_heads = int(getattr(self.bridge.cfg, "n_heads", 1) or 1)
             length = n_heads + 3  # no other axis of a hook can have this length by accident
             tokens = torch.full((1, length), self.bos_token_id, dtype=torch.long, device=self.device)
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 _, acts = self.bridge.run_with_cache(tokens, names_filter=[hook_name],
                                                      stop_at_layer=stop_layer_for(hook_name),
                                                      return_cache_object=False)

@@ -51,11 +51,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
+from .activations import ActivationBuffer, ActivationSource, ShardedActivations, expected_norm_scale
 from .cache import CachedActivations, cached_eval_sequences, check_cache_matches, read_manifest
 from .config import (DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER, ConfigError, DictionaryConfig, OptimizerConfig,
                      TrainingConfig, resolve_device, torch_dtype)
 from .data import TokenBatches, held_out_sequences
+from .distributed import SINGLE_PROCESS, Distributed, init_distributed, rank_device
 from .evals import EvalResult, FeatureActivityTracker, evaluate_dictionaries, explained_variance
 from .files import atomic_write, publish, remove_tree, temp_sibling
 from .lm import LanguageModel, load_language_model
@@ -165,10 +166,13 @@ class DictionaryTrainer:
     feature-activity tracker. `step` takes one optimizer step on a batch of its hooks' activations."""
 
     def __init__(self, spec: DictionaryConfig, *, widths: dict[str, int], model_name: str, total_steps: int,
-                 total_training_tokens: int, trainer_cfg, device: str, dtype: torch.dtype, seed: int):
+                 total_training_tokens: int, trainer_cfg, device: str, dtype: torch.dtype, seed: int,
+                 dist: Distributed = SINGLE_PROCESS):
         self.spec = spec
         self.name = spec.name
         self.total_steps = total_steps
+        self.dist = dist
+        """Data parallel: this rank trains on its slice of each global batch and gradients are averaged."""
         # Every dictionary starts from the seed alone, as it would in a run of its own.
         with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
             torch.manual_seed(seed)
@@ -177,7 +181,12 @@ class DictionaryTrainer:
                                          **({} if spec.hook_out is None else
                                             {"hook_out": spec.hook_out, "d_out": widths[spec.hook_out]}))
         opt = spec.optimizer
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=opt.lr, betas=(opt.adam_beta1, opt.adam_beta2))
+        # fused: one kernel over all parameters (on CPU too, several times faster than the default loop).
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=opt.lr, betas=(opt.adam_beta1, opt.adam_beta2),
+                                          fused=True)
+        self.autocast_dtype = None if trainer_cfg.autocast_dtype is None else torch_dtype(trainer_cfg.autocast_dtype)
+        self.training_forward = torch.compile(self.sae.training_forward) if trainer_cfg.compile \
+            else self.sae.training_forward
         self.tracker = FeatureActivityTracker(
             self.sae.d_sae, window_tokens=trainer_cfg.feature_density_window_tokens,
             dead_tokens_threshold=spec.sae.resolve_dead_tokens_threshold(total_training_tokens),
@@ -202,34 +211,59 @@ class DictionaryTrainer:
     def _output_scale(self) -> torch.Tensor:
         return self.sae.output_normalization_scale if self.spec.hook_out is not None else self.sae.normalization_scale
 
+    def _local(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a global batch (all of it in a single process)."""
+        if not self.dist.active:
+            return t
+        n = len(t) // self.dist.world_size
+        return t[self.dist.rank * n:(self.dist.rank + 1) * n]
+
+    def _average_gradients(self) -> None:
+        """Data parallel: every parameter's gradient averaged over the ranks, in one collective."""
+        grads = [p.grad for p in self.sae.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce_(flat, "mean")
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
     def step(self, batch: dict[str, torch.Tensor], step: int, *, metrics: bool = True) -> Optional[dict]:
         """One optimizer step on raw activations batch {hook: [batch, d]}; returns its metrics when
         asked (reading them waits for the device, so the trainer asks only on logging steps)."""
         sae = self.sae
-        x = batch[self.spec.hook_name].to(sae.device, sae.dtype) * sae.normalization_scale
+        x = self._local(batch[self.spec.hook_name]).to(sae.device, sae.dtype) * sae.normalization_scale
         target = None
         if self.spec.hook_out is not None:
-            target = batch[self.spec.hook_out].to(sae.device, sae.dtype) * self._output_scale
+            target = self._local(batch[self.spec.hook_out]).to(sae.device, sae.dtype) * self._output_scale
         lr = learning_rate(step, self.total_steps, self.spec.optimizer)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         coefficient = sparsity_coefficient(step, self.spec)
         kwargs = {} if target is None else {"target": target}
-        out = sae.training_forward(x, sparsity_coefficient=coefficient, dead_mask=self.tracker.dead_mask, **kwargs)
+        with torch.autocast(sae.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self.training_forward(x, sparsity_coefficient=coefficient, dead_mask=self.tracker.dead_mask, **kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.dist.active:
+            self._average_gradients()
         sae.remove_gradient_parallel_to_decoder_directions()
         if self.spec.optimizer.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), self.spec.optimizer.max_grad_norm)
         self.optimizer.step()
         sae.set_decoder_norm_to_unit_norm()
-        self.tracker.update(out.fire_counts, len(x))
+        fire_counts = self.dist.all_reduce_(out.fire_counts.clone())  # over the ranks' slices
+        self.tracker.update(fire_counts, len(x) * self.dist.world_size)
         if not metrics:
             return None
-        return {"loss": out.loss.item(), "mse_loss": out.mse_loss.item(), "sparsity_loss": out.sparsity_loss.item(),
-                "aux_loss": out.aux_loss.item(), "l0": out.l0.item(),
-                "explained_variance": explained_variance(x if target is None else target, out.x_hat.detach()),
-                "lr": lr, **({"sparsity_coefficient": coefficient} if coefficient is not None else {})}
+        values = torch.tensor([out.loss.item(), out.mse_loss.item(), out.sparsity_loss.item(), out.aux_loss.item(),
+                               out.l0.item(), explained_variance(x if target is None else target, out.x_hat.detach())],
+                              dtype=torch.float64)
+        if self.dist.active:  # the mean over the ranks' slices
+            values = self.dist.all_reduce_(values.to(sae.device), "mean").cpu()
+        keys = ("loss", "mse_loss", "sparsity_loss", "aux_loss", "l0", "explained_variance")
+        return {**dict(zip(keys, values.tolist())), "lr": lr,
+                **({"sparsity_coefficient": coefficient} if coefficient is not None else {})}
 
     def calibrate_threshold(self, sample: dict[str, torch.Tensor], batch_size: int) -> None:
         """batchtopk: set the inference threshold from the final encoder (THRESHOLD_CALIBRATION_BATCHES)."""
@@ -254,11 +288,18 @@ class Trainer:
         self.cfg = cfg.validate()
         self.specs = cfg.dictionary_configs()
         self.run_dir = cfg.run_dir
-        self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(cfg.device, cfg.distributed.collective_timeout_s)
+        self.dist.check_same("training config", cfg.to_dict())
+        self.device = resolve_device(rank_device(cfg.device, self.dist))
+        self.data_parallel = self.dist.active and cfg.distributed.strategy == "data_parallel"
+        if self.data_parallel and cfg.activations.train_batch_size % self.dist.world_size:
+            raise ConfigError(f"activations.train_batch_size ({cfg.activations.train_batch_size}) is global and must "
+                              f"divide by the {self.dist.world_size} ranks of this torchrun job; make it a multiple "
+                              f"of {self.dist.world_size}.")
         self.total_steps = cfg.trainer.total_training_tokens // cfg.activations.train_batch_size
         if self.total_steps < 1:
             raise ConfigError("trainer.total_training_tokens is smaller than one activations.train_batch_size.")
-        checkpoint = self._prepare_run_dir()
+        checkpoint = self._agreed_checkpoint()
         self._seed(cfg.seed)
         self.model = model if model is not None else load_language_model(cfg.model, self.device)
         self.hooks = tuple(dict.fromkeys(h for spec in self.specs for h in spec.hooks))
@@ -294,15 +335,14 @@ class Trainer:
             self.first_training_document = manifest["first_document"]
             self.source = CachedActivations(act_cfg.cache_path, self.hooks, shuffle_shards=act_cfg.cache_shuffle_shards,
                                             seed=cfg.seed, position=trainer_state.get("data"))
+        if self.dist.active:  # each rank runs every world_size-th batch; all ranks hold every row
+            self.source = ShardedActivations(self.source, self.dist)
         self.eval_batches = list(eval_sequences.split(act_cfg.model_batch_size))
         self.buffer = ActivationBuffer(self.source, widths=widths, buffer_tokens=act_cfg.buffer_tokens,
                                        batch_size=act_cfg.train_batch_size, dtype=torch_dtype(act_cfg.store_dtype),
                                        device=self.device, seed=cfg.seed)
-        self.dictionaries = [
-            DictionaryTrainer(spec, widths=widths, model_name=cfg.model.name, total_steps=self.total_steps,
-                              total_training_tokens=cfg.trainer.total_training_tokens, trainer_cfg=cfg.trainer,
-                              device=self.device, dtype=torch_dtype(cfg.dtype), seed=cfg.seed)
-            for spec in self.specs]
+        self.widths = widths
+        self.dictionaries = [self._dictionary_trainer(spec) for spec in self._local_specs()]
         self.step = 0
         self.tokens_seen = 0
         if checkpoint:
@@ -315,6 +355,19 @@ class Trainer:
         self.wandb_run = None
         log.info("Training %d dictionar%s on %s (buffer: %.0f MB).", len(self.dictionaries),
                  "y" if len(self.dictionaries) == 1 else "ies", ", ".join(self.hooks), self.buffer.memory_bytes / 1e6)
+
+    def _local_specs(self) -> list[DictionaryConfig]:
+        """The dictionaries this rank trains: all of them, or (spread over ranks) every world_size-th."""
+        if self.dist.active and not self.data_parallel:
+            return self.specs[self.dist.rank::self.dist.world_size]
+        return self.specs
+
+    def _dictionary_trainer(self, spec: DictionaryConfig) -> DictionaryTrainer:
+        cfg = self.cfg
+        return DictionaryTrainer(spec, widths=self.widths, model_name=cfg.model.name, total_steps=self.total_steps,
+                                 total_training_tokens=cfg.trainer.total_training_tokens, trainer_cfg=cfg.trainer,
+                                 device=self.device, dtype=torch_dtype(cfg.dtype), seed=cfg.seed,
+                                 dist=self.dist if self.data_parallel else SINGLE_PROCESS)
 
     @property
     def sae(self) -> SparseAutoencoder:
@@ -329,6 +382,21 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+
+    def _agreed_checkpoint(self) -> Optional[Path]:
+        """Rank 0 prepares the run folder (`_prepare_run_dir`); every rank gets its answer: the
+        checkpoint to resume from, or the same ConfigError."""
+        outcome = None
+        if self.dist.is_main:
+            try:
+                checkpoint = self._prepare_run_dir()
+                outcome = ("resume", str(checkpoint) if checkpoint else None)
+            except ConfigError as e:
+                outcome = ("error", str(e))
+        outcome = self.dist.broadcast_object(outcome)
+        if outcome[0] == "error":
+            raise ConfigError(outcome[1])
+        return Path(outcome[1]) if outcome[1] else None
 
     def _prepare_run_dir(self) -> Optional[Path]:
         """Check what is on disk already; return the checkpoint to resume from, if any. Never
@@ -363,18 +431,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _on_main(self, local: list) -> Optional[list]:
+        """Items every rank holds about its own dictionaries, all of them on rank 0 in the config's
+        order (None on other ranks). Data-parallel ranks hold identical copies: rank 0's are used."""
+        if not self.dist.active or self.data_parallel:
+            return local if self.dist.is_main else None
+        gathered = self.dist.gather_objects(local)
+        if not self.dist.is_main:
+            return None
+        by_name = {item[0]: item for part in gathered for item in part}
+        return [by_name[spec.name] for spec in self.specs]
+
     def save_checkpoint(self) -> Path:
         """Write a resumable checkpoint durably (a hidden temporary folder, synced, then renamed)
-        and prune the oldest ones beyond `keep_checkpoints`."""
+        and prune the oldest ones beyond `keep_checkpoints`. Rank 0 writes; every rank returns
+        once it is written."""
         target = self.run_dir / "checkpoints" / f"step_{self.step}"
+        states = self._on_main([(d.name, {k: v.detach().cpu() for k, v in d.sae.state_dict().items()},
+                                 d.state_dict()) for d in self.dictionaries])
+        if self.dist.is_main:
+            self._write_checkpoint(target, states)
+        self.dist.barrier()
+        return target
+
+    def _write_checkpoint(self, target: Path, states: list) -> None:
         tmp = temp_sibling(target, folder=True)
         try:
-            for d in self.dictionaries:
-                folder = tmp / DICTIONARIES_FOLDER / d.name
+            for name, sae_state, trainer_state in states:
+                folder = tmp / DICTIONARIES_FOLDER / name
                 folder.mkdir(parents=True)
-                save_file({k: v.detach().contiguous().cpu() for k, v in d.sae.state_dict().items()},
-                          folder / "sae.safetensors")
-                torch.save(d.state_dict(), folder / "optimizer.pt")
+                save_file({k: v.contiguous() for k, v in sae_state.items()}, folder / "sae.safetensors")
+                torch.save(trainer_state, folder / "optimizer.pt")
             position = self.source.position()
             torch.save({"buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state(), "data": position},
                        tmp / "trainer_state.pt")
@@ -382,7 +469,7 @@ class Trainer:
                      **{k: v for k, v in position.items() if type(v) is int},  # epoch, sequences served, ...
                      "first_training_document": self.first_training_document,
                      "buffer_tokens_generated": self.buffer.tokens_generated,
-                     "dictionaries": [d.name for d in self.dictionaries]}
+                     "dictionaries": [name for name, _, _ in states], "world_size": self.dist.world_size}
             (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
             publish(tmp, target)
         finally:
@@ -390,7 +477,6 @@ class Trainer:
                 remove_tree(tmp)
         for old in list_checkpoints(self.run_dir)[:-self.cfg.trainer.keep_checkpoints]:
             remove_tree(old)
-        return target
 
     @staticmethod
     def _read_checkpoint(checkpoint: Path) -> tuple[dict, dict]:
@@ -426,8 +512,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
 
-    def _log(self, records: list[dict]) -> None:
-        """Append records (one per dictionary, each with its name) to metrics.jsonl and wandb."""
+    def _log(self, records: Optional[list[dict]]) -> None:
+        """Append records (one per dictionary, each with its name) to metrics.jsonl and wandb (rank 0)."""
+        if not self.dist.is_main or not records:
+            return
         records = [{"step": self.step, "tokens": self.tokens_seen, **r} for r in records]
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in records))
@@ -444,7 +532,7 @@ class Trainer:
 
     def _start_wandb(self) -> None:
         lc = self.cfg.logging
-        if lc.wandb_mode == "off":
+        if lc.wandb_mode == "off" or not self.dist.is_main:
             return
         try:
             import wandb
@@ -456,11 +544,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def evaluate(self, final: bool = False) -> list[EvalResult]:
-        """Every dictionary's evaluation on the held-out sequences (twice as many at the end)."""
+    def evaluate(self, final: bool = False) -> Optional[list[tuple[str, EvalResult]]]:
+        """(name, evaluation) of every dictionary on the held-out sequences (twice as many at the
+        end), on rank 0 (None on other ranks; data-parallel ranks wait while rank 0 evaluates)."""
         batches = self.eval_batches if final else self.eval_batches[: self.cfg.trainer.eval_batches]
-        return evaluate_dictionaries(self.model, [d.sae for d in self.dictionaries], batches,
-                                     dense_threshold=self.cfg.trainer.dense_feature_threshold)
+        local = []
+        if self.dist.is_main or not self.data_parallel:
+            results = evaluate_dictionaries(self.model, [d.sae for d in self.dictionaries], batches,
+                                            dense_threshold=self.cfg.trainer.dense_feature_threshold)
+            local = [(d.name, r) for d, r in zip(self.dictionaries, results)]
+        return self._on_main(local)
 
     def train_step(self, batch: dict[str, torch.Tensor], *, metrics: bool = True) -> Optional[list[dict]]:
         """One optimizer step of every dictionary on raw activations {hook: [batch, d]}; their
@@ -470,62 +563,93 @@ class Trainer:
         self.tokens_seen += len(next(iter(batch.values())))
         return out if metrics else None
 
+    def _stop_requested(self, stop: StopSignals, step_check: bool) -> bool:
+        """Whether to stop now: a signal reached this process (or, in a torchrun job, any rank; the
+        ranks agree at logging steps, so they stop after the same step)."""
+        if not self.dist.active:
+            return stop.received is not None
+        return step_check and self.dist.any(stop.received is not None)
+
+    def _saved_dictionaries(self, finals: list[tuple[str, EvalResult]]) -> dict[str, Path]:
+        """Save every dictionary with its final metrics (rank 0: dictionaries spread over other ranks
+        come to it as state dicts); returns their folders."""
+        cfg = self.cfg
+        states = self._on_main([(d.name, {k: v.detach().cpu() for k, v in d.sae.state_dict().items()})
+                                for d in self.dictionaries])
+        paths = {spec.name: self.run_dir / DICTIONARIES_FOLDER / spec.name for spec in self.specs}
+        if not self.dist.is_main:
+            return paths
+        local = {d.name: d.sae for d in self.dictionaries}
+        results = dict(finals)
+        for (name, state), spec in zip(states, self.specs):
+            sae = local.get(name)
+            if sae is None:  # trained on another rank
+                sae = self._dictionary_trainer(spec).sae
+                sae.load_state_dict(state)
+            final = results[name]
+            sae.save(paths[name], metrics=final.to_dict(), extra={
+                "name": name, "exp_name": cfg.exp_name, "model": cfg.model.to_dict(), "dataset": cfg.dataset.path,
+                "context_size": cfg.dataset.context_size, "optimizer": spec.optimizer.to_dict(),
+                "training_tokens": self.tokens_seen, "training_steps": self.step})
+            log.info("Saved %s: L0 %.1f, explained variance %.3f, CE loss recovered %.3f.",
+                     paths[name], final.l0, final.explained_variance, final.ce_loss_recovered)
+        return paths
+
     def run(self) -> TrainingResult:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         self._start_wandb()
-        progress = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not cfg.logging.progress_bar,
-                        desc=cfg.exp_name, dynamic_ncols=True)
+        progress = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=cfg.exp_name, dynamic_ncols=True,
+                        disable=not cfg.logging.progress_bar or not self.dist.is_main)
         started, start_tokens = time.perf_counter(), self.tokens_seen
         for d in self.dictionaries:
             d.sae.train()
         with StopSignals() as stop:
             try:
-                while self.step < self.total_steps and stop.received is None:
+                stopping = False
+                while self.step < self.total_steps and not stopping:
                     logging_step = (self.step + 1) % cfg.logging.log_every_steps == 0 \
                         or self.step + 1 == self.total_steps
                     metrics = self.train_step(self.buffer.next_batch(), metrics=logging_step)
                     progress.update(1)
                     if logging_step:
                         tokens_per_s = (self.tokens_seen - start_tokens) / max(time.perf_counter() - started, 1e-9)
-                        self._log([{"dictionary": d.name, **m, **d.tracker.stats(), "tokens_per_s": tokens_per_s}
-                                   for d, m in zip(self.dictionaries, metrics)])
-                        progress.set_postfix(tok_s=f"{tokens_per_s:,.0f}", L0=f"{metrics[0]['l0']:.1f}",
-                                             EV=f"{metrics[0]['explained_variance']:.3f}", refresh=False)
+                        records = self._on_main([(d.name, {"dictionary": d.name, **m, **d.tracker.stats(),
+                                                           "tokens_per_s": tokens_per_s})
+                                                 for d, m in zip(self.dictionaries, metrics)])
+                        if records:
+                            self._log([record for _, record in records])
+                            first = records[0][1]
+                            progress.set_postfix(tok_s=f"{tokens_per_s:,.0f}", L0=f"{first['l0']:.1f}",
+                                                 EV=f"{first['explained_variance']:.3f}", refresh=False)
                     if self.step % cfg.trainer.eval_every_steps == 0 and self.step < self.total_steps:
-                        self._log([{"dictionary": d.name, "eval": r.scalars()}
-                                   for d, r in zip(self.dictionaries, self.evaluate())])
+                        results = self.evaluate()
+                        self._log(results and [{"dictionary": name, "eval": r.scalars()} for name, r in results])
                     if cfg.trainer.checkpoint_every_steps and self.step % cfg.trainer.checkpoint_every_steps == 0 \
                             and self.step < self.total_steps:
                         self.save_checkpoint()
+                    stopping = self._stop_requested(stop, logging_step)
             finally:
                 progress.close()
-            if stop.received is not None:
+            if stopping:
                 checkpoint = self.save_checkpoint()
                 if self.wandb_run is not None:
                     self.wandb_run.finish()
-                raise TrainingInterrupted(stop.received, self.step, checkpoint)
+                raise TrainingInterrupted(stop.received or "SIGTERM", self.step, checkpoint)
             sample = self.buffer.peek(THRESHOLD_CALIBRATION_BATCHES * cfg.activations.train_batch_size)
             for d in self.dictionaries:
                 d.calibrate_threshold(sample, cfg.activations.train_batch_size)
             finals = self.evaluate(final=True)
-            self._log([{"dictionary": d.name, "final_eval": r.scalars()} for d, r in zip(self.dictionaries, finals)])
-            paths = {}
-            for d, final in zip(self.dictionaries, finals):
-                paths[d.name] = d.sae.save(self.run_dir / DICTIONARIES_FOLDER / d.name, metrics=final.to_dict(), extra={
-                    "name": d.name, "exp_name": cfg.exp_name, "model": cfg.model.to_dict(),
-                    "dataset": cfg.dataset.path, "context_size": cfg.dataset.context_size,
-                    "optimizer": d.spec.optimizer.to_dict(), "training_tokens": self.tokens_seen,
-                    "training_steps": self.step})
-                log.info("Saved %s: L0 %.1f, explained variance %.3f, CE loss recovered %.3f.",
-                         paths[d.name], final.l0, final.explained_variance, final.ce_loss_recovered)
+            self._log(finals and [{"dictionary": name, "final_eval": r.scalars()} for name, r in finals])
+            paths = self._saved_dictionaries(finals)
         if self.wandb_run is not None:
-            self.wandb_run.summary.update({f"{d.name}/final/{k}": v for d, r in zip(self.dictionaries, finals)
+            self.wandb_run.summary.update({f"{name}/final/{k}": v for name, r in finals
                                            for k, v in r.scalars().items()})
             self.wandb_run.finish()
-        return TrainingResult(paths, {d.name: r.to_dict() for d, r in zip(self.dictionaries, finals)},
-                              self.step, self.tokens_seen)
+        final_metrics = self.dist.broadcast_object(finals and {name: r.to_dict() for name, r in finals})
+        self.dist.barrier()  # every rank returns once the dictionaries are on disk
+        return TrainingResult(paths, final_metrics, self.step, self.tokens_seen)
 
 
 def _check_same_dictionaries(run_dir: Path, saved: list[DictionaryConfig], now: list[DictionaryConfig]) -> None:

@@ -85,7 +85,10 @@ def test_example_script_command_line_overrides():
     sweep_preset = parse(["sweep"])
     assert sorted(d.name for d in sweep_preset.dictionary_configs()) == sorted(
         f"blocks.{i}.hook_resid_post-k{k}" for i in (3, 5) for k in (16, 32, 64))
-    for cfg in (default, custom, gpt2, swept, sweep_preset):
+    transcoder = parse(["transcoder"])
+    assert [(d.hook_name, d.hook_out, d.sae.skip_connection) for d in transcoder.dictionary_configs()] == [
+        ("blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out", True), ("blocks.3.hook_resid_post", None, False)]
+    for cfg in (default, custom, gpt2, swept, sweep_preset, transcoder):
         cfg.validate()
 
 

@@ -10,7 +10,7 @@ import torch
 
 import core.sae.sparse as sparse_module
 from core.config import ConfigError, SAEConfig
-from core.evals import FeatureActivityTracker
+from core.evals import DEAD_MASK_REFRESH_STEPS, FeatureActivityTracker
 from core.sae import MatryoshkaBatchTopKSAE, SparseAutoencoder, load_dictionary
 
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
@@ -207,12 +207,14 @@ def test_feature_activity_tracker_counts_from_fire_counts():
     tracker = FeatureActivityTracker(4, window_tokens=10, dead_tokens_threshold=8, dense_threshold=0.5)
     tracker.update(torch.tensor([6, 0, 1, 0]), 6)
     assert tracker.tokens_since_fired.tolist() == [0, 6, 0, 6]
-    assert tracker.dead_mask.tolist() == [False, False, False, False]
     tracker.update(torch.tensor([4, 0, 0, 1]), 4)  # the window of 10 tokens is complete
     assert tracker.tokens_since_fired.tolist() == [0, 10, 4, 0]
-    assert tracker.dead_mask.tolist() == [False, True, False, False]
     assert torch.equal(tracker.last_density, torch.tensor([1.0, 0.0, 0.1, 0.1], dtype=torch.float64))
     assert tracker.stats() == {"dead_features": 1, "dense_features": 1, "window_unfired_features": 1}
+    assert tracker.dead_mask.tolist() == [False] * 4  # AuxK's mask is a snapshot, refreshed every few steps
+    for _ in range(DEAD_MASK_REFRESH_STEPS - 2):
+        tracker.update(torch.tensor([1, 0, 1, 1]), 1)
+    assert tracker.dead_mask.tolist() == [False, True, False, False]
 
 
 # ------------------------------------------------------------------ matryoshka

@@ -220,3 +220,40 @@ def test_default_dead_threshold_lets_auxk_act_in_a_run_of_any_length(tiny_gpt2_d
     final = records[-1]["final_eval"]
     assert "unfired_features" in final and "dead_features" not in final
 
+
+
+def test_autocast_and_compiled_steps_keep_float32_weights_and_learn(tiny_gpt2_dir, tiny_model, tmp_path):
+    """The GPU path's options work on any device: the model's forward and the dictionary's step under
+    bfloat16 autocast, the step compiled by torch.compile; weights and Adam state stay float32."""
+    from core import LanguageModelConfig, load_language_model
+
+    model_cfg = LanguageModelConfig(name=str(tiny_gpt2_dir), autocast_dtype="bfloat16")
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="amp", steps=12, autocast_dtype="bfloat16",
+                               compile=True)
+    cfg.model = model_cfg
+    trainer = Trainer(cfg, model=load_language_model(model_cfg))
+    assert next(iter(trainer.buffer.peek(4).values())).dtype == torch.float32  # stored as configured
+    result = trainer.run()
+    sae = trainer.sae
+    assert {p.dtype for p in sae.parameters()} == {torch.float32}
+    assert {s["exp_avg"].dtype for s in trainer.dictionaries[0].optimizer.state.values()} == {torch.float32}
+    losses = [json.loads(line)["mse_loss"] for line in (tmp_path / "amp" / "metrics.jsonl").read_text().splitlines()
+              if "mse_loss" in line]
+    assert losses[-1] < losses[0] and math.isfinite(result.metrics["ce_loss_recovered"])
+
+
+def test_the_dead_mask_is_a_snapshot_refreshed_every_few_steps():
+    from core.evals import DEAD_MASK_REFRESH_STEPS, FeatureActivityTracker
+
+    tracker = FeatureActivityTracker(4, window_tokens=100, dead_tokens_threshold=30, dense_threshold=0.5)
+    fires = torch.tensor([1, 0, 0, 1])
+    masks = []
+    for _ in range(2 * DEAD_MASK_REFRESH_STEPS):
+        masks.append(tracker.dead_mask)
+        tracker.update(fires, 10)
+    assert all(m is masks[0] for m in masks[:DEAD_MASK_REFRESH_STEPS])  # the same tensor until a refresh
+    assert masks[DEAD_MASK_REFRESH_STEPS].tolist() == [False, True, True, False]
+    assert tracker.stats()["dead_features"] == 2
+    again = FeatureActivityTracker(4, window_tokens=100, dead_tokens_threshold=30, dense_threshold=0.5)
+    again.load_state_dict(tracker.state_dict())
+    assert torch.equal(again.dead_mask, tracker.dead_mask) and again.updates == tracker.updates

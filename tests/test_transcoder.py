@@ -259,3 +259,48 @@ def test_format_1_folders_still_load(architecture):
     with torch.no_grad():
         assert torch.allclose(sae.encode(expected["x"]), expected["feature_acts"], atol=1e-6)
         assert torch.allclose(sae(expected["x"]), expected["reconstruction"], atol=1e-6)
+
+
+def test_a_transcoder_trains_from_the_model_is_evaluated_with_the_mlp_replaced_and_analyzed(tiny_gpt2_dir, tiny_model,
+                                                                                             tmp_path):
+    """blocks.0.ln2.hook_normalized -> blocks.0.hook_mlp_out on the tiny GPT-2, beside an SAE on the
+    same pass: trained, evaluated by splicing its output in place of the MLP's, analyzed (features
+    fire on the in-hook, the logit lens reads the decoder in the out-hook's residual space)."""
+    import dataclasses
+
+    from core import FeatureStore, analyze, evaluate, load_dictionary, train
+    from core.config import DictionaryConfig
+    from tests.conftest import tiny_analysis_config, tiny_training_config
+
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="tc", steps=30)
+    cfg.sae.normalize_activations = "expected_average_only_in"  # the random model's MLP output is tiny
+    cfg.dictionaries = (
+        DictionaryConfig(name="mlp0", hook_name="blocks.0.ln2.hook_normalized", hook_out="blocks.0.hook_mlp_out",
+                         sae=dataclasses.replace(cfg.sae, skip_connection=True)),
+        DictionaryConfig(name="resid0"))
+    result = train(cfg, model=tiny_model)
+    transcoder = load_dictionary(result.dictionary_paths["mlp0"])
+    assert (transcoder.hook_name, transcoder.hook_out) == ("blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out")
+    metrics = result.final_metrics["mlp0"]
+    assert 0 < metrics["explained_variance"] <= 1 and metrics["ce_loss_recovered"] > 0
+
+    # A transcoder that outputs zeros is exactly the MLP zero-ablated: nothing of the loss recovered.
+    from tests.test_training import _eval_batches
+
+    batches = _eval_batches(cfg, tiny_model)
+    zero = load_dictionary(result.dictionary_paths["mlp0"])
+    with torch.no_grad():
+        for name in ("W_dec", "b_dec", "W_skip"):
+            getattr(zero, name).zero_()
+    r = evaluate(tiny_model, zero, batches)
+    assert r.ce_loss_reconstructed == pytest.approx(r.ce_loss_zero_ablation, abs=1e-5)
+    assert r.ce_loss_recovered == pytest.approx(0.0, abs=1e-5)
+    assert r.ce_loss_zero_ablation == pytest.approx(metrics["ce_loss_zero_ablation"], rel=1e-6)
+
+    folder = analyze(tiny_analysis_config(result.dictionary_paths["mlp0"], tiny_gpt2_dir, total_analyzing_tokens=2000),
+                     model=tiny_model)
+    with FeatureStore(folder) as store:
+        assert store.meta["hook_name"] == "blocks.0.ln2.hook_normalized"
+        assert store.meta["hook_out"] == "blocks.0.hook_mlp_out" and store.meta["logit_lens_note"] is None
+        index = store.list_features(sort="act_count", descending=True, limit=1)[1][0].index
+        assert store.get_feature(index).logit_lens.positive

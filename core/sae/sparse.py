@@ -122,6 +122,7 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+@torch.compiler.disable  # numba kernels: torch.compile runs them as they are
 def scatter_add_rows(out: Tensor, out_rows: Tensor, coef: Tensor, src: Tensor, src_rows: Tensor) -> Tensor:
     """out[out_rows[e]] += coef[e] * src[src_rows[e]] for every entry e, in place; returns out."""
     coef = coef.to(out.dtype)
@@ -137,6 +138,7 @@ def scatter_add_rows(out: Tensor, out_rows: Tensor, coef: Tensor, src: Tensor, s
     return out
 
 
+@torch.compiler.disable  # numba kernels: torch.compile runs them as they are
 def row_dots(a: Tensor, a_rows: Tensor, b: Tensor, b_rows: Tensor) -> Tensor:
     """<a[a_rows[e]], b[b_rows[e]]> for every entry e: [n_entries]."""
     if uses_kernels(a) and a.dtype == b.dtype:

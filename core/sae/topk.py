@@ -50,6 +50,7 @@ during training (it weighs about the last 100 steps); the trainer recalibrates i
 encoder before saving (`calibrate_threshold`)."""
 
 
+@torch.compiler.disable  # numba kernels: torch.compile runs them as they are
 def top_k_per_row(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(values, indices) [rows, k] of the k largest entries of every row of `pre` [rows, n], in no
     particular order: the compiled kernel on CPU (split over torch's threads), torch.topk elsewhere."""
@@ -65,6 +66,7 @@ def top_k_per_row(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, indices
 
 
+@torch.compiler.disable  # numba kernels: torch.compile runs them as they are
 def batch_top_k(pre: Tensor, n_keep: int) -> tuple[Tensor, Tensor, Tensor]:
     """The n_keep largest positive entries of `pre` [rows, n] as (rows, columns, values) in row-major
     order (fewer when fewer are positive): the compiled kernel on CPU, torch.topk elsewhere."""
@@ -143,7 +145,10 @@ class _TopKFamily(SparseAutoencoder):
         n = x.shape[0]
         with torch.no_grad():  # the one dense product (and bias, as `_pre_acts` adds it: the same bits)
             centered = self._centered(x)
-            pre = torch.matmul(centered, self.W_enc, out=self._pre_act_buffer(n))
+            if torch.is_autocast_enabled(x.device.type):  # the product in the autocast dtype, the rest in ours
+                pre = torch.matmul(centered, self.W_enc).to(self.dtype)
+            else:
+                pre = torch.matmul(centered, self.W_enc, out=self._pre_act_buffer(n))
             pre += self.b_enc
         rows, latents, values = self._select(pre)
         n_kept = len(latents)
@@ -206,11 +211,18 @@ class _TopKFamily(SparseAutoencoder):
     # ---------------------------------------------------------------- AuxK
 
     def _dead_latents(self, dead_mask: Tensor | None) -> Tensor | None:
-        """Indices of the dead latents, or None when AuxK has nothing to do."""
+        """Indices of the dead latents, or None when AuxK has nothing to do. Finding them waits for
+        the device, so the list is kept while the same mask tensor comes back (the trainer's
+        tracker refreshes its mask every few steps)."""
         if dead_mask is None or dead_mask.numel() == 0:
             return None
+        cached = self.__dict__.get("_dead_latents_of")
+        if cached is not None and cached[0] is dead_mask and cached[1] == dead_mask._version:
+            return cached[2]
         dead = dead_mask.to(torch.bool).nonzero().squeeze(1)
-        return dead if len(dead) and self._k_aux(len(dead)) else None
+        dead = dead if len(dead) and self._k_aux(len(dead)) else None
+        self.__dict__["_dead_latents_of"] = (dead_mask, dead_mask._version, dead)
+        return dead
 
     def _k_aux(self, n_dead: int) -> int:
         return min(self.cfg.aux_k or self.d_out // 2, n_dead)
