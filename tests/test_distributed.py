@@ -127,9 +127,12 @@ def test_a_two_rank_analysis_writes_the_same_store_as_one_process(tiny_dictionar
                                                                   tmp_path):
     import shutil
 
-    one_folder = analyze(tiny_analysis_config(tiny_dictionary, tiny_gpt2_dir, analysis_name="one"), model=tiny_model)
-    copy = tmp_path / "dictionary-copy"
-    shutil.copytree(tiny_dictionary, copy, ignore=shutil.ignore_patterns("analysis"))
+    copies = {}
+    for name in ("one", "two"):  # the shared tiny dictionary is left as it is
+        copies[name] = tmp_path / f"dictionary-{name}"
+        shutil.copytree(tiny_dictionary, copies[name], ignore=shutil.ignore_patterns("analysis"))
+    one_folder = analyze(tiny_analysis_config(copies["one"], tiny_gpt2_dir, analysis_name="one"), model=tiny_model)
+    copy = copies["two"]
     cfg = tiny_analysis_config(copy, tiny_gpt2_dir, analysis_name="two")
     cfg.save_json(tmp_path / "analysis.json")
     finish(torchrun("--analysis", str(tmp_path / "analysis.json")))
