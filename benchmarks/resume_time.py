@@ -1,6 +1,6 @@
 """How long a stopped run takes to resume, after 1x and after 10x the tokens.
 
-    python benchmarks/resume_time.py [--tokens 400000] [--factor 10]
+    python benchmarks/resume_time.py [--tokens 50000] [--factor 10]
 
 Trains the same dictionary (the tiny random GPT-2 with the real GPT-2 tokenizer from
 tests/tiny_gpt2.py, built-in corpus, 128-token sequences) for `tokens` and for `factor * tokens`
@@ -76,7 +76,7 @@ def time_replay(cfg: TrainingConfig, model, n_sequences: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=400_000)
+    parser.add_argument("--tokens", type=int, default=50_000)
     parser.add_argument("--factor", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

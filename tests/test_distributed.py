@@ -235,3 +235,16 @@ def test_a_two_rank_cache_holds_the_same_rows_as_one_process(tiny_gpt2_dir, tiny
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_example_script_runs_under_torchrun_unchanged(tiny_gpt2_dir, tmp_path):
+    job = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "run_train_example.py",
+         "smollm2", "--exp-name", "example", "--results-dir", str(tmp_path), "--model.name", str(tiny_gpt2_dir),
+         "--activations.hook-name", TINY_HOOK, "--activations.buffer-tokens", "2048",
+         "--activations.train-batch-size", "256", "--trainer.total-training-tokens", "2560",
+         "--trainer.eval-batches", "1", "--dataset.context-size", "64", "--logging.no-progress-bar"],
+        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert job.returncode == 0, job.stderr[-4000:]
+    assert job.stdout.count("Trained 1 dictionary in 10 steps") == 1  # rank 0 prints the summary
+    assert (tmp_path / "example" / "dictionaries" / TINY_HOOK / "sae.safetensors").is_file()
