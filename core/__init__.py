@@ -6,6 +6,7 @@ Scripts and notebooks import everything from here:
 """
 
 from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
+from .annotations import Annotation, AnnotationConflict, Annotations, export_annotations
 from .analysis import TextActivations, analyze, encode_text
 from .cache import CachedActivations, CacheError, cache_activations, read_manifest
 from .config import (AnalysisConfig, ActivationStoreConfig, CacheConfig, ConfigError, DatasetConfig, DictionaryConfig,
@@ -16,7 +17,8 @@ from .data import (DatasetError, HeldOut, PackedSequences, TokenBatches, builtin
 from .evals import EvalResult, evaluate, evaluate_dictionaries, explained_variance, l0_norm, mean_squared_error
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
 from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, load_dictionary
-from .store import FeatureStore, FeatureStoreWriter, StoreError
+from .steering import SteeringResult, steer
+from .store import FeatureStore, FeatureStoreWriter, FeatureUnavailable, StoreError
 from .training import Trainer, TrainingInterrupted, TrainingResult, train
 
 __all__ = [name for name in dir() if not name.startswith("_")]
