@@ -24,6 +24,9 @@ from tests.conftest import ROOT, TINY_HOOK
 RUN = "tiny-topk"
 DICT = f"{RUN}:{TINY_HOOK}"
 """The tiny dictionary's id: results/tiny-topk/dictionaries/blocks.0.hook_resid_post/."""
+SWEEP_RUN = "tiny-sweep"
+SWEEP_K = (4, 8, 16)
+"""The sweep run trains one dictionary per k (on the tiny dictionary's model and hook)."""
 MAX_CHARS = 300
 MAX_TOKENS = 24
 TEXT = "The quick brown fox jumps over the lazy dog.\nHello world, this is a test."
@@ -55,6 +58,21 @@ def analysis_dir(tiny_analysis, tiny_results_dir) -> Path:
     folder = analyses_folder(tiny_results_dir) / "default"
     assert (folder / "features.sqlite").is_file()
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
+    """A run of three top-k dictionaries (k in SWEEP_K) trained from one pass of the tiny GPT-2, with
+    periodic evaluations: `<folder>/tiny-sweep/` (metrics.jsonl, dictionaries/<name>/)."""
+    from dataclasses import replace
+
+    from core import train
+    from tests.conftest import tiny_training_config
+
+    results = tmp_path_factory.mktemp("sweep-results")
+    cfg = tiny_training_config(tiny_gpt2_dir, results, exp_name=SWEEP_RUN, steps=30, eval_every_steps=10)
+    train(replace(cfg, sweep=(f"sae.k={','.join(map(str, SWEEP_K))}",)), model=tiny_model)
+    return results / SWEEP_RUN
 
 
 @pytest.fixture()
