@@ -118,19 +118,23 @@ def uvicorn_server(results_dir: Path, settings: dict[str, str] | None = None, *,
 
 @contextmanager
 def server_process(arguments: list[str], url: str, results_dir: Path, settings: dict[str, str] | None = None,
-                   log: Path | None = None) -> Iterator[str]:
-    """`python <arguments>` serving `results_dir` at `url` (plus GPT2DICT_* `settings`; the environment's
-    own GPT2DICT_* variables are left out), its output in `log` (a file: a chatty server never blocks on
-    it); yields `url` once /api/health answers there, stops the process afterwards."""
+                   log: Path | None = None, *, cwd: Path = ROOT, path: str | None = None,
+                   startup_s: float = 60) -> Iterator[str]:
+    """`python <arguments>` run in `cwd` serving `results_dir` at `url` (plus GPT2DICT_* `settings`; the
+    environment's own GPT2DICT_* variables are left out; `path` replaces PATH), its output in `log` (a
+    file: a chatty server never blocks on it); yields `url` once /api/health answers there (within
+    `startup_s`), stops the process afterwards."""
     import httpx
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPT2DICT_")}
-    env.update(GPT2DICT_RESULTS_DIR=str(results_dir), GPT2DICT_UI_DIST=str(Path(results_dir) / "no-ui-dist"),
-               **(settings or {}))
+    env.update({"GPT2DICT_RESULTS_DIR": str(results_dir), "GPT2DICT_UI_DIST": str(Path(results_dir) / "no-ui-dist"),
+                **(settings or {})})
+    if path is not None:
+        env["PATH"] = path
     with (log.open("w+") if log else tempfile.TemporaryFile("w+")) as out:
-        proc = subprocess.Popen([sys.executable, *arguments], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, *arguments], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + startup_s
             while True:
                 if proc.poll() is not None:
                     out.seek(0)
@@ -141,7 +145,9 @@ def server_process(arguments: list[str], url: str, results_dir: Path, settings: 
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not answer {url}/api/health within 60 s")
+                    out.seek(0)
+                    raise RuntimeError(f"the server did not answer {url}/api/health within {startup_s:g} s:\n"
+                                       f"{out.read()[-3000:]}")
                 time.sleep(0.2)
             yield url
         finally:

@@ -3,6 +3,9 @@ import { fmt } from "../format";
 
 export interface ScatterPoint {
   key: string;
+  /** the full name (the link's accessible name) */
+  name: string;
+  /** drawn next to the point */
   label: string;
   x: number;
   y: number;
@@ -81,15 +84,16 @@ export function Scatter({ title, xLabel, yLabel, points, formatY = (y) => fmt(y,
         {points.map((p) => {
           const mark = (
             <>
-              <title>{`${p.label}: ${xLabel} ${fmt(p.x, 4)}, ${yLabel} ${formatY(p.y)}`}</title>
+              <title>{`${p.name}: ${xLabel} ${fmt(p.x, 4)}, ${yLabel} ${formatY(p.y)}`}</title>
               <circle cx={sx(p.x)} cy={sy(p.y)} r={6} />
-              <text x={sx(p.x) + 8} y={sy(p.y) - 7}>
+              {/* labels of points in the right half go to their left, so they stay inside the plot */}
+              <text x={sx(p.x) + (sx(p.x) > W / 2 ? -8 : 8)} y={sy(p.y) - 8} textAnchor={sx(p.x) > W / 2 ? "end" : "start"}>
                 {p.label}
               </text>
             </>
           );
           return p.href ? (
-            <Link key={p.key} to={p.href} className="point" data-point={p.key} aria-label={p.label}>
+            <Link key={p.key} to={p.href} className="point" data-point={p.key} aria-label={p.name}>
               {mark}
             </Link>
           ) : (

@@ -55,7 +55,7 @@ export function SteeringPanel({ dictionary, feature, maxAct }: SteeringPanelProp
             strength
             <input id={ids.strength} type="number" step="any" value={strength} onChange={(e) => setStrength(Number(e.target.value))} />
           </label>
-          <span className="link-list" aria-label="strength in multiples of the max activation">
+          <span className="link-list" role="group" aria-label="presets: multiples of the max activation">
             {MULTIPLES.map((m) => (
               <button key={m} type="button" className="btn btn-small" title={`${m} × max activation (${fmt(unit)})`} onClick={() => setStrength(Number((m * unit).toPrecision(3)))}>
                 {m}× max

@@ -19,6 +19,18 @@ const TRAIN_CHARTS: { key: string; title: string }[] = [
 
 const seriesName = (d: RunDictionary) => d.name || "dictionary";
 
+/** Short names for plot labels: what the dictionaries' names do not share ("k16" for "res3-k16" among "res3-k*"). */
+function shortNames(names: string[]): string[] {
+  if (names.length < 2) return names;
+  let prefix = names.reduce((a, b) => {
+    let i = 0;
+    while (i < a.length && i < b.length && a[i] === b[i]) i++;
+    return a.slice(0, i);
+  });
+  prefix = prefix.slice(0, Math.max(...[".", "-", "_", "/"].map((c) => prefix.lastIndexOf(c))) + 1); // whole words only
+  return names.map((n) => n.slice(prefix.length) || n);
+}
+
 /** `/runs/:run`: a training run's curves (one series per dictionary) and, for a sweep, its dictionaries' trade-offs. */
 export function RunPage() {
   const { run = "" } = useParams();
@@ -36,7 +48,13 @@ export function RunPage() {
   );
 }
 
-function RunBody({ run }: { run: RunDetail }) {
+function RunBody({ run: unsorted }: { run: RunDetail }) {
+  // Natural order (k4, k8, k16), the same everywhere, so a dictionary keeps its colour in every chart.
+  const run = useMemo(
+    () => ({ ...unsorted, series: [...unsorted.series].sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true })) }),
+    [unsorted],
+  );
+  const short = useMemo(() => shortNames(run.series.map(seriesName)), [run]);
   const charts = useMemo(() => {
     const curve = (d: RunDictionary, part: "train" | "eval", key: string): LineSeries => ({
       label: seriesName(d),
@@ -49,11 +67,11 @@ function RunBody({ run }: { run: RunDetail }) {
     };
   }, [run]);
   const points = (y: "explained_variance" | "ce_loss_recovered"): ScatterPoint[] =>
-    run.series.flatMap((d) => {
+    run.series.flatMap((d, i) => {
       const l0 = d.final?.l0;
       const v = d.final?.[y];
       return typeof l0 === "number" && typeof v === "number"
-        ? [{ key: d.id ?? d.name, label: seriesName(d), x: l0, y: v, href: d.id ? dictionaryPath(d.id) : undefined }]
+        ? [{ key: d.id ?? d.name, name: seriesName(d), label: short[i], x: l0, y: v, href: d.id ? dictionaryPath(d.id) : undefined }]
         : [];
     });
   const percent = (v: number) => formatMetric("explained_variance", v);
