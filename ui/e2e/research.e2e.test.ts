@@ -169,7 +169,7 @@ describe("research tools", () => {
     await page.getByTestId("line-chart").first().locator("canvas").first().waitFor(); // uPlot drew the curves
     await screenshot("run-desktop");
     const target = sweep.dictionaries[sweep.dictionaries.length - 1];
-    await plots.first().locator(`[data-point="${target}"]`).click();
+    await plots.first().locator(`[data-point="${target}"] circle`).click();
     await page.waitForURL((u) => decodeURIComponent(u.pathname) === `/dictionaries/${target}`);
     await page.getByRole("heading", { name: target.replace(":", " / "), level: 1 }).waitFor();
   });
