@@ -3,13 +3,16 @@
     uvicorn server.app:app --port 24577        # from the repository root
 
 Settings come from `GPT2DICT_*` environment variables or `.env` (see server/settings.py and
-server/.env.example). Dictionaries and analyses are discovered by scanning the results folder on
-every request (server/results.py); custom text is run through the dictionary's model on demand
-(server/inference.py). Browsing endpoints are plain `def`s so FastAPI runs them in its threadpool:
-SQLite reads never block the event loop. The custom-text endpoint is `async`: it takes one of
-GPT2DICT_INFERENCE_CONCURRENCY slots on the event loop (or answers 503 at once) and only then
-hands the model work to a thread, so excess requests never occupy threads that browsing needs.
-Before any endpoint, middleware (server/guards.py) checks the Host header and caps the body.
+server/.env.example). Runs, dictionaries and analyses are discovered by scanning the results
+folder on every request (server/results.py, server/runs.py); custom text and steering run the
+dictionary's model on demand (server/inference.py); nearest features compare cached, normalized
+decoders (server/directions.py); labels are written to each dictionary's annotations file
+(core/annotations.py). Browsing, search and label endpoints are plain `def`s so FastAPI runs them
+in its threadpool: SQLite work never blocks the event loop. Custom text and steering are `async`:
+they take one of GPT2DICT_INFERENCE_CONCURRENCY slots on the event loop (or answer 503 at once)
+and only then hand the model work to a thread, so excess requests never occupy threads that
+browsing needs. Before any endpoint, middleware (server/guards.py) checks the Host header and caps
+the body.
 """
 
 from __future__ import annotations
