@@ -154,13 +154,13 @@ class ResultsFolder:
 
     def dictionary_names(self) -> list[str]:
         """Ids of every dictionary with a config.json, sorted by run then name (unsafe ones skipped)."""
-        candidates = []
-        for run in self._listdir(self.root):
-            if ID_SEPARATOR in run:
-                continue
-            candidates.append(run)
-            candidates += [f"{run}{ID_SEPARATOR}{d}" for d in self._listdir(self.root / run / DICTIONARIES_FOLDER)
-                           if ID_SEPARATOR not in d]
+        return [name for run in self._listdir(self.root) if ID_SEPARATOR not in run
+                for name in self.run_dictionaries(run)]
+
+    def run_dictionaries(self, run: str) -> list[str]:
+        """Ids of the dictionaries of run `run` with a config.json, sorted (unsafe ones skipped)."""
+        candidates = [run] + [f"{run}{ID_SEPARATOR}{d}" for d in self._listdir(self.root / run / DICTIONARIES_FOLDER)
+                              if ID_SEPARATOR not in d]
         names = []
         for name in candidates:
             try:
@@ -245,10 +245,6 @@ class ResultsFolder:
         if not (folder.is_dir() and self._is_run(folder)):
             raise NotFound(f"No run named {run!r} in the results folder.")
         return folder
-
-    def run_dictionaries(self, run: str) -> list[str]:
-        """Ids of the dictionaries of run `run` with a config.json, sorted."""
-        return [n for n in self.dictionary_names() if n.partition(ID_SEPARATOR)[0] == run]
 
     # -- analyses --------------------------------------------------------------------------
 
