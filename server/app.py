@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.annotations import AnnotationConflict, AnnotationError, export_annotations
+from core.sae import DictionaryLoadError
 from core.annotations import MAX_LABEL_CHARS
 from core.store import MAX_QUERY_CHARS, FeatureStore, FeatureUnavailable, StoreError, json_ready
 
@@ -265,6 +266,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      "dictionaries of the same model and hook(s).")
         try:
             found = decoders.nearest(source, index, target, limit)
+        except DictionaryLoadError as e:  # its weights are missing or unreadable: say which and why
+            raise DictionaryError(f"Cannot read the decoder of a dictionary to compare: {e}") from None
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         labels = results.annotations(target.name).many(n.index for n in found)

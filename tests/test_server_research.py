@@ -148,6 +148,11 @@ def test_nearest_features_bad_input(client, results):
     assert_error(client.get(f"{feature_url(7)}/similar", params={"dictionary": "nope"}), 404, "nope")
     assert_error(client.get(f"{feature_url(128)}/similar"), 404, "0..127")
     assert_error(client.get(f"{feature_url(7)}/similar", params={"limit": 201}), 422, "'limit'")
+    (dictionary_folder(results, "elsewhere") / "sae.safetensors").unlink()
+    config.write_text(json.dumps({**json.loads(config.read_text()), "hook_name": TINY_HOOK}))  # comparable again
+    assert_error(client.get(f"{feature_url(7)}/similar", params={"dictionary": f"elsewhere:{TINY_HOOK}"}), 500,
+                 "Cannot read the decoder", "sae.safetensors")
+    assert client.get(f"{feature_url(7)}/similar").status_code == 200  # the others still answer
 
 
 # ----------------------------------------------------------------------------------------------
