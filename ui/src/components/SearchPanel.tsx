@@ -103,7 +103,7 @@ function TokenResultTable({ result, dictionary, analysis }: { result: TokenSearc
       {result.matches.length === 0 ? (
         <p className="muted">No feature fires on these tokens.</p>
       ) : (
-        <div className="table-scroll">
+        <div className="table-scroll tall">
           <table className="data compact">
             <thead>
               <tr>
@@ -156,7 +156,7 @@ function LabelResults({ dictionary, analysis, query }: { dictionary: string; ana
   if (q.data.length === 0)
     return <p className="muted">{query ? `No label or note contains "${query}".` : "No feature has a label, a note or a bookmark yet."}</p>;
   return (
-    <div className="table-scroll" data-testid="label-results">
+    <div className="table-scroll tall" data-testid="label-results">
       <table className="data compact">
         <thead>
           <tr>
