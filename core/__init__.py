@@ -13,6 +13,7 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
+from .annotations import Annotation, AnnotationConflict, Annotations, export_annotations
 from .analysis import TextActivations, analyze, encode_text
 from .cache import CachedActivations, CacheError, cache_activations, read_manifest
 from .config import (AnalysisConfig, ActivationStoreConfig, CacheConfig, ConfigError, DatasetConfig, DictionaryConfig,
@@ -23,7 +24,8 @@ from .data import (DatasetError, HeldOut, PackedSequences, TokenBatches, builtin
 from .evals import EvalResult, evaluate, evaluate_dictionaries, explained_variance, l0_norm, mean_squared_error
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
 from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, load_dictionary
-from .store import FeatureStore, FeatureStoreWriter, StoreError
+from .steering import SteeringResult, steer
+from .store import FeatureStore, FeatureStoreWriter, FeatureUnavailable, StoreError
 from .training import Trainer, TrainingInterrupted, TrainingResult, train
 
 __all__ = [name for name in dir() if not name.startswith("_")]

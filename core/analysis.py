@@ -13,11 +13,18 @@ per-feature records, and writes them to a feature store (`core/store.py`):
 Per feature it keeps, whatever the number of tokens (memory is d_sae x samples kept):
 
 - act_count, density (act_count / tokens analyzed), max and mean of the non-zero activations;
-- a histogram of the non-zero activations on log-spaced edges shared by all features;
+- a histogram of the non-zero activations, log-spaced bins over the range where that feature's
+  activations lie (a feature peaking at 5 is not drawn on an axis that runs to 160 because another
+  feature does);
 - the top `top_k` contexts (highest activations);
 - `samples_per_interval` contexts in each of `n_intervals` equal intervals of (0, max], drawn
   by reservoir sampling;
 - the logit lens of its decoder direction (residual-stream hooks only).
+
+And per vocabulary token (memory vocab x TOKEN_INDEX_SIZE): how often it occurred and the
+TOKEN_INDEX_SIZE features with the largest activation on it, the index behind token search
+(`FeatureStore.search_tokens`: "which features fire most on ` import`"), updated by a second
+compiled kernel (`core.kernels.update_token_index`) from the same sparse rows.
 
 A context is the window [pos - context_left, pos + context_right] around the activating token,
 clipped to its sequence: token ids plus this feature's activation on every token of the window
@@ -78,6 +85,11 @@ HISTOGRAM_OVERSAMPLING = 8
 the stored one has `histogram_bins` bins over the part of the range activations actually used."""
 LOGIT_LENS_CHUNK = 256
 """Decoder rows multiplied by the unembedding at once ([chunk, vocab] logits in memory)."""
+HISTOGRAM_MIN_FINE_BINS = 8
+"""A feature's stored histogram spans at least this many fine bins (padded around its activations),
+so a feature whose activations are nearly constant still shows some context."""
+TOKEN_INDEX_SIZE = 32
+"""Features kept per vocabulary token in the token-search index (the strongest by max activation)."""
 
 
 def analysis_dir(cfg: AnalysisConfig) -> Path:
@@ -139,7 +151,7 @@ class FeatureRecords:
     (`core.kernels.update_records`) over the batch's non-zero activations.
     """
 
-    def __init__(self, d_sae: int, cfg: AnalysisConfig):
+    def __init__(self, d_sae: int, cfg: AnalysisConfig, *, vocab_size: Optional[int] = None):
         self.d_sae = d_sae
         self.context_left, self.context_right = cfg.context_left, cfg.context_right
         self.n_intervals, self.samples_per_interval = cfg.n_intervals, cfg.samples_per_interval
@@ -158,6 +170,14 @@ class FeatureRecords:
         self.intervals = SampleSlots(d_sae, cfg.n_intervals * cfg.samples_per_interval, window)
         self.interval_key = np.zeros((d_sae, cfg.n_intervals * cfg.samples_per_interval), np.uint64)
         self.interval_group = np.full((d_sae, cfg.n_intervals * cfg.samples_per_interval), -1, np.int64)
+        # The token index (None without a vocabulary size): per token, occurrences and its strongest features.
+        self.vocab_size = vocab_size
+        if vocab_size is not None:
+            self.token_occurrences = np.zeros(vocab_size, np.int64)
+            self.token_features = np.full((vocab_size, TOKEN_INDEX_SIZE), -1, np.int32)
+            self.token_values = np.zeros((vocab_size, TOKEN_INDEX_SIZE), np.float32)
+            self.token_fill = np.zeros(vocab_size, np.int64)
+            self.token_min_slot = np.zeros(vocab_size, np.int64)
 
     def update(self, tokens: Tensor, feature_acts: SparseFeatureActs, mask: Tensor) -> None:
         """Add one batch: tokens [batch, seq], feature_acts with one row per position (row-major),
@@ -178,6 +198,13 @@ class FeatureRecords:
             intervals.value, self.interval_key, self.interval_group, intervals.pending, intervals.token_ids,
             intervals.acts, intervals.max_pos, self.n_intervals, self.samples_per_interval,
             self.context_left, self.context_right)
+        if self.vocab_size is not None:
+            analyzed = tokens[mask]
+            if analyzed.size and not 0 <= analyzed.min() <= analyzed.max() < self.vocab_size:
+                raise ValueError(f"update: token ids must lie in 0..{self.vocab_size - 1} (the vocabulary), got "
+                                 f"{int(analyzed.min())}..{int(analyzed.max())}.")
+            kernels.update_token_index(tokens, mask, row_ptr, features, values, self.token_occurrences,
+                                       self.token_features, self.token_values, self.token_fill, self.token_min_slot)
         self.n_tokens += n_new
 
     def top_samples(self) -> dict[tuple[int, int], list[SampleArrays]]:
@@ -195,21 +222,48 @@ class FeatureRecords:
         return {"act_count": count, "density": count / max(self.n_tokens, 1),
                 "max_act": self.max_act.astype(np.float64), "mean_act": self.act_sum / np.maximum(count, 1)}
 
-    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
-        """(edges [n+1], counts [d_sae, n]) with n = histogram_bins: the running histogram merged
-        onto the stretch of the log grid the activations used (bins stay log-spaced)."""
-        fine = self.fine_hist
+    def histogram(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per feature (edges [n+1], counts [n]) with n <= histogram_bins: its running histogram
+        merged onto the stretch of the log grid its own activations used (padded by a fine bin on
+        each side, at least HISTOGRAM_MIN_FINE_BINS fine bins), so every activation is counted and
+        the bins stay log-spaced. A dead feature gets one empty bin over the whole grid."""
         low, high = (math.log10(x) for x in HISTOGRAM_RANGE)
-        fine_edges = np.logspace(low, high, self.fine_bins + 1)
-        used = np.flatnonzero(fine.sum(0))
-        first, last = (used[0], used[-1]) if len(used) else (0, self.fine_bins - 1)
-        n_used = last - first + 1
-        merge = math.ceil(n_used / self.histogram_bins)  # fine bins per stored bin
-        span = merge * self.histogram_bins
-        start = min(max(first - (span - n_used) // 2, 0), self.fine_bins - span)
-        counts = fine[:, start:start + span].reshape(self.d_sae, self.histogram_bins, merge).sum(-1)
-        assert counts.sum() == fine.sum(), "the span covers every used bin, so no activation is lost"
-        return fine_edges[start:start + span + 1:merge], counts
+        step = (high - low) / self.fine_bins  # log10 width of a fine bin
+        n = self.fine_bins
+        used = self.fine_hist > 0
+        first = np.argmax(used, axis=1)
+        last = n - 1 - np.argmax(used[:, ::-1], axis=1)
+        alive = used.any(axis=1)
+        all_edges, all_counts = [], []
+        for f in range(self.d_sae):
+            if not alive[f]:
+                all_edges.append(np.array(HISTOGRAM_RANGE, np.float64))
+                all_counts.append(np.zeros(1, np.int64))
+                continue
+            start, end = int(first[f]) - 1, int(last[f]) + 2  # fine bins [start, end), one empty bin each side
+            if end - start < HISTOGRAM_MIN_FINE_BINS:
+                start -= (HISTOGRAM_MIN_FINE_BINS - (end - start)) // 2
+                end = start + HISTOGRAM_MIN_FINE_BINS
+            shift = max(0, -start) - max(0, end - n)  # keep it on the grid where the grid is wide enough
+            start, end = start + shift, end + shift
+            merge = math.ceil((end - start) / self.histogram_bins)  # fine bins per stored bin
+            end = start + merge * math.ceil((end - start) / merge)
+            # Bins outside the grid (only when the span is wider than what remains of it) are empty.
+            fine = np.zeros(end - start, np.int64)
+            lo, hi = max(start, 0), min(end, n)
+            fine[lo - start:hi - start] = self.fine_hist[f, lo:hi]
+            all_counts.append(fine.reshape(-1, merge).sum(-1))
+            all_edges.append(10.0 ** (low + step * np.arange(start, end + 1, merge)))
+        return all_edges, all_counts
+
+    def token_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(occurrences [vocab], features [vocab, n], max activations [vocab, n]): per token, how
+        often it was analyzed and its strongest features, strongest first (-1 / 0 in unused slots)."""
+        if self.vocab_size is None:
+            raise ValueError("These records keep no token index; create them with vocab_size.")
+        order = np.argsort(-self.token_values, axis=1, kind="stable")
+        return (self.token_occurrences.copy(), np.take_along_axis(self.token_features, order, 1),
+                np.take_along_axis(self.token_values, order, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +293,7 @@ def accumulate_features(model: LanguageModel, sae: SparseAutoencoder, token_batc
     device = model.device
     source = ActivationSource(model, sae.hook_name, iter(()))
     if dist.is_main:
-        records = FeatureRecords(sae.d_sae, cfg) if records is None else records
+        records = FeatureRecords(sae.d_sae, cfg, vocab_size=model.d_vocab) if records is None else records
     total = cfg.total_analyzing_tokens
     analyzed = dist.broadcast_object(records.n_tokens if dist.is_main else None)
     bar = tqdm(total=total, initial=analyzed, unit="tok", unit_scale=True, desc=f"analyze {cfg.analysis_name}",
@@ -327,8 +381,11 @@ def _check_can_write(folder: Path, overwrite: bool) -> None:
 
 
 def write_feature_store(path: Path, records: FeatureRecords, *, vocab: list[str], meta: dict,
-                        lens: Optional[LogitLens], overwrite: bool, progress: bool = True) -> None:
-    """Write `records` as a complete feature store at `path` (atomically, see FeatureStoreWriter)."""
+                        lens: Optional[LogitLens], overwrite: bool, tokenizer_json: Optional[str] = None,
+                        progress: bool = True) -> None:
+    """Write `records` as a complete feature store at `path` (atomically, see FeatureStoreWriter);
+    `tokenizer_json` (a Hugging Face fast tokenizer's JSON) lets token search split phrases exactly
+    as the model does."""
     from tqdm.auto import tqdm
 
     stats = records.statistics()
@@ -340,19 +397,26 @@ def write_feature_store(path: Path, records: FeatureRecords, *, vocab: list[str]
         for key, value in meta.items():
             writer.set_meta(key, value)
         writer.set_meta("n_tokens", records.n_tokens)
-        writer.set_meta("histogram_edges", edges)
         writer.set_meta("n_dead", int((stats["act_count"] == 0).sum()))
         writer.write_vocab(vocab)
+        if records.vocab_size is not None:
+            writer.write_token_index(*records.token_index(), tokenizer_json=tokenizer_json)
         logit_columns = {} if lens is None else dict(
             logit_pos_ids=lens.pos_ids, logit_pos_values=lens.pos_values,
             logit_neg_ids=lens.neg_ids, logit_neg_values=lens.neg_values)
-        writer.write_features(hist_counts=hist_counts, **stats, **logit_columns)
+        writer.write_features(hist_counts=hist_counts, hist_edges=edges, **stats, **logit_columns)
         alive = np.flatnonzero(stats["act_count"]).tolist()
         for feature in tqdm(alive, desc="write store", unit="feature", disable=not progress, dynamic_ncols=True):
             writer.write_samples(feature, "top", top.get((feature, 0), []))
             for i in range(n):  # every interval gets its bounds, even when no sample fell into it
                 writer.write_samples(feature, f"interval_{i}", intervals.get((feature, i), []),
                                      lower=max_act[feature] * i / n, upper=max_act[feature] * (i + 1) / n)
+
+
+def tokenizer_json(model: LanguageModel) -> Optional[str]:
+    """The model's tokenizer as Hugging Face `tokenizers` JSON (None for a slow tokenizer)."""
+    backend = getattr(model.tokenizer, "backend_tokenizer", None)
+    return None if backend is None else backend.to_str()
 
 
 def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
@@ -397,7 +461,7 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
                 "analysis_name": cfg.analysis_name}
         folder.mkdir(parents=True, exist_ok=True)
         write_feature_store(folder / STORE_FILENAME, records, vocab=model.token_strings(), meta=meta, lens=lens,
-                            overwrite=cfg.overwrite)
+                            overwrite=cfg.overwrite, tokenizer_json=tokenizer_json(model))
         cfg.save_json(folder / CONFIG_FILENAME)
         log.info("Wrote the analysis of %d tokens to %s.", records.n_tokens, folder)
     dist.barrier()

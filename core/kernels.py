@@ -9,6 +9,8 @@
   interval reservoirs; see `core.analysis`), updated from a batch's sparse activations. The
   entries are grouped by feature and each feature's run is O(1) work per entry on that feature's
   arrays, so a batch costs time in proportion to its non-zero activations.
+- `update_token_index`: per vocabulary token, the features with the largest activations on it
+  (the analyzer's search index: "which features fire most on ` import`").
 - `positive_entries`: compressed sparse rows of a dense activation matrix.
 - `batch_top_k`: the n largest positive entries of a whole [rows, n] matrix (batch top-k), as
   compressed sparse rows; a histogram of the entries' float bit patterns finds the bucket of the
@@ -424,6 +426,16 @@ def _entries_by_feature(mask, row_ptr, features, values, d_sae):
 
 
 @njit(nogil=True, cache=True)
+def _smallest_slot(slot_values, row):
+    """The first slot of slot_values[row] holding its smallest value (the one a larger value replaces)."""
+    lowest = 0
+    for s in range(1, slot_values.shape[1]):
+        if slot_values[row, s] < slot_values[row, lowest]:
+            lowest = s
+    return lowest
+
+
+@njit(nogil=True, cache=True)
 def update_records(tokens, mask, row_ptr, features, values, first_ordinal, seed,
                    act_count, act_sum, max_act, fine_hist, hist_low, hist_per_decade,
                    top_value, top_count, top_min_slot, top_pending, top_tokens, top_acts, top_max_pos,
@@ -480,11 +492,7 @@ def update_records(tokens, mask, row_ptr, features, values, first_ordinal, seed,
                 touched_top[n_top, 1] = slot
                 n_top += 1
                 if top_count[f] == top_k:
-                    lowest = 0
-                    for s in range(1, top_k):
-                        if top_value[f, s] < top_value[f, lowest]:
-                            lowest = s
-                    top_min_slot[f] = lowest
+                    top_min_slot[f] = _smallest_slot(top_value, f)
 
             # Interval samples: per interval, the `capacity` occurrences with the smallest random keys.
             if v > max_act[f]:
@@ -552,3 +560,56 @@ def _cut_windows(touched, n_touched, pending, tokens, values, entry, position, s
             out_acts[f, s, position[lo] - first] = values[entry[lo]]
             lo += 1
         out_max_pos[f, s] = pos - start
+
+
+# ----------------------------------------------------------------------------------------------
+# Token index
+
+
+@njit(nogil=True, cache=True)
+def update_token_index(tokens, mask, row_ptr, features, values, occurrences, index_features, index_values,
+                       index_fill, index_min_slot):
+    """Add one batch to the per-token index: for every vocabulary token t, the (at most n) features
+    with the largest maximum activation on t so far, as index_features[t, :index_fill[t]] (-1 in
+    unused slots) with their maxima in index_values (n = index_features.shape[1]). occurrences[t]
+    counts the analyzed positions holding t.
+
+    tokens [batch, seq] and mask [batch, seq] (the analyzed positions) with the activations of
+    position p = b * seq + s in entries row_ptr[p]:row_ptr[p + 1] (entries <= 0 ignored), as in
+    `update_records`. A full slot list is only scanned when an activation beats its smallest value
+    (index_min_slot[t]), so frequent tokens cost one comparison per entry; the memory is
+    vocab x n whatever the number of tokens.
+    """
+    seq = mask.shape[1]
+    n_slots = index_features.shape[1]
+    for p in range(mask.shape[0] * seq):
+        if not mask[p // seq, p % seq]:
+            continue
+        t = tokens[p // seq, p % seq]
+        occurrences[t] += 1
+        for e in range(row_ptr[p], row_ptr[p + 1]):
+            v = values[e]
+            if not v > 0:
+                continue
+            fill = index_fill[t]
+            if fill == n_slots and v <= index_values[t, index_min_slot[t]]:
+                continue  # a full list whose smallest value is not beaten: f is absent or has v already
+            f = features[e]
+            slot = -1
+            for s in range(fill):
+                if index_features[t, s] == f:
+                    slot = s
+                    break
+            if slot >= 0:
+                if v <= index_values[t, slot]:
+                    continue
+            elif fill < n_slots:
+                slot = fill
+                index_fill[t] = fill + 1
+                index_features[t, slot] = f
+            else:
+                slot = index_min_slot[t]
+                index_features[t, slot] = f
+            index_values[t, slot] = v
+            if index_fill[t] == n_slots:
+                index_min_slot[t] = _smallest_slot(index_values, t)

@@ -4,25 +4,28 @@ The analyzer writes it with `FeatureStoreWriter`; the server and notebooks read 
 `FeatureStore`, the one reader API. Everything needed to show a feature is inside the file,
 including the vocabulary strings, so no tokenizer or model is needed to browse it.
 
-Schema (version 1)
-------------------
+Schema (version 2; version 1 stores are read too, see below)
+------------------------------------------------------------
 ``meta(key TEXT PRIMARY KEY, value TEXT)`` -- every value is JSON. Keys the writer always sets:
     ``schema_version`` (int), ``complete`` (true, written last, only by a clean close),
-    ``d_sae`` (int), ``n_tokens`` (int, tokens analyzed), ``histogram_edges`` (list of n_bins+1
-    floats shared by every feature's activation histogram), ``density_histogram``
+    ``d_sae`` (int), ``n_tokens`` (int, tokens analyzed), ``density_histogram``
     ({"edges", "counts"} over alive features of log10(density); computed from the densities when
     the analyzer does not set it; dead features are counted in ``n_dead``, not here),
     ``analysis_config``, ``dictionary_config``, ``metrics`` (dicts, ``{}`` when not set),
     ``logit_lens_note`` (str or null), ``sample_acts_dtype`` ("float32" or "float16"),
-    ``created_at`` (ISO 8601, UTC); plus any other key the analyzer sets.
+    ``created_at`` (ISO 8601, UTC); ``histogram_edges`` (list of n_bins+1 floats) when some
+    feature's histogram has no edges of its own (always in version 1, where every feature shares
+    them); ``token_index_size`` (int) with the token index; plus any other key the analyzer sets.
     NaN/inf are not JSON, so they are stored as null.
 ``vocab(token_id INTEGER PRIMARY KEY, token TEXT)`` -- the tokenizer's strings, one per token.
 ``features(feature_index INTEGER PRIMARY KEY, act_count INTEGER, density REAL, max_act REAL,
     mean_act REAL, hist_counts BLOB, logit_pos_ids BLOB, logit_pos_values BLOB,
-    logit_neg_ids BLOB, logit_neg_values BLOB)`` -- one row per feature 0..d_sae-1.
-    Blobs are little-endian arrays: hist_counts int64 [n_bins], logit ids int32 [k], logit values
-    float32 [k] (logit blobs are NULL when the logit lens was skipped). Indexed on density,
-    max_act, mean_act and act_count so sorted / filtered listings walk an index.
+    logit_neg_ids BLOB, logit_neg_values BLOB, hist_edges BLOB)`` -- one row per feature 0..d_sae-1.
+    Blobs are little-endian arrays: hist_counts int64 [n_bins], hist_edges float64 [n_bins + 1]
+    (the feature's own bin edges, over the range where its activations lie; NULL: the shared meta
+    ``histogram_edges``; version 1 has no such column), logit ids int32 [k], logit values float32
+    [k] (logit blobs are NULL when the logit lens was skipped). Indexed on density, max_act,
+    mean_act and act_count so sorted / filtered listings walk an index.
 ``sample_groups(feature_index, group_name, lower REAL, upper REAL, n_samples)`` -- one row per
     written group, primary key (feature_index, group_name). ``group_name`` is "top" or
     "interval_<i>" (interval_0 holds the lowest activations); lower/upper bound an interval's
@@ -32,6 +35,27 @@ Schema (version 1)
     of a feature are one contiguous index range. token_ids is int32 [L], acts is float32 or float16
     [L] (meta ``sample_acts_dtype``), max_pos is the position of the activating token in the window
     and max_act = acts[max_pos] (kept at full precision).
+``token_index(token_id INTEGER PRIMARY KEY, occurrences INTEGER, feature_ids BLOB, max_acts BLOB)``
+    -- (version 2) one row per vocabulary token that occurred in the analyzed text: how many
+    analyzed positions held it, and the (at most ``token_index_size``) features with the largest
+    activation on it, strongest first: feature_ids int32 [n], max_acts float32 [n] (each feature's
+    maximum activation on this token).
+``tokenizer(id INTEGER PRIMARY KEY, json TEXT)`` -- (version 2, optional) one row: the model's
+    Hugging Face ``tokenizers`` JSON, so token search splits a phrase exactly as the model does.
+
+Older stores: a version 1 store (no hist_edges column, no token index) opens as before; its
+histograms use the shared edges cut to the bins where the feature has mass (one empty bin kept on
+each side), and token search answers `FeatureUnavailable` ("rerun the analysis").
+
+Token search (`FeatureStore.search_tokens`) answers from the token index alone, without the
+model: a query is split into the model's tokens (with the stored tokenizer; without one, by
+longest matches against the vocabulary strings), and a feature's result lists its maximum
+activation on each of those tokens (null where it is not among that token's strongest features).
+Features are ranked by how many of the query's tokens they are among the strongest features of,
+then by the sum of those maxima, then by index. For one token that is simply "its strongest
+features by their max activation on it". The index is context-free: for a phrase it says which
+features fire strongly on its tokens anywhere in the analyzed text, not on the phrase in context
+(run the phrase as custom text for that).
 
 Integrity: the writer fills a sibling ``features.sqlite.partial`` and renames it over the final
 path only after a clean close, so a file at the final path is complete; the reader still checks
@@ -39,8 +63,10 @@ path only after a clean close, so a file at the final path is complete; the read
 
 Errors the reader raises, for callers that map them (the server): `StoreError` -- the file is
 missing, not a store, incomplete, corrupt or too new (HTTP 500 / "rerun the analysis");
-`LookupError` (`IndexError` for an out-of-range feature, `LookupError` when no feature is alive)
--- HTTP 404; `ValueError` -- a malformed argument (unknown sort key, bad group name) -- HTTP 422.
+`LookupError` (`IndexError` for an out-of-range feature or token id, `FeatureUnavailable` for
+something an older store lacks, `LookupError` when no feature is alive or a query matches no
+token) -- HTTP 404; `ValueError` -- a malformed argument (unknown sort key, bad group name, an
+empty or too long query) -- HTTP 422.
 
 Thread safety: a `FeatureStore` holds one read-only connection opened with
 ``check_same_thread=False``; every public method takes the store's lock, so one instance can be
@@ -67,7 +93,7 @@ import numpy as np
 
 from .files import publish
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_FILENAME = "features.sqlite"
 PARTIAL_SUFFIX = ".partial"
 SORT_KEYS = ("index", "density", "max_act", "mean_act", "act_count")
@@ -79,6 +105,9 @@ _SORT_COLUMNS = {"index": "feature_index", "density": "density", "max_act": "max
                  "mean_act": "mean_act", "act_count": "act_count"}
 _RESERVED_META = ("schema_version", "complete", "sample_acts_dtype")
 _DENSITY_BINS = 50
+MAX_QUERY_TOKENS = 16
+"""Token search takes phrases of at most this many tokens."""
+MAX_QUERY_CHARS = 200
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,7 +120,8 @@ CREATE TABLE features (
     mean_act REAL NOT NULL,
     hist_counts BLOB NOT NULL,
     logit_pos_ids BLOB, logit_pos_values BLOB,
-    logit_neg_ids BLOB, logit_neg_values BLOB
+    logit_neg_ids BLOB, logit_neg_values BLOB,
+    hist_edges BLOB
 );
 CREATE TABLE sample_groups (
     feature_index INTEGER NOT NULL,
@@ -110,6 +140,13 @@ CREATE TABLE samples (
     max_act REAL NOT NULL,
     PRIMARY KEY (feature_index, group_name, rank)
 ) WITHOUT ROWID;
+CREATE TABLE token_index (
+    token_id INTEGER PRIMARY KEY,
+    occurrences INTEGER NOT NULL,
+    feature_ids BLOB NOT NULL,
+    max_acts BLOB NOT NULL
+);
+CREATE TABLE tokenizer (id INTEGER PRIMARY KEY CHECK (id = 0), json TEXT NOT NULL);
 """
 # Built after the bulk insert (faster than maintaining them row by row).
 _INDEXES = """
@@ -120,7 +157,7 @@ CREATE INDEX features_by_act_count ON features(act_count);
 """
 
 _SQL_FEATURE = ("SELECT feature_index, act_count, density, max_act, mean_act, hist_counts, logit_pos_ids,"
-                " logit_pos_values, logit_neg_ids, logit_neg_values FROM features WHERE feature_index = ?")
+                " logit_pos_values, logit_neg_ids, logit_neg_values, {hist_edges} FROM features WHERE feature_index = ?")
 _SQL_FEATURE_GROUPS = "SELECT group_name, lower, upper FROM sample_groups WHERE feature_index = ?"
 _SQL_FEATURE_SAMPLES = ("SELECT group_name, rank, token_ids, acts, max_pos, max_act FROM samples"
                         " WHERE feature_index = ? ORDER BY group_name, rank")
@@ -132,6 +169,11 @@ _STATS_COLUMNS = "feature_index, act_count, density, max_act, mean_act"
 
 class StoreError(RuntimeError):
     """A feature store file is missing, not a store, incomplete, corrupt or too new; the message says what to do."""
+
+
+class FeatureUnavailable(LookupError):
+    """The store was written before the asked-for part existed (e.g. token search in a version 1
+    store); the message says to rerun the analysis."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +295,48 @@ class StoreSummary:
                 "n_tokens": self.n_tokens, "density_histogram": self.density_histogram.to_dict(),
                 "metrics": self.metrics, "dictionary_config": self.dictionary_config,
                 "analysis_config": self.analysis_config}
+
+
+@dataclass
+class QueryToken:
+    token_id: int
+    token: str
+    occurrences: int
+    """Analyzed positions that held this token (0: it never occurred in the analyzed text)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token_id": self.token_id, "token": self.token, "occurrences": self.occurrences}
+
+
+@dataclass
+class TokenMatch:
+    index: int
+    """The feature."""
+    acts: list[float | None]
+    """Per query token, the feature's maximum activation on it (None: not among its strongest features)."""
+    n_tokens: int
+    """How many of the query's tokens it is among the strongest features of."""
+    score: float
+    """Sum of `acts` (the ranking key after n_tokens)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "acts": self.acts, "n_tokens": self.n_tokens, "score": self.score}
+
+
+@dataclass
+class TokenSearch:
+    """The answer of `FeatureStore.search_tokens` (see the module docstring for the semantics)."""
+
+    tokens: list[QueryToken]
+    """The query's tokens, in order, each once."""
+    matches: list[TokenMatch]
+    """Ranked features."""
+    index_size: int
+    """Features kept per token by the analysis (a token's list is complete up to this many)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokens": [t.to_dict() for t in self.tokens], "matches": [m.to_dict() for m in self.matches],
+                "index_size": self.index_size}
 
 
 class SampleArrays(NamedTuple):
@@ -402,11 +486,13 @@ class FeatureStoreWriter:
         self._connection().executemany("INSERT INTO vocab(token_id, token) VALUES (?, ?)", rows)
         self._vocab_size = len(tokens)
 
-    def write_features(self, *, act_count, max_act, mean_act, density, hist_counts,
+    def write_features(self, *, act_count, max_act, mean_act, density, hist_counts, hist_edges=None,
                        logit_pos_ids=None, logit_pos_values=None,
                        logit_neg_ids=None, logit_neg_values=None) -> None:
-        """Per-feature statistics: 1-D arrays [d_sae], hist_counts int [d_sae, n_bins] over the
-        meta `histogram_edges`, optional logit-lens ids/values [d_sae, k] (strongest first)."""
+        """Per-feature statistics: 1-D arrays [d_sae]; histograms: either hist_counts int [d_sae, n_bins]
+        over the meta `histogram_edges` shared by all features, or (with `hist_edges`) each feature's
+        own: hist_counts[i] int [n_i] over hist_edges[i] [n_i + 1] (increasing); optional logit-lens
+        ids/values [d_sae, k] (strongest first)."""
         if self._d_sae is not None:
             raise StoreError(f"write_features was already called for {self.path}; call it once with all features.")
         stats = {name: np.asarray(value) for name, value in
@@ -422,12 +508,7 @@ class FeatureStoreWriter:
             raise ValueError("write_features: act_count must hold whole numbers.")
         if np.any(stats["act_count"] < 0):
             raise ValueError("write_features: act_count must be >= 0.")
-        hist = np.asarray(hist_counts)
-        if hist.ndim != 2 or hist.shape[0] != d_sae or hist.shape[1] == 0:
-            raise ValueError(f"write_features: hist_counts has shape {hist.shape}; expected [d_sae={d_sae}, n_bins].")
-        if not np.issubdtype(hist.dtype, np.integer) or np.any(hist < 0):
-            raise ValueError("write_features: hist_counts must be non-negative integers.")
-        hist = hist.astype("<i8")
+        hists, edges = _check_histograms(hist_counts, hist_edges, d_sae)
         logits = []
         for side, ids, values in (("pos", logit_pos_ids, logit_pos_values), ("neg", logit_neg_ids, logit_neg_values)):
             if (ids is None) != (values is None):
@@ -452,12 +533,39 @@ class FeatureStoreWriter:
         dens = stats["density"].astype(np.float64).tolist()
         maxs = stats["max_act"].astype(np.float64).tolist()
         means = stats["mean_act"].astype(np.float64).tolist()
-        rows = ((i, counts[i], dens[i], maxs[i], means[i], hist[i].tobytes(),
-                 blob(pos_ids, i), blob(pos_vals, i), blob(neg_ids, i), blob(neg_vals, i)) for i in range(d_sae))
-        self._connection().executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        self._d_sae, self._n_bins = d_sae, hist.shape[1]
+        rows = ((i, counts[i], dens[i], maxs[i], means[i], hists[i].tobytes(),
+                 blob(pos_ids, i), blob(pos_vals, i), blob(neg_ids, i), blob(neg_vals, i), blob(edges, i))
+                for i in range(d_sae))
+        self._connection().executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._d_sae, self._n_bins = d_sae, (None if edges is not None else hists.shape[1])
         self._densities = stats["density"].astype(np.float64)
         self._put_meta("d_sae", d_sae)
+
+    def write_token_index(self, occurrences, feature_ids, max_acts, *, tokenizer_json: str | None = None) -> None:
+        """The token-search index: occurrences int [vocab] (analyzed positions holding each token),
+        feature_ids int [vocab, n] (-1 in unused slots) and max_acts float [vocab, n], each row
+        strongest first; plus, optionally, the model's `tokenizers` JSON. Call after write_vocab."""
+        if self._vocab_size is None:
+            raise StoreError(f"Call write_vocab before write_token_index for {self.path}.")
+        occurrences, ids, acts = np.asarray(occurrences), np.asarray(feature_ids), np.asarray(max_acts)
+        if occurrences.ndim != 1 or ids.ndim != 2 or ids.shape != acts.shape or ids.shape[0] != occurrences.shape[0]:
+            raise ValueError(f"write_token_index: occurrences {occurrences.shape}, feature_ids {ids.shape} and max_acts "
+                             f"{acts.shape} must be [vocab], [vocab, n], [vocab, n].")
+        if occurrences.shape[0] > self._vocab_size:
+            raise ValueError(f"write_token_index: {occurrences.shape[0]} tokens but the vocabulary has {self._vocab_size}.")
+        _check_finite("max_acts", acts)
+        if np.any(np.diff(np.where(ids >= 0, acts.astype(np.float64), np.finfo(np.float64).min), axis=1) > 0):
+            raise ValueError("write_token_index: each token's features must be ordered strongest first.")
+        rows = []
+        for t in np.flatnonzero(occurrences).tolist():
+            kept = ids[t] >= 0
+            rows.append((t, int(occurrences[t]), ids[t][kept].astype("<i4").tobytes(),
+                         acts[t][kept].astype("<f4").tobytes()))
+        conn = self._connection()
+        conn.executemany("INSERT INTO token_index VALUES (?, ?, ?, ?)", rows)
+        if tokenizer_json is not None:
+            conn.execute("INSERT INTO tokenizer VALUES (0, ?)", (tokenizer_json,))
+        self._put_meta("token_index_size", int(ids.shape[1]))
 
     def write_samples(self, feature_index: int, group: str, samples: Iterable[SampleArrays],
                       lower: float | None = None, upper: float | None = None) -> None:
@@ -511,12 +619,14 @@ class FeatureStoreWriter:
         if self._meta.get("d_sae") != self._d_sae:
             raise StoreError(f"meta d_sae is {self._meta.get('d_sae')!r} but {self._d_sae} features were written; "
                              "do not set d_sae by hand, write_features sets it.")
-        missing = [key for key in ("n_tokens", "histogram_edges") if key not in self._meta]
+        shared_edges = self._n_bins is not None  # histograms over the meta histogram_edges
+        missing = [key for key in ("n_tokens", "histogram_edges") if key not in self._meta
+                   and (key != "histogram_edges" or shared_edges)]
         if missing:
             raise StoreError(f"Feature store {self.path} lacks meta {', '.join(missing)}; call set_meta for them before closing.")
-        edges = self._meta["histogram_edges"]
-        if (not isinstance(edges, list) or len(edges) != self._n_bins + 1
-                or any(e is None for e in edges) or np.any(np.diff(np.asarray(edges, dtype=float)) < 0)):
+        edges = self._meta.get("histogram_edges")
+        if shared_edges and (not isinstance(edges, list) or len(edges) != self._n_bins + 1
+                             or any(e is None for e in edges) or np.any(np.diff(np.asarray(edges, dtype=float)) < 0)):
             raise StoreError(f"meta histogram_edges must be {self._n_bins + 1} increasing finite numbers "
                              f"(hist_counts has {self._n_bins} bins).")
         defaults = {"analysis_config": {}, "dictionary_config": {}, "metrics": {}, "logit_lens_note": None,
@@ -549,6 +659,33 @@ class FeatureStoreWriter:
                 self._conn.close()
             self._conn = None
         self.partial_path.unlink(missing_ok=True)
+
+
+def _check_histograms(hist_counts, hist_edges, d_sae: int) -> tuple[Any, list[np.ndarray] | None]:
+    """(counts per feature as int64 arrays, edges per feature as float64 arrays or None)."""
+    if hist_edges is None:
+        hist = np.asarray(hist_counts)
+        if hist.ndim != 2 or hist.shape[0] != d_sae or hist.shape[1] == 0:
+            raise ValueError(f"write_features: hist_counts has shape {hist.shape}; expected [d_sae={d_sae}, n_bins].")
+        if not np.issubdtype(hist.dtype, np.integer) or np.any(hist < 0):
+            raise ValueError("write_features: hist_counts must be non-negative integers.")
+        return hist.astype("<i8"), None
+    if len(hist_counts) != d_sae or len(hist_edges) != d_sae:
+        raise ValueError(f"write_features: hist_counts and hist_edges need one entry per feature (d_sae={d_sae}), "
+                         f"got {len(hist_counts)} and {len(hist_edges)}.")
+    counts_out, edges_out = [], []
+    for i, (counts, edges) in enumerate(zip(hist_counts, hist_edges)):
+        counts, edges = np.asarray(counts), np.asarray(edges, dtype=np.float64)
+        if counts.ndim != 1 or counts.size == 0 or edges.shape != (counts.size + 1,):
+            raise ValueError(f"write_features: feature {i} has hist_counts {counts.shape} and hist_edges {edges.shape}; "
+                             "expected [n] and [n + 1] with n >= 1.")
+        if not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
+            raise ValueError(f"write_features: hist_counts of feature {i} must be non-negative integers.")
+        if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+            raise ValueError(f"write_features: hist_edges of feature {i} must be increasing finite numbers.")
+        counts_out.append(counts.astype("<i8"))
+        edges_out.append(edges.astype("<f8"))
+    return counts_out, edges_out
 
 
 def _check_finite(name: str, arr: np.ndarray) -> None:
@@ -600,8 +737,20 @@ class FeatureStore:
         self._validate_meta()
         self.d_sae: int = int(self.meta["d_sae"])
         self.n_tokens: int = int(self.meta.get("n_tokens") or 0)
-        self._edges: list[float] = [float(e) for e in self.meta["histogram_edges"]]
+        self.schema_version: int = int(self.meta["schema_version"])
+        shared = self.meta.get("histogram_edges")
+        self._edges: list[float] | None = None if shared is None else [float(e) for e in shared]
         self._acts_dtype = np.dtype("<f2") if self.meta.get("sample_acts_dtype") == "float16" else np.dtype("<f4")
+        with self._reading() as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(features)")}
+        self._sql_feature = _SQL_FEATURE.format(hist_edges="hist_edges" if "hist_edges" in columns else "NULL")
+        self.has_token_index: bool = "token_index" in tables and isinstance(self.meta.get("token_index_size"), int)
+        """Whether the analysis wrote the token-search index (schema version 2)."""
+        self._has_tokenizer = "tokenizer" in tables
+        self._tokenizer: Any = None
+        self._token_ids: dict[str, int] | None = None
+        self._longest_token = 0
 
     def _validate_meta(self) -> None:
         version = self.meta.get("schema_version")
@@ -616,7 +765,8 @@ class FeatureStore:
             self.close()
             raise StoreError(f"Feature store {self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
                              "this library reads; upgrade the library.")
-        missing = [k for k in ("d_sae", "histogram_edges") if k not in self.meta]
+        missing = [k for k in ("d_sae", "histogram_edges") if k not in self.meta
+                   and (k != "histogram_edges" or version == 1)]
         if missing:
             self.close()
             raise StoreError(f"Feature store {self.path} lacks meta {', '.join(missing)}; rerun the analysis to rebuild it.")
@@ -683,18 +833,112 @@ class FeatureStore:
         return self._vocab
 
     def list_features(self, *, sort: str = "max_act", descending: bool = True, min_density: float | None = None,
-                      max_density: float | None = None, min_max_act: float | None = None, offset: int = 0,
+                      max_density: float | None = None, min_max_act: float | None = None,
+                      indices: Iterable[int] | None = None, offset: int = 0,
                       limit: int = 50) -> tuple[int, list[FeatureStats]]:
         """(number of features matching the filters, one page of them) sorted by `sort`, ties by index.
-        Filters are inclusive bounds."""
+        Filters are inclusive bounds; `indices` keeps only those features (e.g. the bookmarked ones)."""
         offset, limit = operator.index(offset), operator.index(limit)
         if offset < 0 or limit < 0:
             raise ValueError(f"offset ({offset}) and limit ({limit}) must be >= 0.")
         where, params = _feature_filters(min_density, max_density, min_max_act)
+        if indices is not None:
+            # A JSON array read by json_each: one parameter however many indices (SQLite caps parameters).
+            clause = "feature_index IN (SELECT value FROM json_each(?))"
+            where = f"{where} AND {clause}" if where else f" WHERE {clause}"
+            params = [*params, json.dumps(sorted({operator.index(i) for i in indices}))]
         with self._reading() as conn:
             total = conn.execute(f"SELECT COUNT(*) FROM features{where}", params).fetchone()[0]
             rows = conn.execute(_list_sql(sort, descending, where), (*params, limit, offset)).fetchall()
         return total, [FeatureStats(*row) for row in rows]
+
+    def feature_stats(self, indices: Iterable[int]) -> dict[int, FeatureStats]:
+        """The statistics of the given features (indices outside 0..d_sae-1 are left out)."""
+        wanted = json.dumps(sorted({operator.index(i) for i in indices}))
+        with self._reading() as conn:
+            rows = conn.execute(f"SELECT {_STATS_COLUMNS} FROM features WHERE feature_index IN "
+                                "(SELECT value FROM json_each(?))", (wanted,)).fetchall()
+        return {row[0]: FeatureStats(*row) for row in rows}
+
+    # -- token search ----------------------------------------------------------------------
+
+    def _require_token_index(self) -> None:
+        if not self.has_token_index:
+            raise FeatureUnavailable(f"This analysis ({self.path}) was written before token search existed (store schema "
+                                     f"version {self.schema_version}); rerun the analysis with overwrite=True to get it.")
+
+    def tokenize(self, text: str) -> list[int]:
+        """`text` as the analyzed model's token ids (no BOS): with the stored tokenizer, or, for a store
+        without one, by longest matches against the vocabulary strings. LookupError when some text
+        matches no vocabulary string."""
+        if self._has_tokenizer and self._tokenizer is None:
+            with self._reading() as conn:
+                row = conn.execute("SELECT json FROM tokenizer").fetchone()
+            if row is not None:
+                from tokenizers import Tokenizer
+
+                self._tokenizer = Tokenizer.from_str(row[0])
+            else:
+                self._has_tokenizer = False
+        if self._tokenizer is not None:
+            return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        if self._token_ids is None:
+            ids: dict[str, int] = {}
+            for i, token in enumerate(self._load_vocab()):
+                ids.setdefault(token, i)
+            self._token_ids = ids
+            self._longest_token = max(map(len, ids), default=0)
+        longest = self._longest_token
+        out, start = [], 0
+        while start < len(text):
+            for end in range(min(len(text), start + longest), start, -1):
+                if text[start:end] in self._token_ids:
+                    out.append(self._token_ids[text[start:end]])
+                    start = end
+                    break
+            else:
+                raise LookupError(f"No vocabulary token matches {text[start:start + 20]!r} (character {start} of the "
+                                  "query); this store has no tokenizer to split it.")
+        return out
+
+    def search_tokens(self, query: str | None = None, *, token_ids: Sequence[int] | None = None,
+                      limit: int = 20) -> TokenSearch:
+        """The features that fire most on the tokens of `query` (a token or a phrase), or on the given
+        `token_ids`, from the analysis' token index (see the module docstring for the ranking)."""
+        self._require_token_index()
+        if (query is None) == (token_ids is None):
+            raise ValueError("Pass either a query text or token ids.")
+        if query is not None:
+            if not query:
+                raise ValueError("The query is empty; type a token or a phrase such as ' import'.")
+            if len(query) > MAX_QUERY_CHARS:
+                raise ValueError(f"The query has {len(query)} characters; the limit is {MAX_QUERY_CHARS}.")
+            token_ids = self.tokenize(query)
+        vocab = self._load_vocab()
+        ids = list(dict.fromkeys(operator.index(t) for t in token_ids))  # each token once, in order
+        if not ids:
+            raise ValueError("The query has no tokens.")
+        if len(ids) > MAX_QUERY_TOKENS:
+            raise ValueError(f"The query has {len(ids)} distinct tokens; the limit is {MAX_QUERY_TOKENS}.")
+        for t in ids:
+            if not 0 <= t < len(vocab):
+                raise IndexError(f"token id {t} is not in the vocabulary (ids 0..{len(vocab) - 1}).")
+        with self._reading() as conn:
+            rows = conn.execute("SELECT token_id, occurrences, feature_ids, max_acts FROM token_index WHERE token_id IN "
+                                "(SELECT value FROM json_each(?))", (json.dumps(ids),)).fetchall()
+        by_token = {row[0]: row for row in rows}
+        tokens, acts_of = [], {}
+        for j, t in enumerate(ids):
+            row = by_token.get(t)
+            tokens.append(QueryToken(t, vocab[t], row[1] if row else 0))
+            if row is None:
+                continue
+            for f, v in zip(np.frombuffer(row[2], "<i4").tolist(), np.frombuffer(row[3], "<f4").tolist()):
+                acts_of.setdefault(f, [None] * len(ids))[j] = v
+        matches = [TokenMatch(f, acts, sum(a is not None for a in acts), sum(a for a in acts if a is not None))
+                   for f, acts in acts_of.items()]
+        matches.sort(key=lambda m: (-m.n_tokens, -m.score, m.index))
+        return TokenSearch(tokens, matches[:max(0, operator.index(limit))], int(self.meta["token_index_size"]))
 
     def random_alive_feature(self, rng: random.Random | None = None) -> int:
         """Index of a uniformly chosen feature with act_count > 0."""
@@ -721,20 +965,20 @@ class FeatureStore:
         """Statistics, histogram, logit lens and all sample contexts of one feature."""
         index = self._check_index(index)
         with self._reading() as conn:
-            row = conn.execute(_SQL_FEATURE, (index,)).fetchone()
+            row = conn.execute(self._sql_feature, (index,)).fetchone()
             groups = conn.execute(_SQL_FEATURE_GROUPS, (index,)).fetchall()
             sample_rows = conn.execute(_SQL_FEATURE_SAMPLES, (index,)).fetchall()
         if row is None:
             raise StoreError(f"Feature store {self.path} has no row for feature {index}; rerun the analysis to rebuild it.")
         stats = FeatureStats(*row[:5])
-        counts = np.frombuffer(row[5], dtype="<i8").tolist()
+        counts = np.frombuffer(row[5], dtype="<i8")
         by_group: dict[str, list[Sample]] = {}
         for group, _rank, ids, acts, max_pos, max_act in sample_rows:
             by_group.setdefault(group, []).append(self._sample(ids, acts, max_pos, max_act))
         intervals = [SampleGroup(name, lower, upper, by_group.get(name, []))
                      for name, lower, upper in groups if name != "top"]
         intervals.sort(key=lambda g: _interval_number(g.name), reverse=True)
-        return FeatureRecord(stats=stats, d_sae=self.d_sae, histogram=Histogram(list(self._edges), counts),
+        return FeatureRecord(stats=stats, d_sae=self.d_sae, histogram=self._histogram(counts, row[10]),
                              logit_lens=LogitLens(self._logit_tokens(row[6], row[7]), self._logit_tokens(row[8], row[9]),
                                                   self.meta.get("logit_lens_note")),
                              top=by_group.get("top", []), intervals=intervals)
@@ -749,6 +993,20 @@ class FeatureStore:
             rows = conn.execute(_SQL_GROUP_SAMPLES, (index, group)).fetchall()
         lower, upper = bounds if bounds else (None, None)
         return SampleGroup(group, lower, upper, [self._sample(*r) for r in rows])
+
+    def _histogram(self, counts: np.ndarray, edges: bytes | None) -> Histogram:
+        """The feature's own edges, or (older stores) the shared edges cut to the bins where the
+        feature has mass, keeping one empty bin on each side."""
+        if edges is not None:
+            return Histogram(np.frombuffer(edges, dtype="<f8").tolist(), counts.tolist())
+        if self._edges is None or len(self._edges) != len(counts) + 1:
+            raise StoreError(f"Feature store {self.path} has a histogram without bin edges; rerun the analysis to "
+                             "rebuild it.")
+        nonzero = np.flatnonzero(counts)
+        if nonzero.size == 0:
+            return Histogram(list(self._edges), counts.tolist())
+        start, end = max(int(nonzero[0]) - 1, 0), min(int(nonzero[-1]) + 2, len(counts))
+        return Histogram(self._edges[start:end + 1], counts[start:end].tolist())
 
     def _sample(self, ids: bytes, acts: bytes, max_pos: int, max_act: float) -> Sample:
         token_ids = np.frombuffer(ids, dtype="<i4").tolist()

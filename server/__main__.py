@@ -4,7 +4,9 @@
     python -m server --port 8000 --host 0.0.0.0 --no-build
 
 Equivalent to `(cd ui && bun install && bun run build) && uvicorn server.app:app --port 24577`;
-the build step runs only when `ui/dist` is missing (or with --rebuild) and bun is installed.
+the build step runs only when `ui/dist` is missing (or with --rebuild). When bun is not installed
+it is installed first, with npm, into ui/.tools/ (server/bun.py), so a fresh machine with Node.js
+needs no manual step; without npm either, the API is served alone and the message says what to install.
 
 `--host 0.0.0.0` listens on every network interface: anyone who can reach the port can read the
 results (there is no login). Other machines open it by this machine's IP address; a host name
@@ -17,28 +19,30 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
+from .bun import UI, BunMissing, find_bun
 from .guards import is_ip_address
-
-UI = Path(__file__).resolve().parents[1] / "ui"
 
 
 def build_ui(force: bool = False) -> bool:
-    """Build ui/dist with bun when it is missing; returns whether a built UI exists."""
+    """Build ui/dist with bun (installed locally first when missing) unless it exists; returns
+    whether a built UI exists."""
     if (UI / "dist" / "index.html").is_file() and not force:
         return True
-    bun = shutil.which("bun")
-    if bun is None:
-        print("ui/dist is missing and bun is not installed (`npm install -g bun`); serving the API only.",
+    if not (UI / "package.json").is_file():
+        print(f"There is no UI source at {UI} to build (an install without the repository?); serving the API only.",
               file=sys.stderr)
         return False
+    try:
+        bun = find_bun(install=True)
+    except BunMissing as e:
+        print(f"{e} Serving the API only.", file=sys.stderr)
+        return False
     print("Building the viewer (bun install && bun run build, once)...", file=sys.stderr)
-    subprocess.run([bun, "install", "--frozen-lockfile"], cwd=UI, check=True)
-    subprocess.run([bun, "run", "build"], cwd=UI, check=True)
+    subprocess.run([bun, "install", "--frozen-lockfile"], cwd=UI, check=True, stdout=sys.stderr)
+    subprocess.run([bun, "run", "build"], cwd=UI, check=True, stdout=sys.stderr)
     return True
 
 

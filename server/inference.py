@@ -32,6 +32,7 @@ from core.analysis import TextActivations, encode_text
 from core.config import OFFLINE_MODEL_NAME, ConfigError, LanguageModelConfig
 from core.lm import HookNameError, LanguageModel, ModelLoadError, check_model_matches, load_language_model
 from core.sae import DictionaryLoadError, SparseAutoencoder, load_dictionary
+from core.steering import SteeringResult, steer
 
 from .results import DictionaryInfo, FileSignature
 
@@ -244,3 +245,12 @@ class ModelCache:
             n_text_tokens = int(pair.model.tokenize(text, prepend_bos=False).shape[1])
             activations = encode_text(pair.model, pair.sae, text, max_tokens=limit)
         return EncodedText(activations, truncated=n_text_tokens > limit)
+
+    @staticmethod
+    def steer(pair: LoadedPair, feature: int, prompt: str, *, strength: float, max_new_tokens: int,
+              temperature: float, seed: int, max_prompt_tokens: int) -> SteeringResult:
+        """Continuations of `prompt` with and without the feature's decoder direction added
+        (`core.steering.steer`), under the model's lock like every computation on it."""
+        with pair.lock:
+            return steer(pair.model, pair.sae, feature, prompt, strength=strength, max_new_tokens=max_new_tokens,
+                         temperature=temperature, seed=seed, max_prompt_tokens=max_prompt_tokens)

@@ -13,6 +13,10 @@ Dictionaries are named by where they are:
 - `<run>` for `<results>/<run>/dictionary/`, the one-dictionary layout of older runs, analyses in
   `<results>/<run>/analysis/<analysis>/`.
 
+A run is a folder `<results>/<run>/` holding a `config.json`, a `metrics.jsonl` or dictionaries;
+its name is the folder's. A dictionary's annotations (labels, notes, bookmarks) are the
+`annotations.sqlite` beside its analyses (`core.annotations`).
+
 Every name that comes from a URL is checked here: each part a plain folder name (no `/`, `\\`,
 NUL, no leading `.`, so neither `.` nor `..`), and the path it leads to must resolve (symlinks
 followed) inside the results folder. Anything else is `NotFound` and never opened.
@@ -27,8 +31,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.annotations import Annotations
 from core.config import ANALYSIS_FOLDER, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER
 from core.store import STORE_FILENAME, FeatureStore, StoreError, json_ready
+
+from .runs import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +154,13 @@ class ResultsFolder:
 
     def dictionary_names(self) -> list[str]:
         """Ids of every dictionary with a config.json, sorted by run then name (unsafe ones skipped)."""
-        candidates = []
-        for run in self._listdir(self.root):
-            if ID_SEPARATOR in run:
-                continue
-            candidates.append(run)
-            candidates += [f"{run}{ID_SEPARATOR}{d}" for d in self._listdir(self.root / run / DICTIONARIES_FOLDER)
-                           if ID_SEPARATOR not in d]
+        return [name for run in self._listdir(self.root) if ID_SEPARATOR not in run
+                for name in self.run_dictionaries(run)]
+
+    def run_dictionaries(self, run: str) -> list[str]:
+        """Ids of the dictionaries of run `run` with a config.json, sorted (unsafe ones skipped)."""
+        candidates = [run] + [f"{run}{ID_SEPARATOR}{d}" for d in self._listdir(self.root / run / DICTIONARIES_FOLDER)
+                              if ID_SEPARATOR not in d]
         names = []
         for name in candidates:
             try:
@@ -202,6 +209,42 @@ class ResultsFolder:
                     "it was not written by SparseAutoencoder.save or is damaged, save the dictionary again.")
 
         return json_ready(data)
+
+    def annotations(self, name: str) -> Annotations:
+        """The annotations of dictionary `name` (NotFound for an unknown dictionary)."""
+        info = self.dictionary(name)
+        return Annotations.of_dictionary(info.folder, d_sae=info.d_sae)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_run(folder: Path) -> bool:
+        return any((folder / entry).exists() for entry in
+                   (DICTIONARY_CONFIG, METRICS_FILE, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER))
+
+    def run_names(self) -> list[str]:
+        """Every run folder of the results folder, sorted (unsafe names skipped)."""
+        names = []
+        for run in self._listdir(self.root):
+            if ID_SEPARATOR in run:
+                continue
+            try:
+                folder = self._inside(check_name(run, "run"))
+            except NotFound:
+                continue
+            if folder.is_dir() and self._is_run(folder):
+                names.append(run)
+        return names
+
+    def run_folder(self, run: str) -> Path:
+        """The folder of run `run`; NotFound when there is no such run."""
+        if ID_SEPARATOR in run:
+            raise NotFound(f"{run!r} is a dictionary id, not a run name; the run is the part before "
+                           f"{ID_SEPARATOR!r}.")
+        folder = self._inside(check_name(run, "run"))
+        if not (folder.is_dir() and self._is_run(folder)):
+            raise NotFound(f"No run named {run!r} in the results folder.")
+        return folder
 
     # -- analyses --------------------------------------------------------------------------
 

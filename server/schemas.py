@@ -6,6 +6,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.annotations import MAX_LABEL_CHARS, MAX_NOTES_CHARS
+
 MAX_INT64 = 2**63 - 1
 """Largest index or offset accepted (SQLite's integers are 64-bit); larger ones are a 422, not a crash."""
 
@@ -107,11 +109,16 @@ class Health(BaseModel):
     n_dictionaries: int
 
 
+class FeatureRow(FeatureStats):
+    label: str = Field(description="the feature's label ('' when it has none)")
+    bookmarked: bool
+
+
 class FeaturePage(BaseModel):
     total: int = Field(description="features matching the filters")
     offset: int
     limit: int
-    features: list[FeatureStats]
+    features: list[FeatureRow]
 
 
 class FeatureDetail(FeatureStats):
@@ -152,3 +159,154 @@ class ActivationsResponse(BaseModel):
 
 class ErrorDetail(BaseModel):
     detail: str = Field(description="one sentence saying what is wrong")
+
+
+# -- search ------------------------------------------------------------------------------------
+
+
+class QueryToken(BaseModel):
+    token_id: int
+    token: str
+    occurrences: int = Field(description="analyzed positions that held this token (0: it never occurred)")
+
+
+class TokenMatch(BaseModel):
+    index: int
+    acts: list[Optional[float]] = Field(
+        description="per query token, the feature's max activation on it (null: not among its strongest features)")
+    n_tokens: int = Field(description="how many of the query's tokens it is among the strongest features of")
+    score: float = Field(description="sum of acts")
+    max_act: float = Field(description="the feature's max activation over the whole analysis")
+    density: float
+    label: str
+
+
+class TokenSearchResponse(BaseModel):
+    tokens: list[QueryToken] = Field(description="the query's tokens, in order, each once")
+    matches: list[TokenMatch] = Field(description="features ranked by n_tokens, then score, then index")
+    index_size: int = Field(description="features the analysis kept per token")
+
+
+class Neighbour(BaseModel):
+    index: int
+    cosine: float = Field(description="cosine similarity of the two decoder directions")
+    label: str
+
+
+class SimilarResponse(BaseModel):
+    dictionary: str = Field(description="the dictionary searched (the feature's own, or another comparable one)")
+    analyses: list[str] = Field(description="that dictionary's analyses, for links to its feature pages")
+    neighbours: list[Neighbour] = Field(description="most similar first; the feature itself left out")
+    comparable: list[str] = Field(description="dictionaries whose decoders can be compared with this one's: same model, "
+                                              "same hook (a transcoder: same in-hook and out-hook)")
+
+
+# -- annotations -------------------------------------------------------------------------------
+
+
+class Annotation(BaseModel):
+    index: int
+    label: str
+    notes: str
+    bookmarked: bool
+    version: int = Field(description="incremented by every save; 0: never saved")
+    updated_at: Optional[str] = Field(description="ISO 8601 time of the last save (UTC)")
+
+
+class AnnotationEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field("", max_length=MAX_LABEL_CHARS, description=f"one line, at most {MAX_LABEL_CHARS} characters")
+    notes: str = Field("", max_length=MAX_NOTES_CHARS, description=f"at most {MAX_NOTES_CHARS} characters")
+    bookmarked: bool = False
+    version: int = Field(ge=0, le=MAX_INT64, description="the version this edit is based on (0 for a feature without "
+                                                          "an annotation); a stale one is refused with 409")
+
+
+class AnnotationConflict(BaseModel):
+    detail: str
+    current: Annotation = Field(description="the annotation saved meanwhile, which was kept")
+
+
+class AnnotationList(BaseModel):
+    annotations: list[Annotation]
+
+
+class AnnotationExport(BaseModel):
+    format: Literal["gpt2-dictionary-annotations"]
+    format_version: int
+    dictionary: dict[str, Any] = Field(description="id, name, exp_name, model_name, hook_name, hook_out, architecture, "
+                                                   "d_in, d_sae of the dictionary annotated")
+    exported_at: str
+    annotations: list[Annotation]
+
+
+# -- steering ----------------------------------------------------------------------------------
+
+
+MAX_STEERING_STRENGTH = 10_000.0
+
+
+class SteerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="the text the model continues (limit: GPT2DICT_MAX_TEXT_CHARS)")
+    strength: float = Field(ge=-MAX_STEERING_STRENGTH, le=MAX_STEERING_STRENGTH, allow_inf_nan=False,
+                            description="multiple of the decoder direction added, in the feature's activation units")
+    max_new_tokens: Optional[int] = Field(None, ge=1, le=MAX_INT64, description="tokens to generate, at most "
+                                          "GPT2DICT_STEER_MAX_NEW_TOKENS (default: 32, or that limit when it is lower)")
+    temperature: float = Field(0.0, ge=0, le=10, allow_inf_nan=False, description="0: greedy; else sampled")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the sampling (unused when greedy)")
+
+
+class Continuation(BaseModel):
+    token_ids: list[int]
+    tokens: list[str]
+    text: str
+    stopped: bool = Field(description="it ended with an end-of-text token (else it reached max_new_tokens)")
+
+
+class SteerResponse(BaseModel):
+    prompt_tokens: list[str] = Field(description="the prompt as the model read it, BOS first")
+    prompt_cut: bool = Field(description="the prompt had more than GPT2DICT_STEER_MAX_PROMPT_TOKENS tokens; its "
+                                         "beginning was dropped")
+    steered: Continuation
+    unsteered: Continuation
+    hook_name: str = Field(description="where the direction was added (a transcoder's out-hook)")
+    direction_norm: float = Field(description="L2 norm of the vector added at every position")
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+class Curves(BaseModel):
+    tokens: list[float] = Field(description="training tokens of each point (at most about 1000, evenly thinned)")
+    values: dict[str, list[Optional[float]]] = Field(description="one list per metric, aligned with tokens")
+    points: int = Field(description="points logged (before thinning)")
+
+
+class RunDictionary(BaseModel):
+    name: str = Field(description="its name in the run (\"\" for lines of older runs, which name none)")
+    id: Optional[str] = Field(description="its dictionary id once saved (null while it trains)")
+    train: Curves = Field(description="loss, l0, explained_variance, dead_features per logged step")
+    eval: Curves = Field(description="l0, explained_variance, ce_loss_recovered per periodic evaluation")
+    final: Optional[dict[str, Optional[float]]] = Field(
+        description="final evaluation: the saved dictionary's metrics, else the log's final_eval; null before the end")
+
+
+class RunSummary(BaseModel):
+    name: str
+    dictionaries: list[str] = Field(description="ids of its saved dictionaries")
+    has_metrics: bool = Field(description="it has a metrics.jsonl")
+
+
+class RunList(BaseModel):
+    runs: list[RunSummary]
+
+
+class RunDetail(RunSummary):
+    config: Optional[dict[str, Any]] = Field(description="the run's config.json (its TrainingConfig), if readable")
+    series: list[RunDictionary] = Field(description="one per dictionary named in metrics.jsonl or saved")
+    lines: int = Field(description="complete lines of metrics.jsonl read")
+    skipped_lines: int = Field(description="lines that are not a metrics record (e.g. a damaged line)")
+    finished: bool = Field(description="every dictionary of the log has its final evaluation")

@@ -20,7 +20,8 @@ class Settings(BaseSettings):
                                       extra="ignore")
 
     results_dir: Path = Path("results")
-    """Folder scanned for `<name>/dictionary/` and `<name>/analysis/<analysis>/features.sqlite`."""
+    """Folder scanned for runs (`<run>/`), their dictionaries (`<run>/dictionaries/<name>/`, older runs'
+    `<run>/dictionary/`) and analyses (`<dictionary>/analysis/<analysis>/features.sqlite`)."""
     cors_origins: str = "http://localhost:24576,http://127.0.0.1:24576"
     """Comma-separated origins allowed to call the API from a browser (the UI dev server); `*` allows any."""
     device: str = "cpu"
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
     model_load_failure_ttl_s: float = Field(60.0, ge=0, allow_inf_nan=False)
     """A dictionary whose model or weights failed to load answers that error for this many seconds before a new
     load is tried (saving the dictionary again retries at once)."""
+    steer_max_new_tokens: int = Field(64, gt=0)
+    """Steering generates at most this many tokens per request (a request asking for more is a 422)."""
+    steer_max_prompt_tokens: int = Field(128, gt=0)
+    """Steering prompts are cut to their last this many tokens (every new token reruns the whole sequence)."""
     allowed_hosts: str = ""
     """Comma-separated host names (without port) accepted in the Host header besides localhost and IP addresses,
     e.g. the name of this machine or of a reverse proxy; `*` accepts any. Guards against DNS rebinding."""

@@ -24,6 +24,9 @@ from tests.conftest import ROOT, TINY_HOOK
 RUN = "tiny-topk"
 DICT = f"{RUN}:{TINY_HOOK}"
 """The tiny dictionary's id: results/tiny-topk/dictionaries/blocks.0.hook_resid_post/."""
+SWEEP_RUN = "tiny-sweep"
+SWEEP_K = (4, 8, 16)
+"""The sweep run trains one dictionary per k (on the tiny dictionary's model and hook)."""
 MAX_CHARS = 300
 MAX_TOKENS = 24
 TEXT = "The quick brown fox jumps over the lazy dog.\nHello world, this is a test."
@@ -55,6 +58,21 @@ def analysis_dir(tiny_analysis, tiny_results_dir) -> Path:
     folder = analyses_folder(tiny_results_dir) / "default"
     assert (folder / "features.sqlite").is_file()
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
+    """A run of three top-k dictionaries (k in SWEEP_K) trained from one pass of the tiny GPT-2, with
+    periodic evaluations: `<folder>/tiny-sweep/` (metrics.jsonl, dictionaries/<name>/)."""
+    from dataclasses import replace
+
+    from core import train
+    from tests.conftest import tiny_training_config
+
+    results = tmp_path_factory.mktemp("sweep-results")
+    cfg = tiny_training_config(tiny_gpt2_dir, results, exp_name=SWEEP_RUN, steps=30, eval_every_steps=10)
+    train(replace(cfg, sweep=(f"sae.k={','.join(map(str, SWEEP_K))}",)), model=tiny_model)
+    return results / SWEEP_RUN
 
 
 @pytest.fixture()
@@ -100,19 +118,23 @@ def uvicorn_server(results_dir: Path, settings: dict[str, str] | None = None, *,
 
 @contextmanager
 def server_process(arguments: list[str], url: str, results_dir: Path, settings: dict[str, str] | None = None,
-                   log: Path | None = None) -> Iterator[str]:
-    """`python <arguments>` serving `results_dir` at `url` (plus GPT2DICT_* `settings`; the environment's
-    own GPT2DICT_* variables are left out), its output in `log` (a file: a chatty server never blocks on
-    it); yields `url` once /api/health answers there, stops the process afterwards."""
+                   log: Path | None = None, *, cwd: Path = ROOT, path: str | None = None,
+                   startup_s: float = 60) -> Iterator[str]:
+    """`python <arguments>` run in `cwd` serving `results_dir` at `url` (plus GPT2DICT_* `settings`; the
+    environment's own GPT2DICT_* variables are left out; `path` replaces PATH), its output in `log` (a
+    file: a chatty server never blocks on it); yields `url` once /api/health answers there (within
+    `startup_s`), stops the process afterwards."""
     import httpx
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPT2DICT_")}
-    env.update(GPT2DICT_RESULTS_DIR=str(results_dir), GPT2DICT_UI_DIST=str(Path(results_dir) / "no-ui-dist"),
-               **(settings or {}))
+    env.update({"GPT2DICT_RESULTS_DIR": str(results_dir), "GPT2DICT_UI_DIST": str(Path(results_dir) / "no-ui-dist"),
+                **(settings or {})})
+    if path is not None:
+        env["PATH"] = path
     with (log.open("w+") if log else tempfile.TemporaryFile("w+")) as out:
-        proc = subprocess.Popen([sys.executable, *arguments], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, *arguments], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + startup_s
             while True:
                 if proc.poll() is not None:
                     out.seek(0)
@@ -123,7 +145,9 @@ def server_process(arguments: list[str], url: str, results_dir: Path, settings: 
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not answer {url}/api/health within 60 s")
+                    out.seek(0)
+                    raise RuntimeError(f"the server did not answer {url}/api/health within {startup_s:g} s:\n"
+                                       f"{out.read()[-3000:]}")
                 time.sleep(0.2)
             yield url
         finally:

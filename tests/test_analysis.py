@@ -112,19 +112,52 @@ def test_statistics_match_brute_force(store, brute_force, analysis_cfg):
     assert store.summary().n_dead == int((count == 0).sum()) == store.meta["n_dead"]
 
 
-def test_histograms_count_every_activation(store, brute_force, analysis_cfg):
-    edges = np.asarray(store.meta["histogram_edges"])
-    assert len(edges) == analysis_cfg.histogram_bins + 1 and np.all(np.diff(edges) > 0)
-    assert np.allclose(np.diff(np.log(edges)), np.log(edges[1] / edges[0]))  # log-spaced
+def test_histograms_count_every_activation_over_the_features_own_range(store, brute_force, analysis_cfg):
     acts = brute_force.acts.flatten(0, 1)
+    assert "histogram_edges" not in store.meta  # every feature has its own edges
     for f in range(store.d_sae):
         record = store.get_feature(f)
-        counts = np.asarray(record.histogram.counts)
+        edges, counts = np.asarray(record.histogram.edges), np.asarray(record.histogram.counts)
+        assert len(edges) == len(counts) + 1 and len(counts) <= analysis_cfg.histogram_bins
         assert counts.sum() == record.stats.act_count
+        if record.stats.act_count == 0:
+            continue
+        assert np.all(np.diff(edges) > 0) and np.allclose(np.diff(np.log(edges)), np.log(edges[1] / edges[0]))
         values = acts[:, f][acts[:, f] > 0].numpy()
-        expected, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
+        # The axis spans the feature's own activations: its first and last bins are within a few
+        # fine bins (1/8 of a stored bin each) of its smallest and largest activation.
+        fine_ratio = (1e4 / 1e-4) ** (1 / (analysis_cfg.histogram_bins * 8))
+        assert edges[0] <= values.min() and edges[-1] >= values.max()
+        assert values.min() / edges[0] < max(fine_ratio ** 5, edges[1] / edges[0] * fine_ratio)
+        assert edges[-1] / values.max() < max(fine_ratio ** 5, edges[-1] / edges[-2] * fine_ratio)
+        expected, _ = np.histogram(values, bins=edges)
         # Values lying within float error of a bin edge may land in the neighbouring bin.
         assert np.abs(counts - expected).sum() <= 2
+
+
+def test_token_index_holds_each_tokens_strongest_features(store, brute_force):
+    from core.analysis import TOKEN_INDEX_SIZE
+
+    tokens = brute_force.tokens.flatten()
+    acts = brute_force.acts.flatten(0, 1)
+    analyzed = acts.abs().sum(1) >= 0  # every position; the mask is in the activations (0 elsewhere)
+    vocab = store.decode(range(tokens.max() + 1))
+    checked = 0
+    for t in torch.unique(tokens).tolist()[:60]:
+        rows = (tokens == t) & analyzed
+        best = acts[rows].max(0).values  # each feature's max activation on token t
+        if best.max() <= 0:
+            continue
+        result = store.search_tokens(token_ids=[t], limit=TOKEN_INDEX_SIZE)
+        expected = best[best > 0].sort(descending=True).values[:TOKEN_INDEX_SIZE]
+        assert [m.acts[0] for m in result.matches] == pytest.approx(expected.tolist(), rel=1e-6)
+        for m in result.matches:
+            assert best[m.index].item() == pytest.approx(m.acts[0], rel=1e-6)
+        assert result.tokens[0].token == vocab[t]
+        checked += 1
+    assert checked > 10
+    # The stored tokenizer splits a phrase as the model does, so a vocabulary token comes back whole.
+    assert [t.token for t in store.search_tokens(" the quick").tokens] == [" the", " quick"]
 
 
 def test_top_contexts_are_the_top_activations(store, brute_force, analysis_cfg):

@@ -9,7 +9,7 @@ import torch
 
 import core.sae as sae_module
 from core.config import ARCHITECTURES, SAEConfig
-from core.kernels import batch_top_k, positive_entries, row_dots, scatter_add_rows, top_k_rows
+from core.kernels import batch_top_k, positive_entries, row_dots, scatter_add_rows, top_k_rows, update_token_index
 from core.sae import SparseAutoencoder, SparseFeatureActs
 
 
@@ -67,6 +67,43 @@ def test_top_k_rows_on_float64():
     values, indices = run_top_k(pre, 20)
     assert values.dtype == np.float64
     assert all(set(indices[r].tolist()) == reference_top_k(pre[r], 20) for r in range(8))
+
+
+@pytest.mark.parametrize("n_slots", [1, 3, 8])
+def test_token_index_keeps_each_tokens_strongest_features(n_slots):
+    """update_token_index over several batches against a brute force over every (token, feature) maximum."""
+    rng = np.random.default_rng(n_slots)
+    vocab, d_sae, batch, seq = 30, 40, 4, 16
+    occurrences = np.zeros(vocab, np.int64)
+    ids = np.full((vocab, n_slots), -1, np.int32)
+    values = np.zeros((vocab, n_slots), np.float32)
+    fill, min_slot = np.zeros(vocab, np.int64), np.zeros(vocab, np.int64)
+    best = np.zeros((vocab, d_sae))  # brute force: max activation of each feature on each token
+    counts = np.zeros(vocab, np.int64)
+    for _ in range(5):
+        tokens = rng.integers(0, vocab, (batch, seq))
+        mask = rng.random((batch, seq)) < 0.85
+        dense = np.where(rng.random((batch * seq, d_sae)) < 0.15, rng.random((batch * seq, d_sae)), 0.0)
+        dense[rng.random(dense.shape) < 0.02] = -1.0  # non-positive entries are ignored
+        dense = dense.astype(np.float32)
+        row_ptr = np.zeros(batch * seq + 1, np.int64)
+        features = np.zeros(dense.size, np.int64)
+        acts = np.zeros(dense.size, np.float32)
+        positive_entries(np.abs(dense), row_ptr, features, acts)
+        acts = dense.reshape(-1)[np.arange(batch * seq).repeat(np.diff(row_ptr)) * d_sae + features[:row_ptr[-1]]]
+        update_token_index(tokens, mask, row_ptr, features, acts, occurrences, ids, values, fill, min_slot)
+        for p in np.flatnonzero(mask.reshape(-1)):
+            t = tokens.reshape(-1)[p]
+            counts[t] += 1
+            best[t] = np.maximum(best[t], dense[p])
+    assert occurrences.tolist() == counts.tolist()
+    for t in range(vocab):
+        expected = sorted(((-v, f) for f, v in enumerate(best[t]) if v > 0))[:n_slots]
+        kept = sorted((-v, f) for f, v in zip(ids[t].tolist(), values[t].tolist()) if f >= 0)
+        # The same maxima (a tie at the last place may keep either feature).
+        assert [v for v, _ in kept] == pytest.approx([v for v, _ in expected])
+        for v, f in kept:
+            assert best[t, f] == pytest.approx(-v)
 
 
 def test_positive_entries_and_sparse_round_trip():

@@ -79,6 +79,11 @@ def test_dictionary_detail(client, tiny_dictionary, store):
     assert summary.n_tokens > 0 and summary.n_alive > 0
 
 
+def row(stats) -> dict:
+    """A feature-table row: the store's statistics, and the label and bookmark (none in the shared folder)."""
+    return {**stats.to_dict(), "label": "", "bookmarked": False}
+
+
 @pytest.mark.parametrize("sort", SORT_KEYS)
 @pytest.mark.parametrize("order", ["asc", "desc"])
 def test_feature_list_sorting_matches_store(client, store, sort, order):
@@ -88,7 +93,7 @@ def test_feature_list_sorting_matches_store(client, store, sort, order):
     total, expected = store.list_features(sort=sort, descending=order == "desc", limit=500)
     assert body["total"] == total == 128
     assert (body["offset"], body["limit"]) == (0, 500)
-    assert body["features"] == [f.to_dict() for f in expected]
+    assert body["features"] == [row(f) for f in expected]
     keys = [f[sort] for f in body["features"]]
     assert keys == sorted(keys, reverse=order == "desc")
 
@@ -96,7 +101,7 @@ def test_feature_list_sorting_matches_store(client, store, sort, order):
 def test_feature_list_default_is_max_act_desc_page_of_50(client, store):
     body = client.get(features_url()).json()
     assert (body["offset"], body["limit"], body["total"]) == (0, 50, 128)
-    assert body["features"] == [f.to_dict() for f in store.list_features(sort="max_act", descending=True)[1]]
+    assert body["features"] == [row(f) for f in store.list_features(sort="max_act", descending=True)[1]]
 
 
 def test_feature_list_filters_and_pagination(client, store):
@@ -105,7 +110,7 @@ def test_feature_list_filters_and_pagination(client, store):
     lo, hi = densities[len(densities) // 4], densities[3 * len(densities) // 4]
     min_max_act = sorted(f.max_act for f in everything)[len(everything) // 3]
     params = {"sort": "density", "order": "asc", "min_density": lo, "max_density": hi, "min_max_act": min_max_act}
-    expected = [f.to_dict() for f in sorted(everything, key=lambda f: (f.density, f.index))
+    expected = [row(f) for f in sorted(everything, key=lambda f: (f.density, f.index))
                 if lo <= f.density <= hi and f.max_act >= min_max_act]
     assert len(expected) > 5
 

@@ -1,5 +1,6 @@
-"""Fuzzing a real uvicorn process: every endpoint with malformed, huge, negative, non-UTF-8,
-path-like and unicode path parameters, query parameters, JSON and raw bodies and content types.
+"""Fuzzing a real uvicorn process: every endpoint (browsing, custom text, search, labels, steering,
+runs) with malformed, huge, negative, non-UTF-8, path-like and unicode path parameters, query
+parameters, JSON and raw bodies and content types.
 
 Two passes, both sent byte for byte over a raw socket so nothing is normalized on the way:
 
@@ -27,8 +28,8 @@ import httpx
 from tests.server_helpers import DICT, analyses_folder, raw_http, request_bytes, uvicorn_server
 
 SEED = 20240917
-RANDOM_REQUESTS = 300
-TIME_BUDGET_S = 45.0
+RANDOM_REQUESTS = 400
+TIME_BUDGET_S = 120.0
 MAX_BODY = 8192
 
 SEGMENTS = [DICT, "default", "broken", "random", "0", "5", "127", "128", "-1", "-0", "007", "1.5", "1e3", "0x1f",
@@ -43,6 +44,16 @@ NUMBERS = ["0", "1", "-1", "50", "500", "501", "1e400", "-1e400", "nan", "NaN", 
            "max_act", "asc", "a" * 300]
 FEATURE_QUERY = {"sort": "max_act", "order": "desc", "min_density": "0", "max_density": "1", "min_max_act": "0",
                  "offset": "10", "limit": "50"}
+QUERIES = {"features": FEATURE_QUERY, "search": {"q": "%20the", "limit": "5"}, "similar": {"limit": "5"},
+           "labels": {"q": "x"}}
+"""A valid query string per route (routes without one take none)."""
+QUERY_KEYS = {"q": ["search", "labels"], "token_id": ["search"], "limit": ["features", "search", "similar", "labels"],
+              "dictionary": ["similar"], "bookmarked": ["features", "labels"]}
+"""Which routes a query parameter means something to (FEATURE_QUERY's: features; others: features)."""
+BODIES = {"activations": {"text": "Hello world", "feature": 3, "top_k": 5},
+          "steer": {"prompt": "Hello", "strength": 3.0, "max_new_tokens": 3, "temperature": 0.0, "seed": 1},
+          "annotate": {"label": "fuzz", "notes": "n", "bookmarked": False, "version": 0}}
+"""A valid body per route that takes one."""
 JSON_VALUES = ["", "hi", "x" * 301, "é" * 120, "\x00\x01\x1f", "😀" * 60, "\u202e\u200b", "<|endoftext|>" * 5,
                "\ud800", 0, 1, -1, 20, 21, 127, 128, 10**30, -10**30, 2**63, 2**64, 0.5, -0.0, 1e308, None, True,
                [], ["hi"], {}, {"text": "hi"}]
@@ -56,8 +67,9 @@ CONTENT_TYPES = [None, "application/json; charset=utf-8", "text/plain", "applica
                  "\x01garbage", "application/json; charset=utf-16", "*/*", "application/" + "j" * 500]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "FOO"]
 HOSTS = ["evil.example", "", "localhost:99999999", "[::1", "127.0.0.1:1@x", "127.0.0.1:24577"]
-ROUTES = ["health", "list", "dictionary", "features", "random", "feature", "activations", "ui", "api"]
-ALLOWED = {200, 400, 404, 405, 413, 422}
+ROUTES = ["health", "list", "dictionary", "features", "random", "feature", "activations", "ui", "api", "search",
+          "similar", "labels", "export", "annotation", "annotate", "steer", "runs", "run"]
+ALLOWED = {200, 400, 404, 405, 409, 413, 422}
 
 
 @dataclass
@@ -68,22 +80,32 @@ class Spec:
     path: dict[str, bytes] = field(default_factory=lambda: {"name": DICT.encode(), "analysis": b"default",
                                                            "index": b"5"})
     query: dict[str, str] = field(default_factory=dict)
-    body: dict = field(default_factory=lambda: {"text": "Hello world", "feature": 3, "top_k": 5})
+    body: dict | None = None
     raw_body: bytes | None = None
     content_type: str | None = "application/json"
     method: str | None = None
     host: str = "127.0.0.1"
 
+    def __post_init__(self) -> None:
+        if self.body is None:
+            self.body = dict(BODIES.get(self.route, BODIES["activations"]))
+
     def request(self) -> bytes:
         name = b"/api/dictionaries/" + self.path["name"]
-        features = name + b"/analyses/" + self.path["analysis"] + b"/features"
+        analysis = name + b"/analyses/" + self.path["analysis"]
+        features = analysis + b"/features"
+        feature = name + b"/features/" + self.path["index"]
         target = {"health": b"/api/health", "list": b"/api/dictionaries", "dictionary": name, "features": features,
                   "random": features + b"/random", "feature": features + b"/" + self.path["index"],
                   "activations": name + b"/activations", "ui": b"/" + self.path["name"] + b"/" + self.path["index"],
-                  "api": b"/api/" + self.path["name"]}[self.route]
+                  "api": b"/api/" + self.path["name"], "search": analysis + b"/search/tokens",
+                  "similar": feature + b"/similar", "labels": name + b"/annotations",
+                  "export": name + b"/annotations/export", "annotation": feature + b"/annotation",
+                  "annotate": feature + b"/annotation", "steer": feature + b"/steer", "runs": b"/api/runs",
+                  "run": b"/api/runs/" + self.path["name"].split(b":")[0]}[self.route]  # the dictionary's run
         if self.query:
             target += b"?" + "&".join(f"{k}={v}" for k, v in self.query.items()).encode()
-        method = self.method or ("POST" if self.route == "activations" else "GET")
+        method = self.method or {"activations": "POST", "steer": "POST", "annotate": "PUT"}.get(self.route, "GET")
         payload = headers = None
         if method in ("POST", "PUT", "PATCH"):
             payload = self.raw_body if self.raw_body is not None else json.dumps(self.body).encode()
@@ -93,7 +115,7 @@ class Spec:
     @property
     def corrupt(self) -> bool:
         """It reads the planted corrupt analysis, where a 500 is the documented answer."""
-        return (self.route in ("features", "random", "feature") and self.path["analysis"] == b"broken"
+        return (self.route in ("features", "random", "feature", "search") and self.path["analysis"] == b"broken"
                 and self.path["name"] == DICT.encode())
 
 
@@ -102,10 +124,10 @@ def replacements() -> Iterator[tuple[str, str, object]]:
     for key in ("name", "analysis", "index"):
         for value in [s.encode() for s in SEGMENTS] + RAW_SEGMENTS:
             yield "path", key, value
-    for key in [*FEATURE_QUERY, "x", "", "offset[]", "%00", "SORT"]:
-        for value in NUMBERS:
+    for key in [*FEATURE_QUERY, *QUERY_KEYS, "x", "", "offset[]", "%00", "SORT"]:
+        for value in NUMBERS + SEGMENTS[:12]:
             yield "query", key, value
-    for key in ("text", "feature", "top_k", "extra"):
+    for key in [*{k for body in BODIES.values() for k in body}, "extra"]:
         for value in JSON_VALUES + [KeyError]:  # KeyError: the field left out
             yield "body", key, value
     for value in RAW_BODIES:
@@ -121,14 +143,18 @@ def replacements() -> Iterator[tuple[str, str, object]]:
 def routes_of(part: str, key: str) -> list[str]:
     """The routes a replacement of `part`/`key` means something to."""
     if part == "path":
-        return {"name": ["dictionary", "features", "activations", "api"], "analysis": ["features", "feature"],
-                "index": ["feature"]}[key]
+        return {"name": ["dictionary", "features", "activations", "api", "search", "similar", "labels", "export",
+                         "annotation", "annotate", "steer", "run"],
+                "analysis": ["features", "feature", "search"],
+                "index": ["feature", "similar", "annotation", "annotate", "steer"]}[key]
     if part == "query":
-        return ["features"]
-    if part in ("body", "raw_body", "content_type"):
-        return ["activations"]
+        return QUERY_KEYS.get(key, ["features"])
+    if part == "body":
+        return [route for route, body in BODIES.items() if key in body] or list(BODIES)
+    if part in ("raw_body", "content_type"):
+        return list(BODIES)
     if part == "host":
-        return ["health", "activations"]
+        return ["health", "activations", "annotate"]
     return ROUTES
 
 
@@ -147,7 +173,7 @@ def sweep() -> Iterator[Spec]:
     """Each single replacement on each route it means something to."""
     for part, key, value in replacements():
         for route in dict.fromkeys(routes_of(part, key)):
-            yield apply(Spec(route, query=dict(FEATURE_QUERY) if route == "features" else {}), part, key, value)
+            yield apply(Spec(route, query=dict(QUERIES.get(route, {}))), part, key, value)
 
 
 def random_specs(rng: random.Random, n: int) -> Iterator[Spec]:
@@ -156,7 +182,7 @@ def random_specs(rng: random.Random, n: int) -> Iterator[Spec]:
     for _ in range(n):
         picks = rng.sample(everything, rng.randint(2, 3))
         route = rng.choice(routes_of(*picks[0][:2]))
-        spec = Spec(route, query={k: v for k, v in FEATURE_QUERY.items() if rng.random() < 0.5})
+        spec = Spec(route, query={k: v for k, v in QUERIES.get(route, {}).items() if rng.random() < 0.5})
         for part, key, value in picks:
             spec = apply(spec, part, key, value)
         yield spec
@@ -179,11 +205,13 @@ def test_fuzz_every_endpoint_on_a_real_server(results_copy):
     broken.mkdir()
     (broken / "features.sqlite").write_bytes(bytes(random.Random(1).randrange(256) for _ in range(8192)))
     settings = {"GPT2DICT_MAX_BODY_BYTES": str(MAX_BODY), "GPT2DICT_MAX_TEXT_CHARS": "300",
-                "GPT2DICT_MAX_TEXT_TOKENS": "24"}
+                "GPT2DICT_MAX_TEXT_TOKENS": "24", "GPT2DICT_STEER_MAX_NEW_TOKENS": "4",
+                "GPT2DICT_STEER_MAX_PROMPT_TOKENS": "16"}
     specs = [("sweep", spec) for spec in sweep()]
     specs += [(f"seed {SEED}", spec) for spec in random_specs(random.Random(SEED), RANDOM_REQUESTS)]
     statuses: dict[int, int] = {}
-    computed = 0  # custom texts answered 200
+    answered: list[int] = []
+    computed = 0  # custom texts and steering answered 200
     with uvicorn_server(results_copy, settings, log_level="critical") as base:
         httpx.post(f"{base}/api/dictionaries/{DICT}/activations", json={"text": "warm"}, timeout=60).raise_for_status()
         deadline = time.monotonic() + TIME_BUDGET_S
@@ -193,9 +221,13 @@ def test_fuzz_every_endpoint_on_a_real_server(results_copy):
             answer = raw_http(base, request)
             check(answer, request, spec.corrupt, f"{source}, request {n}")
             statuses[answer.status] = statuses.get(answer.status, 0) + 1
-            computed += answer.status == 200 and spec.route == "activations"
+            answered.append(answer.status)
+            computed += answer.status == 200 and spec.route in ("activations", "steer")
         # Every kind of answer came up, so the requests reach past the validation layer too.
-        assert {200, 400, 404, 405, 413, 422, 500} <= set(statuses) and computed > 0, (statuses, computed)
+        assert {200, 400, 404, 405, 409, 413, 422, 500} <= set(statuses) and computed > 0, (statuses, computed)
+        reached = {spec.route for (_, spec), status in zip(specs, answered) if status == 200}
+        # Every endpoint answered some request (an unknown /api path and, without a built UI, "/..." never do).
+        assert set(ROUTES) - {"ui", "api"} <= reached, set(ROUTES) - reached
 
         assert httpx.get(f"{base}/api/health").json()["status"] == "ok"
         ok = httpx.post(f"{base}/api/dictionaries/{DICT}/activations", json={"text": "Hello world", "feature": 3},

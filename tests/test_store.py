@@ -14,6 +14,7 @@ import pytest
 
 from core import store as store_module
 from core.store import FeatureStore, FeatureStoreWriter, SampleArrays, StoreError
+from tests.conftest import ROOT
 
 D_SAE = 50
 N_BINS = 8
@@ -142,8 +143,12 @@ def test_feature_stats_histogram_and_logit_lens_round_trip(store, data):
         assert rec.stats.density == pytest.approx(f["density"][i])
         assert rec.stats.max_act == pytest.approx(f["max_act"][i])
         assert rec.stats.mean_act == pytest.approx(f["mean_act"][i])
-        assert rec.histogram.counts == f["hist_counts"][i].tolist()
-        assert rec.histogram.edges == pytest.approx(data["edges"])
+        # Shared edges (as version 1 stores have them) are cut to the feature's bins, one empty bin each side.
+        counts = f["hist_counts"][i]
+        nonzero = np.flatnonzero(counts)
+        start, end = (max(nonzero[0] - 1, 0), min(nonzero[-1] + 2, N_BINS)) if nonzero.size else (0, N_BINS)
+        assert rec.histogram.counts == counts[start:end].tolist()
+        assert rec.histogram.edges == pytest.approx(data["edges"][start:end + 1])
         pos, neg = rec.logit_lens.positive, rec.logit_lens.negative
         assert [t.token_id for t in pos] == f["logit_pos_ids"][i].tolist()
         assert [t.value for t in pos] == pytest.approx(f["logit_pos_values"][i].tolist())
@@ -483,7 +488,7 @@ def plan(store, sql, params=()):
 
 
 def test_queries_use_indexes(store):
-    for sql in (store_module._SQL_FEATURE_SAMPLES, store_module._SQL_FEATURE_GROUPS, store_module._SQL_FEATURE):
+    for sql in (store_module._SQL_FEATURE_SAMPLES, store_module._SQL_FEATURE_GROUPS, store._sql_feature):
         p = plan(store, sql, (3,))
         assert "SEARCH" in p and ("PRIMARY KEY" in p or "INTEGER PRIMARY KEY" in p), p
         assert "TEMP B-TREE" not in p, p
@@ -497,3 +502,127 @@ def test_queries_use_indexes(store):
     assert "features_by_density" in p, p
     names = {r[0] for r in store.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"features_by_density", "features_by_max_act", "features_by_mean_act", "features_by_act_count"} <= names
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-feature histograms, the token index, and stores of schema version 1
+
+V1_STORE = ROOT / "tests" / "data" / "store_v1.sqlite"
+"""A real schema-1 store: `write_store(path, make_data(0))` run with the FeatureStoreWriter of schema
+version 1 (before per-feature histograms and the token index)."""
+
+
+def test_a_schema_1_store_still_opens_and_answers(tmp_path, data):
+    path = tmp_path / "features.sqlite"
+    shutil.copy(V1_STORE, path)
+    with FeatureStore(path) as old:
+        assert old.schema_version == 1 and not old.has_token_index
+        assert old.d_sae == D_SAE and old.summary().n_tokens == data["n_tokens"]
+        for i in range(D_SAE):
+            rec = old.get_feature(i)
+            assert rec.stats.act_count == data["features"]["act_count"][i]
+            assert sum(rec.histogram.counts) == int(data["features"]["hist_counts"][i].sum())
+            assert len(rec.histogram.edges) == len(rec.histogram.counts) + 1
+        assert old.list_features(sort="index", descending=False, indices=[3, 5], limit=10)[0] == 2
+        with pytest.raises(store_module.FeatureUnavailable, match="schema version 1.*rerun the analysis"):
+            old.search_tokens(" the")
+
+
+def test_a_feature_histogram_spans_its_own_range(tmp_path, data):
+    """A feature peaking at 5 is drawn on its own axis, not on the analysis-wide one that runs to 160."""
+    features = dict(data["features"])
+    edges, counts = [], []
+    for i in range(D_SAE):
+        top = max(float(features["max_act"][i]), 1e-3)
+        edges.append(np.geomspace(top / 100, top, 4 + i % 5))
+        counts.append(np.arange(3 + i % 5))
+    features.update(hist_counts=counts, hist_edges=edges)
+    path = tmp_path / "features.sqlite"
+    with FeatureStoreWriter(path) as w:
+        w.set_meta("n_tokens", data["n_tokens"])
+        w.write_vocab(VOCAB)
+        w.write_features(**features)
+    with FeatureStore(path) as s:
+        assert "histogram_edges" not in s.meta  # not needed: every feature has its own edges
+        for i in (0, 4, 17):
+            h = s.get_feature(i).histogram
+            assert h.edges == pytest.approx(edges[i].tolist()) and h.counts == counts[i].tolist()
+    bad = dict(features, hist_edges=[e[::-1] for e in edges])
+    with pytest.raises(ValueError, match="increasing"):
+        with FeatureStoreWriter(tmp_path / "bad.sqlite") as w:
+            w.set_meta("n_tokens", 1)
+            w.write_features(**bad)
+    with pytest.raises(ValueError, match=r"\[n\] and \[n \+ 1\]"):
+        with FeatureStoreWriter(tmp_path / "bad.sqlite") as w:
+            w.write_features(**dict(features, hist_edges=[e[:-1] for e in edges]))
+
+
+TOKEN_INDEX = {  # token id -> (occurrences, [(feature, max activation on it)], strongest first)
+    1: (40, [(5, 9.0), (8, 4.0), (2, 1.0)]),  # " the"
+    2: (12, [(8, 6.0), (3, 2.5)]),  # "\n"
+    4: (3, [(5, 0.5)]),  # "tok4"
+}
+
+
+def write_token_store(path, data, tokenizer_json=None):
+    n_slots = 4
+    occurrences = np.zeros(len(VOCAB), np.int64)
+    ids = np.full((len(VOCAB), n_slots), -1, np.int32)
+    acts = np.zeros((len(VOCAB), n_slots), np.float32)
+    for t, (count, entries) in TOKEN_INDEX.items():
+        occurrences[t] = count
+        for j, (f, v) in enumerate(entries):
+            ids[t, j], acts[t, j] = f, v
+    with FeatureStoreWriter(path) as w:
+        w.set_meta("n_tokens", data["n_tokens"])
+        w.set_meta("histogram_edges", data["edges"])
+        w.write_vocab(VOCAB)
+        w.write_token_index(occurrences, ids, acts, tokenizer_json=tokenizer_json)
+        w.write_features(**data["features"])
+    return path
+
+
+def test_token_search_ranks_features_by_their_max_activation_on_the_token(tmp_path, data):
+    with FeatureStore(write_token_store(tmp_path / "features.sqlite", data)) as s:
+        assert s.has_token_index and s.meta["token_index_size"] == 4
+        one = s.search_tokens(" the")
+        assert [(t.token_id, t.token, t.occurrences) for t in one.tokens] == [(1, " the", 40)]
+        assert [(m.index, m.acts) for m in one.matches] == [(5, [9.0]), (8, [4.0]), (2, [1.0])]
+        assert s.search_tokens(token_ids=[1], limit=2).to_dict()["matches"] == [
+            {"index": 5, "acts": [9.0], "n_tokens": 1, "score": 9.0},
+            {"index": 8, "acts": [4.0], "n_tokens": 1, "score": 4.0}]
+        # A phrase: features among the strongest of more of its tokens first, then by the summed maxima.
+        phrase = s.search_tokens(" the\n")  # no tokenizer stored: longest vocabulary matches, " the" + "\n"
+        assert [t.token_id for t in phrase.tokens] == [1, 2]
+        assert [(m.index, m.acts, m.n_tokens) for m in phrase.matches] == [
+            (8, [4.0, 6.0], 2), (5, [9.0, None], 1), (3, [None, 2.5], 1), (2, [1.0, None], 1)]
+        # A token that never occurred: an honest empty answer, not an error.
+        never = s.search_tokens("tok7")
+        assert never.tokens[0].occurrences == 0 and never.matches == []
+        assert [t.token_id for t in s.search_tokens(" the the").tokens] == [1]  # each token once
+        with pytest.raises(IndexError, match="token id 100 is not in the vocabulary"):
+            s.search_tokens(token_ids=[100])
+        with pytest.raises(ValueError, match="empty"):
+            s.search_tokens("")
+        with pytest.raises(LookupError, match="No vocabulary token matches"):
+            s.search_tokens("€€")
+        with pytest.raises(ValueError, match="limit is 16"):
+            s.search_tokens(token_ids=list(range(17)))
+
+
+def test_token_search_splits_a_phrase_with_the_stored_tokenizer(tmp_path, data):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(VOCAB) if token.strip() and token.isascii()}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="tok0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    with FeatureStore(write_token_store(tmp_path / "f.sqlite", data, tokenizer.to_str())) as s:
+        assert s.tokenize("tok4 tok9") == [4, 9]  # the tokenizer's split (the fallback would fail on the space)
+        assert [m.index for m in s.search_tokens("tok4 tok9").matches] == [5]
+
+
+def test_list_features_restricted_to_given_indices(store, data):
+    total, page = store.list_features(sort="index", descending=False, indices=[40, 3, 3, 12, 999])
+    assert total == 3 and [f.index for f in page] == [3, 12, 40]
+    assert store.list_features(indices=[])[0] == 0
+    assert set(store.feature_stats([1, 2, 999])) == {1, 2}

@@ -2,7 +2,8 @@
 
 - `bun run test`: Vitest component tests (token highlighting, page states).
 - `bun run test:e2e`: headless Debian Chromium (playwright-core) driving the built UI served by a
-  real uvicorn process over a real feature store built by the analyzer from the tiny GPT-2.
+  real uvicorn process over a real feature store built by the analyzer from the tiny GPT-2, and a
+  real sweep run of three dictionaries trained on it (search, steering, labels, run pages).
 
 They need bun and /usr/bin/chromium (`.ci/run` installs both); without them the tests fail with
 the install command rather than skipping, since a skipped viewer test proves nothing.
@@ -62,10 +63,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def viewer_url(built_ui, tiny_analysis, tiny_results_dir, tmp_path_factory):
+def viewer_results(tiny_analysis, tiny_results_dir, tiny_sweep_run, tmp_path_factory) -> Path:
+    """The tiny run with its analysis and the sweep run, copied: the browser writes labels there."""
+    from tests.server_helpers import RUN, SWEEP_RUN
+
+    results = tmp_path_factory.mktemp("viewer-results")
+    shutil.copytree(tiny_results_dir / RUN, results / RUN, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(tiny_sweep_run, results / SWEEP_RUN, ignore=shutil.ignore_patterns("checkpoints"))
+    return results
+
+
+@pytest.fixture(scope="module")
+def viewer_url(built_ui, viewer_results, tmp_path_factory):
     port = _free_port()
     log = (tmp_path_factory.mktemp("viewer") / "uvicorn.log").open("w")
-    env = {**os.environ, "GPT2DICT_RESULTS_DIR": str(tiny_results_dir), "GPT2DICT_UI_DIST": str(built_ui)}
+    env = {**os.environ, "GPT2DICT_RESULTS_DIR": str(viewer_results), "GPT2DICT_UI_DIST": str(built_ui),
+           "GPT2DICT_STEER_MAX_NEW_TOKENS": "16"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1",
                              "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -94,11 +107,13 @@ def test_ui_component_tests(ui_dependencies):
 def test_ui_end_to_end_in_headless_chromium(ui_dependencies, viewer_url, tiny_analysis):
     if not Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")).exists():
         pytest.fail("Chromium is missing; install it with `apt-get install -y chromium` (or `bash .ci/run`).")
-    from tests.server_helpers import DICT
+    from tests.server_helpers import DICT, SWEEP_RUN
 
     dictionary = DICT  # the server's id of the tiny dictionary: <run>:<dictionary name>
     proc = _run([ui_dependencies, "run", "test:e2e"], env={
-        "VIEWER_URL": viewer_url, "E2E_DICTIONARY": dictionary, "E2E_ANALYSIS": tiny_analysis.name})
+        "VIEWER_URL": viewer_url, "E2E_DICTIONARY": dictionary, "E2E_ANALYSIS": tiny_analysis.name,
+        "E2E_SWEEP_RUN": SWEEP_RUN})
     out = proc.stdout + proc.stderr
     assert "passed" in out and "failed" not in out.lower().replace("0 failed", "")
+    assert "research.e2e.test.ts" in out and "viewer.e2e.test.ts" in out, out[-3000:]
     assert list((UI / "screenshots").glob("*.png")), "the e2e run saved no screenshots"

@@ -32,3 +32,21 @@ export async function checkViewer(base: string): Promise<void> {
     throw new Error(`${base}/ does not serve the built viewer (ui/dist/index.html): run \`bun run build\` in ui/ before starting the server.`);
   }
 }
+
+export interface Chosen {
+  dictionary: string;
+  analysis: string;
+  dSae: number;
+}
+
+/** The dictionary and analysis the tests browse: E2E_DICTIONARY / E2E_ANALYSIS, else the first with an analysis. */
+export async function chosenDictionary(base: string): Promise<Chosen> {
+  const list = (await (await fetch(`${base}/api/dictionaries`)).json()) as { dictionaries: { name: string; analyses: string[]; d_sae: number }[] };
+  const chosen = process.env.E2E_DICTIONARY
+    ? list.dictionaries.find((d) => d.name === process.env.E2E_DICTIONARY)
+    : list.dictionaries.find((d) => d.analyses.length > 0);
+  if (!chosen) throw new Error(`E2E_DICTIONARY=${process.env.E2E_DICTIONARY ?? "(unset)"} is not served at ${base} (found: ${list.dictionaries.map((d) => d.name).join(", ") || "none"}).`);
+  const analysis = process.env.E2E_ANALYSIS ?? chosen.analyses[0];
+  if (!chosen.analyses.includes(analysis)) throw new Error(`Dictionary ${chosen.name} has no analysis ${analysis} (has: ${chosen.analyses.join(", ")}).`);
+  return { dictionary: chosen.name, analysis, dSae: chosen.d_sae };
+}

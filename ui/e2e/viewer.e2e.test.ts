@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { launchBrowser } from "./browser";
-import { checkViewer, viewerUrl } from "./env";
+import { checkViewer, chosenDictionary, viewerUrl } from "./env";
 
 const BASE = viewerUrl();
 const SHOTS = join(dirname(fileURLToPath(import.meta.url)), "..", "screenshots");
@@ -56,15 +56,7 @@ async function waitForTableNotStale(p: Page) {
 beforeAll(async () => {
   await checkViewer(BASE);
   mkdirSync(SHOTS, { recursive: true });
-  const list = (await (await fetch(`${BASE}/api/dictionaries`)).json()) as { dictionaries: { name: string; analyses: string[]; d_sae: number }[] };
-  const chosen = process.env.E2E_DICTIONARY
-    ? list.dictionaries.find((d) => d.name === process.env.E2E_DICTIONARY)
-    : list.dictionaries.find((d) => d.analyses.length > 0);
-  if (!chosen) throw new Error(`E2E_DICTIONARY=${process.env.E2E_DICTIONARY ?? "(unset)"} is not served at ${BASE} (found: ${list.dictionaries.map((d) => d.name).join(", ") || "none"}).`);
-  dictionary = chosen.name;
-  analysis = process.env.E2E_ANALYSIS ?? chosen.analyses[0];
-  if (!chosen.analyses.includes(analysis)) throw new Error(`Dictionary ${dictionary} has no analysis ${analysis} (has: ${chosen.analyses.join(", ")}).`);
-  dSae = chosen.d_sae;
+  ({ dictionary, analysis, dSae } = await chosenDictionary(BASE));
   browser = await launchBrowser();
   context = await browser.newContext({ viewport: DESKTOP });
   page = await context.newPage();
@@ -80,7 +72,8 @@ describe("viewer", () => {
     await page.goto(`${BASE}/`);
     const row = page.locator(`tr[data-dictionary="${dictionary}"]`);
     await row.waitFor();
-    expect(await row.locator("td").nth(4).innerText()).toMatch(/\d/); // d_sae
+    expect(await row.locator("td").nth(5).innerText()).toMatch(/\d/); // d_sae
+    expect(await row.locator("td").first().innerText()).toBe(dictionary.replace(":", " / ")); // the id as run / name
     await row.getByRole("link", { name: analysis, exact: true }).waitFor();
     await screenshot("dictionaries-desktop");
   });
@@ -88,7 +81,7 @@ describe("viewer", () => {
   test("dictionary page shows metrics, density histogram, dead/alive counts and the feature table", async () => {
     await page.locator(`tr[data-dictionary="${dictionary}"]`).getByRole("link", { name: analysis, exact: true }).click();
     await page.waitForURL((u) => u.pathname === `/dictionaries/${enc(dictionary)}` && u.searchParams.get("analysis") === analysis);
-    await page.getByRole("heading", { name: dictionary, level: 1 }).waitFor();
+    await page.getByRole("heading", { name: dictionary.replace(":", " / "), level: 1 }).waitFor();
     // metrics: either the grid or the explicit "no evaluation" note
     await page.getByTestId("metrics").or(page.getByText("No evaluation metrics")).first().waitFor();
     expect(await page.getByTestId("n-alive").innerText()).toMatch(/\d/);

@@ -5,6 +5,8 @@ import { DictionariesPage } from "./pages/DictionariesPage";
 import { DictionaryPage } from "./pages/DictionaryPage";
 import { FeaturePage } from "./pages/FeaturePage";
 import { NotFoundPage } from "./pages/NotFoundPage";
+import { RunPage } from "./pages/RunPage";
+import { RunsPage } from "./pages/RunsPage";
 
 export function AppRoutes() {
   return (
@@ -12,6 +14,8 @@ export function AppRoutes() {
       <Route path="/" element={<DictionariesPage />} />
       <Route path="/dictionaries/:name" element={<DictionaryPage />} />
       <Route path="/dictionaries/:name/analyses/:analysis/features/:index" element={<FeaturePage />} />
+      <Route path="/runs" element={<RunsPage />} />
+      <Route path="/runs/:run" element={<RunPage />} />
       <Route path="*" element={<NotFoundPage />} />
     </Routes>
   );
@@ -36,6 +40,10 @@ export function App({ queryClient }: { queryClient: QueryClient }) {
             GPT-2 Dictionary
           </Link>
           <span className="muted small">feature viewer</span>
+          <nav aria-label="Sections">
+            <Link to="/">Dictionaries</Link>
+            <Link to="/runs">Runs</Link>
+          </nav>
         </header>
         <ScrollToTop />
         <AppRoutes />

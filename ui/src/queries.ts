@@ -17,7 +17,15 @@ export const keys = {
   dictionaries: ["dictionaries"] as const,
   dictionary: (name: string) => ["dictionary", name] as const,
   features: (name: string, analysis: string, q: FeatureQuery) => ["features", name, analysis, q] as const,
+  /** every feature-table page of a dictionary (their labels change when one is saved) */
+  featureLists: (name: string) => ["features", name] as const,
   feature: (name: string, analysis: string, index: number) => ["feature", name, analysis, index] as const,
+  annotation: (name: string, index: number) => ["annotation", name, index] as const,
+  labels: (name: string) => ["labels", name] as const,
+  similar: (name: string, index: number, other: string | undefined) => ["similar", name, index, other ?? ""] as const,
+  tokenSearch: (name: string, analysis: string, q: string) => ["token-search", name, analysis, q] as const,
+  runs: ["runs"] as const,
+  run: (run: string) => ["run", run] as const,
 };
 
 export const useDictionaries = () =>
@@ -42,4 +50,30 @@ export const useFeature = (name: string, analysis: string, index: number | null)
     queryKey: keys.feature(name, analysis, index ?? -1),
     queryFn: ({ signal }) => api.feature(name, analysis, index!, signal),
     enabled: index !== null,
+  });
+
+/** Annotations change under other tabs' hands: always fetched fresh when a page opens. */
+export const useAnnotation = (name: string, index: number | null) =>
+  useQuery({
+    queryKey: keys.annotation(name, index ?? -1),
+    queryFn: ({ signal }) => api.annotation(name, index!, signal),
+    enabled: index !== null,
+    staleTime: 0,
+  });
+
+export const useSimilar = (name: string, index: number, other: string | undefined) =>
+  useQuery({
+    queryKey: keys.similar(name, index, other),
+    queryFn: ({ signal }) => api.similar(name, index, { dictionary: other, limit: 12 }, signal),
+  });
+
+export const useRuns = () => useQuery({ queryKey: keys.runs, queryFn: ({ signal }) => api.runs(signal) });
+
+/** A run still training is polled, so its curves grow on screen. */
+export const useRun = (run: string) =>
+  useQuery({
+    queryKey: keys.run(run),
+    queryFn: ({ signal }) => api.run(run, signal),
+    staleTime: 0,
+    refetchInterval: (query) => (query.state.data && !query.state.data.finished ? 10_000 : false),
   });

@@ -1,5 +1,5 @@
 import { Link } from "react-router";
-import type { FeatureSort, FeatureStats } from "../api";
+import type { FeatureRow, FeatureSort } from "../api";
 import { fmt, fmtDensity, fmtInt, log10Density } from "../format";
 
 const COLUMNS: { key: FeatureSort; label: string; title: string }[] = [
@@ -11,14 +11,14 @@ const COLUMNS: { key: FeatureSort; label: string; title: string }[] = [
 ];
 
 export interface FeatureTableProps {
-  features: FeatureStats[];
+  features: FeatureRow[];
   sort: FeatureSort;
   order: "asc" | "desc";
   onSort: (key: FeatureSort) => void;
   featureHref: (index: number) => string;
 }
 
-/** Feature statistics, one row per feature; headers sort, rows link to the feature page. */
+/** Feature statistics with labels and bookmarks, one row per feature; headers sort, rows link to the feature page. */
 export function FeatureTable({ features, sort, order, onSort, featureHref }: FeatureTableProps) {
   return (
     <div className="table-scroll">
@@ -39,12 +39,18 @@ export function FeatureTable({ features, sort, order, onSort, featureHref }: Fea
               );
             })}
             <th className="num col-log" title="log10 of the density">log₁₀ d</th>
+            <th className="col-label">Label</th>
           </tr>
         </thead>
         <tbody>
           {features.map((f) => (
             <tr key={f.index} data-feature={f.index} className={f.act_count === 0 ? "dead" : undefined}>
               <td className="num">
+                {f.bookmarked && (
+                  <span className="bookmark-mark" title="bookmarked" aria-label="bookmarked">
+                    ★{" "}
+                  </span>
+                )}
                 <Link to={featureHref(f.index)} className="feature-link">
                   #{f.index}
                 </Link>
@@ -57,6 +63,9 @@ export function FeatureTable({ features, sort, order, onSort, featureHref }: Fea
               <td className="num">{fmtInt(f.act_count)}</td>
               <td className="num col-log">
                 <DensityBar density={f.density} />
+              </td>
+              <td className="col-label feature-label" title={f.label}>
+                {f.label}
               </td>
             </tr>
           ))}

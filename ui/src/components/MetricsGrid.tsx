@@ -16,7 +16,7 @@ const KNOWN: Record<string, { label: string; kind: Kind; title: string }> = {
   dense_features: { label: "Dense features", kind: "int", title: "features that fire on a large fraction of tokens" },
 };
 
-export function formatMetric(key: string, value: number | undefined): string {
+export function formatMetric(key: string, value: number | null | undefined): string {
   const kind = KNOWN[key]?.kind ?? "float";
   if (value === undefined || value === null) return "–";
   return kind === "percent" ? fmtPercent(value) : kind === "int" ? fmtInt(value) : fmt(value, 4);
@@ -33,7 +33,7 @@ export function MetricsGrid({ metrics }: { metrics: Metrics }) {
       {keys.map((k) => (
         <div key={k} className="stat" title={KNOWN[k]?.title ?? k}>
           <dt>{KNOWN[k]?.label ?? humanize(k)}</dt>
-          <dd>{typeof metrics[k] === "number" ? formatMetric(k, metrics[k]) : String(metrics[k])}</dd>
+          <dd>{typeof metrics[k] === "number" || metrics[k] === null ? formatMetric(k, metrics[k] as number | null) : String(metrics[k])}</dd>
         </div>
       ))}
     </dl>

@@ -2,7 +2,7 @@ import { Link } from "react-router";
 import { formatMetric } from "../components/MetricsGrid";
 import { ErrorMessage, Loading } from "../components/QueryState";
 import { fmtInt } from "../format";
-import { dictionaryPath } from "../paths";
+import { dictionaryLabel, dictionaryPath, hookLabel, runPath, dictionaryParts } from "../paths";
 import { useDictionaries, useHealth } from "../queries";
 import { useTitle } from "../useTitle";
 
@@ -23,7 +23,7 @@ export function DictionariesPage() {
       {empty && (
         <p className="muted" data-testid="no-dictionaries">
           No dictionaries found{health.data ? ` in ${health.data.results_dir}` : ""}. Train one with run_train_example.py; each
-          results/&lt;name&gt;/dictionary/ folder appears here.
+          results/&lt;run&gt;/dictionaries/&lt;name&gt;/ folder appears here.
         </p>
       )}
       {q.data && q.data.length > 0 && (
@@ -31,7 +31,8 @@ export function DictionariesPage() {
           <table className="data dictionaries-table" data-testid="dictionaries-table">
             <thead>
               <tr>
-                <th>Name</th>
+                <th>Dictionary (run / name)</th>
+                <th>Run</th>
                 <th>Model</th>
                 <th>Hook</th>
                 <th>Arch.</th>
@@ -46,13 +47,20 @@ export function DictionariesPage() {
               {q.data.map((d) => (
                 <tr key={d.name} data-dictionary={d.name}>
                   <td>
-                    <Link to={dictionaryPath(d.name)} className="strong">
-                      {d.name}
+                    <Link to={dictionaryPath(d.name)} className="strong" title={`id ${d.name}`}>
+                      {dictionaryLabel(d.name)}
+                    </Link>
+                  </td>
+                  <td>
+                    <Link to={runPath(dictionaryParts(d.name).run)} className="run-link">
+                      {dictionaryParts(d.name).run}
                     </Link>
                   </td>
                   <td>{d.model_name}</td>
-                  <td className="mono">{d.hook_name}</td>
-                  <td>{d.architecture}</td>
+                  <td className="mono" title={d.hook_out ? "transcoder: reads the first hook, writes the second" : undefined}>
+                    {hookLabel(d)}
+                  </td>
+                  <td>{d.hook_out ? `${d.architecture} transcoder` : d.architecture}</td>
                   <td className="num" title={`d_in ${d.d_in}`}>
                     {fmtInt(d.d_sae)}
                   </td>

@@ -1,14 +1,15 @@
 import { Link, useParams, useSearchParams } from "react-router";
-import { FEATURE_SORTS, type AnalysisSummary, type DictionaryDetail, type FeatureQuery, type FeatureSort } from "../api";
+import { api, FEATURE_SORTS, type AnalysisSummary, type DictionaryDetail, type FeatureQuery, type FeatureSort } from "../api";
 import { FeatureFilters, type FeatureFilterValues } from "../components/FeatureFilters";
 import { FeatureTable } from "../components/FeatureTable";
 import { Histogram } from "../components/Histogram";
 import { MetricsGrid } from "../components/MetricsGrid";
 import { Pagination } from "../components/Pagination";
 import { ErrorMessage, Loading } from "../components/QueryState";
+import { SearchPanel, type SearchMode } from "../components/SearchPanel";
 import { TextActivations } from "../components/TextActivations";
 import { fmtInt, fmtPercent } from "../format";
-import { dictionaryPath, featurePath } from "../paths";
+import { dictionaryLabel, dictionaryParts, dictionaryPath, featurePath, hookLabel, runPath } from "../paths";
 import { useDictionary, useFeatureList } from "../queries";
 import { useTitle } from "../useTitle";
 
@@ -39,13 +40,16 @@ function useTableState() {
     }
     setParams(next, { replace });
   };
-  return { analysisParam: params.get("analysis"), sort, order, limit, offset, filters, update };
+  const bookmarked = params.get("bookmarked") === "1";
+  const searchMode: SearchMode = params.get("search") === "label" ? "label" : "token";
+  const searchQuery = params.get("q") ?? "";
+  return { analysisParam: params.get("analysis"), sort, order, limit, offset, filters, bookmarked, searchMode, searchQuery, update };
 }
 
 /** `/dictionaries/:name?analysis=...`: metrics, feature density, the feature table and a text probe. */
 export function DictionaryPage() {
   const { name = "" } = useParams();
-  useTitle(name);
+  useTitle(dictionaryLabel(name));
   const dict = useDictionary(name);
   const table = useTableState();
   const detail = dict.data;
@@ -56,7 +60,8 @@ export function DictionaryPage() {
   return (
     <main className="page">
       <nav className="breadcrumbs">
-        <Link to="/">Dictionaries</Link> / <span>{name}</span>
+        <Link to="/">Dictionaries</Link> / <Link to={runPath(dictionaryParts(name).run)}>{dictionaryParts(name).run}</Link>
+        {dictionaryParts(name).name !== null && <> / <span>{dictionaryParts(name).name}</span></>}
       </nav>
       {dict.isPending && <Loading label="Loading dictionary…" />}
       {dict.isError && <ErrorMessage error={dict.error} onRetry={() => dict.refetch()} />}
@@ -81,6 +86,21 @@ export function DictionaryPage() {
               {summary ? <AnalysisOverview summary={summary} /> : <p className="muted">No summary for this analysis.</p>}
             </section>
           )}
+          <section className="card">
+            <div className="section-head">
+              <h2>Search features</h2>
+              <a className="btn btn-small" href={api.exportUrl(name)} download={`${name.replace(/[^\w.-]+/g, "_")}.annotations.json`}>
+                Export labels (JSON)
+              </a>
+            </div>
+            <SearchPanel
+              dictionary={name}
+              analysis={unknownAnalysis ? undefined : analysis}
+              mode={table.searchMode}
+              query={table.searchQuery}
+              onChange={(mode, q) => table.update({ search: mode === "token" ? undefined : mode, q: q || undefined }, true)}
+            />
+          </section>
           <div className="dict-grid">
             {detail.analyses.length === 0 ? (
               <section className="card">
@@ -108,18 +128,22 @@ export function DictionaryPage() {
 }
 
 function DictionaryHeader({ detail }: { detail: DictionaryDetail }) {
+  const { run } = dictionaryParts(detail.name);
   return (
     <header className="page-header">
-      <h1>{detail.name}</h1>
+      <h1 title={`id ${detail.name}`}>{dictionaryLabel(detail.name)}</h1>
       <span className="tags">
+        <Link className="tag" to={runPath(run)} title="the training run this dictionary belongs to">
+          run {run}
+        </Link>
         <span className="tag" title="model">
           {detail.model_name}
         </span>
-        <span className="tag mono" title="hook point">
-          {detail.hook_name}
+        <span className="tag mono" title={detail.hook_out ? "transcoder: reads the first hook, writes the second" : "hook point"} data-testid="hook">
+          {hookLabel(detail)}
         </span>
         <span className="tag" title="architecture">
-          {detail.architecture}
+          {detail.hook_out ? `${detail.architecture} transcoder` : detail.architecture}
         </span>
         <span className="tag" title="d_in × d_sae">
           {fmtInt(detail.d_in)} → {fmtInt(detail.d_sae)}
@@ -177,7 +201,14 @@ function AnalysisOverview({ summary }: { summary: AnalysisSummary }) {
 type TableState = ReturnType<typeof useTableState>;
 
 function FeatureSection({ name, analysis, table }: { name: string; analysis: string; table: TableState }) {
-  const q: FeatureQuery = { sort: table.sort, order: table.order, offset: table.offset, limit: table.limit, ...table.filters };
+  const q: FeatureQuery = {
+    sort: table.sort,
+    order: table.order,
+    offset: table.offset,
+    limit: table.limit,
+    ...table.filters,
+    ...(table.bookmarked ? { bookmarked: true } : {}),
+  };
   const list = useFeatureList(name, analysis, q);
   const onSort = (key: FeatureSort) => {
     const order = key === table.sort ? (table.order === "desc" ? "asc" : "desc") : key === "index" ? "asc" : "desc";
@@ -191,6 +222,14 @@ function FeatureSection({ name, analysis, table }: { name: string; analysis: str
           value={table.filters}
           onApply={(f) => table.update({ min_density: f.min_density, max_density: f.max_density, min_max_act: f.min_max_act, offset: undefined })}
         />
+        <label className="checkbox">
+          <input
+            type="checkbox"
+            checked={table.bookmarked}
+            onChange={(e) => table.update({ bookmarked: e.target.checked ? 1 : undefined, offset: undefined })}
+          />{" "}
+          bookmarked only
+        </label>
       </div>
       {list.isPending && <Loading label="Loading features…" />}
       {list.isError && <ErrorMessage error={list.error} onRetry={() => list.refetch()} />}
@@ -204,7 +243,7 @@ function FeatureSection({ name, analysis, table }: { name: string; analysis: str
             onLimit={(l) => table.update({ limit: l, offset: undefined })}
           />
           {list.data.features.length === 0 ? (
-            <p className="muted">No feature matches these filters.</p>
+            <p className="muted">{table.bookmarked ? "No bookmarked feature matches these filters." : "No feature matches these filters."}</p>
           ) : (
             <FeatureTable
               features={list.data.features}

@@ -2,6 +2,7 @@ import { useQueryClient } from "@tanstack/react-query";
 import { useCallback, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
 import { api, type FeatureDetail } from "../api";
+import { AnnotationEditor } from "../components/AnnotationEditor";
 import { FeatureActivationInput } from "../components/FeatureActivationInput";
 import { FeatureNav } from "../components/FeatureNav";
 import { Histogram } from "../components/Histogram";
@@ -9,9 +10,11 @@ import { IntervalGroups } from "../components/IntervalGroups";
 import { LogitLensTable } from "../components/LogitLensTable";
 import { ErrorMessage, Loading } from "../components/QueryState";
 import { SampleList } from "../components/SampleList";
+import { SimilarFeatures } from "../components/SimilarFeatures";
+import { SteeringPanel } from "../components/SteeringPanel";
 import { fmt, fmtDensity, fmtInt, log10Density } from "../format";
-import { dictionaryPath, featurePath } from "../paths";
-import { keys, useDictionary, useFeature } from "../queries";
+import { dictionaryLabel, dictionaryParts, dictionaryPath, featurePath, hookLabel, runPath } from "../paths";
+import { keys, useAnnotation, useDictionary, useFeature } from "../queries";
 import { useTitle } from "../useTitle";
 
 const CONTEXT_WINDOW = { before: 24, after: 8 };
@@ -20,11 +23,12 @@ const CONTEXT_WINDOW = { before: 24, after: 8 };
 export function FeaturePage() {
   const { name = "", analysis = "", index: indexParam = "" } = useParams();
   const index = /^\d+$/.test(indexParam) ? Number(indexParam) : null;
-  useTitle(`${name} · feature ${indexParam}`);
+  useTitle(`${dictionaryLabel(name)} · feature ${indexParam}`);
   const navigate = useNavigate();
   const queryClient = useQueryClient();
   const feature = useFeature(name, analysis, index);
   const dict = useDictionary(name); // for d_sae and n_tokens; its errors show through the feature query
+  const annotation = useAnnotation(name, index);
   const summary = dict.data?.analysis_summaries.find((s) => s.name === analysis);
   const dSae = feature.data?.d_sae ?? dict.data?.d_sae;
 
@@ -49,17 +53,29 @@ export function FeaturePage() {
   return (
     <main className="page">
       <nav className="breadcrumbs">
-        <Link to="/">Dictionaries</Link> / <Link to={dictionaryPath(name, analysis)}>{name}</Link> / <span>{analysis}</span> /{" "}
+        <Link to="/">Dictionaries</Link> / <Link to={runPath(dictionaryParts(name).run)}>{dictionaryParts(name).run}</Link> /{" "}
+        <Link to={dictionaryPath(name, analysis)}>{dictionaryParts(name).name ?? "dictionary"}</Link> / <span>{analysis}</span> /{" "}
         <span>feature {indexParam}</span>
       </nav>
       <header className="page-header feature-header">
         <h1>
+          {annotation.data?.bookmarked && (
+            <span className="bookmark-mark" title="bookmarked">
+              ★{" "}
+            </span>
+          )}
           Feature <span data-testid="feature-index">#{indexParam}</span>
+          {annotation.data?.label && (
+            <span className="header-label" data-testid="feature-label">
+              {" "}
+              — {annotation.data.label}
+            </span>
+          )}
         </h1>
         {dict.data && (
           <span className="tags">
             <span className="tag">{dict.data.model_name}</span>
-            <span className="tag mono">{dict.data.hook_name}</span>
+            <span className="tag mono">{hookLabel(dict.data)}</span>
           </span>
         )}
       </header>
@@ -72,7 +88,7 @@ export function FeaturePage() {
           {feature.isPending && <Loading label={`Loading feature ${index}…`} />}
           {feature.isError && <ErrorMessage error={feature.error} onRetry={() => feature.refetch()} />}
           {feature.data && (
-            <FeatureBody name={name} f={feature.data} nTokens={summary?.n_tokens} probeText={probeText} onProbe={setProbeText} />
+            <FeatureBody name={name} analysis={analysis} f={feature.data} nTokens={summary?.n_tokens} probeText={probeText} onProbe={setProbeText} />
           )}
         </>
       )}
@@ -82,13 +98,14 @@ export function FeaturePage() {
 
 interface FeatureBodyProps {
   name: string;
+  analysis: string;
   f: FeatureDetail;
   nTokens?: number;
   probeText: string | null;
   onProbe: (text: string) => void;
 }
 
-function FeatureBody({ name, f, nTokens, probeText, onProbe }: FeatureBodyProps) {
+function FeatureBody({ name, analysis, f, nTokens, probeText, onProbe }: FeatureBodyProps) {
   const [full, setFull] = useState(false);
   const contextWindow = full ? undefined : CONTEXT_WINDOW;
   const dead = f.act_count === 0 || f.max_act <= 0;
@@ -125,6 +142,10 @@ function FeatureBody({ name, f, nTokens, probeText, onProbe }: FeatureBodyProps)
       <div className="feature-grid">
         <aside className="feature-side">
           <section className="card">
+            <h2>Label and notes</h2>
+            <AnnotationEditor key={`${name}#${f.index}`} dictionary={name} index={f.index} />
+          </section>
+          <section className="card">
             <h2>Activation histogram</h2>
             <Histogram data={f.histogram} xLabel="activation" label="Activation histogram" />
           </section>
@@ -136,11 +157,19 @@ function FeatureBody({ name, f, nTokens, probeText, onProbe }: FeatureBodyProps)
               <LogitLensTable title="Suppressed tokens" tokens={f.logit_lens.negative} sign="negative" />
             </div>
           </section>
+          <section className="card">
+            <h2>Similar features</h2>
+            <SimilarFeatures key={`${name}#${f.index}`} dictionary={name} analysis={analysis} index={f.index} />
+          </section>
         </aside>
         <div className="feature-main">
           <section className="card">
             <h2>Try it on text</h2>
             <FeatureActivationInput dictionary={name} feature={f.index} maxAct={f.max_act} text={probeText} onRun={onProbe} />
+          </section>
+          <section className="card">
+            <h2>Steer the model with it</h2>
+            <SteeringPanel key={`${name}#${f.index}`} dictionary={name} feature={f.index} maxAct={f.max_act} />
           </section>
           <section className="card" data-testid="top-contexts">
             <div className="section-head">

@@ -1,8 +1,22 @@
 // API-shaped JSON (server/API.md) with realistic values, for component tests.
-import type { ActivationsResult, DictionaryDetail, DictionarySummary, FeatureDetail, FeaturePage, Sample } from "../api";
+import type {
+  ActivationsResult,
+  Annotation,
+  DictionaryDetail,
+  DictionarySummary,
+  FeatureDetail,
+  FeaturePage,
+  RunDetail,
+  RunDictionary,
+  Sample,
+  Similar,
+  SteerResult,
+  TokenSearch,
+} from "../api";
 
 export const dictionarySummary: DictionarySummary = {
   name: "gpt2-res6",
+  run: "gpt2-res6",
   model_name: "gpt2",
   hook_name: "blocks.6.hook_resid_post",
   architecture: "topk",
@@ -14,6 +28,7 @@ export const dictionarySummary: DictionarySummary = {
 
 export const bareDictionary: DictionarySummary = {
   name: "smollm-mlp3",
+  run: "smollm-mlp3",
   model_name: "SmolLM2-135M",
   hook_name: "blocks.3.hook_mlp_out",
   architecture: "relu",
@@ -43,9 +58,9 @@ export const featurePage: FeaturePage = {
   offset: 0,
   limit: 50,
   features: [
-    { index: 1530, act_count: 33, density: 1.65e-5, max_act: 24.7, mean_act: 5.35 },
-    { index: 12, act_count: 322807, density: 0.1614, max_act: 20.1, mean_act: 4.06 },
-    { index: 3, act_count: 0, density: 0, max_act: 0, mean_act: 0 },
+    { index: 1530, act_count: 33, density: 1.65e-5, max_act: 24.7, mean_act: 5.35, label: "Python imports", bookmarked: true },
+    { index: 12, act_count: 322807, density: 0.1614, max_act: 20.1, mean_act: 4.06, label: "", bookmarked: false },
+    { index: 3, act_count: 0, density: 0, max_act: 0, mean_act: 0, label: "", bookmarked: false },
   ],
 };
 
@@ -104,4 +119,90 @@ export const activations: ActivationsResult = {
     [],
   ],
   truncated: false,
+};
+
+/** A transcoder in a run of several dictionaries: id `<run>:<name>`. */
+export const transcoderSummary: DictionarySummary = {
+  name: "smollm-sweep:mlp3-tc",
+  run: "smollm-sweep",
+  model_name: "SmolLM2-135M-Instruct",
+  hook_name: "blocks.3.ln2.hook_normalized",
+  hook_out: "blocks.3.hook_mlp_out",
+  architecture: "topk",
+  d_in: 576,
+  d_sae: 4608,
+  metrics: { l0: 24, explained_variance: 0.71 },
+  analyses: ["default"],
+};
+
+export const tokenSearch: TokenSearch = {
+  tokens: [
+    { token_id: 1330, token: " import", occurrences: 412 },
+    { token_id: 299, token: " numpy", occurrences: 0 },
+  ],
+  matches: [
+    { index: 1530, acts: [22.5, null], n_tokens: 1, score: 22.5, max_act: 24.7, density: 1.65e-5, label: "Python imports" },
+    { index: 12, acts: [3.25, null], n_tokens: 1, score: 3.25, max_act: 20.1, density: 0.1614, label: "" },
+  ],
+  index_size: 32,
+};
+
+export const annotation = (over: Partial<Annotation> = {}): Annotation => ({
+  index: 42,
+  label: "",
+  notes: "",
+  bookmarked: false,
+  version: 0,
+  updated_at: null,
+  ...over,
+});
+
+export const similar: Similar = {
+  dictionary: "gpt2-res6",
+  analyses: ["default"],
+  neighbours: [
+    { index: 77, cosine: 0.83, label: "closing brackets" },
+    { index: 5, cosine: 0.41, label: "" },
+  ],
+  comparable: ["gpt2-res6-k64"],
+};
+
+export const steerResult: SteerResult = {
+  prompt_tokens: ["<|endoftext|>", "The", " weather"],
+  prompt_cut: false,
+  steered: { token_ids: [1, 2, 3], tokens: [" import", " numpy", "\n"], text: " import numpy\n", stopped: false },
+  unsteered: { token_ids: [4, 5, 6], tokens: [" is", " sunny", "."], text: " is sunny.", stopped: false },
+  hook_name: "blocks.6.hook_resid_post",
+  direction_norm: 16.2,
+};
+
+const runDictionary = (name: string, l0: number, ev: number, ce: number, saved = true): RunDictionary => ({
+  name,
+  id: saved ? `sweep:${name}` : null,
+  train: {
+    tokens: [1000, 2000, 3000],
+    values: { loss: [1, 0.6, 0.5], l0: [l0 * 2, l0 * 1.2, l0], explained_variance: [0.2, ev - 0.1, ev], dead_features: [0, 3, 5] },
+    points: 3,
+  },
+  eval: { tokens: [2000], values: { l0: [l0], explained_variance: [ev], ce_loss_recovered: [ce] }, points: 1 },
+  final: saved ? { l0, explained_variance: ev, ce_loss_recovered: ce, mse: 0.01, unfired_features: 4 } : null,
+});
+
+export const sweepRun: RunDetail = {
+  name: "sweep",
+  dictionaries: ["sweep:res3-k16", "sweep:res3-k32", "sweep:res3-k64"],
+  has_metrics: true,
+  config: { exp_name: "sweep", sweep: ["sae.k=16,32,64"] },
+  series: [runDictionary("res3-k16", 16, 0.71, 0.88), runDictionary("res3-k32", 32, 0.8, 0.93), runDictionary("res3-k64", 64, 0.86, 0.96)],
+  lines: 120,
+  skipped_lines: 0,
+  finished: true,
+};
+
+export const liveRun: RunDetail = {
+  ...sweepRun,
+  name: "live",
+  dictionaries: [],
+  series: [runDictionary("res3-k16", 16, 0.7, 0.8, false)],
+  finished: false,
 };

@@ -1,6 +1,6 @@
 import { screen, within } from "@testing-library/react";
 import { describe, expect, test } from "vitest";
-import { bareDictionary, dictionarySummary } from "../../test/fixtures";
+import { bareDictionary, dictionarySummary, transcoderSummary } from "../../test/fixtures";
 import { stubServer } from "../../test/http";
 import { renderAt } from "../../test/render";
 
@@ -14,15 +14,26 @@ describe("DictionariesPage", () => {
   test("lists every dictionary with model, hook, sizes, metrics and analysis links", async () => {
     stubServer([{ path: /^\/api\/dictionaries$/, body: { dictionaries: [dictionarySummary, bareDictionary] } }]);
     renderAt("/");
-    const row = (await screen.findByText("gpt2-res6")).closest("tr")!;
+    const row = (await screen.findByRole("link", { name: "gpt2-res6", description: /id gpt2-res6/ })).closest("tr")!;
     const cells = within(row);
     cells.getByText("blocks.6.hook_resid_post");
     cells.getByText("4,608");
     cells.getByText("87.3%"); // explained variance
     cells.getByText("94.1%"); // CE loss recovered
     expect(cells.getByRole("link", { name: "default" })).toHaveAttribute("href", "/dictionaries/gpt2-res6?analysis=default");
-    const bare = screen.getByText("smollm-mlp3").closest("tr")!;
+    const bare = screen.getAllByText("smollm-mlp3")[0].closest("tr")!;
     within(bare).getByText("none");
+  });
+
+  test("shows a dictionary id as run / name, links its run, and a transcoder's hooks as in → out", async () => {
+    stubServer([{ path: /^\/api\/dictionaries$/, body: { dictionaries: [dictionarySummary, transcoderSummary] } }]);
+    renderAt("/");
+    const name = await screen.findByRole("link", { name: "smollm-sweep / mlp3-tc" });
+    expect(name).toHaveAttribute("href", "/dictionaries/smollm-sweep%3Amlp3-tc");
+    const row = within(name.closest("tr")!);
+    expect(row.getByRole("link", { name: "smollm-sweep" })).toHaveAttribute("href", "/runs/smollm-sweep");
+    row.getByText("blocks.3.ln2.hook_normalized → blocks.3.hook_mlp_out");
+    row.getByText("topk transcoder");
   });
 
   test("says clearly when the server cannot be reached", async () => {

@@ -1,7 +1,7 @@
 import { fireEvent, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { describe, expect, test } from "vitest";
-import { activations, bareDictionary, dictionaryDetail, featurePage } from "../../test/fixtures";
+import { activations, annotation, bareDictionary, dictionaryDetail, featurePage, tokenSearch } from "../../test/fixtures";
 import { stubServer } from "../../test/http";
 import { renderAt } from "../../test/render";
 
@@ -100,5 +100,52 @@ describe("DictionaryPage", () => {
     stubServer(routes());
     renderAt("/dictionaries/gpt2-res6?analysis=missing");
     expect(await screen.findByRole("alert")).toHaveTextContent('no analysis named "missing"; available: default');
+  });
+});
+
+describe("DictionaryPage search and labels", () => {
+  test("the feature table shows labels and bookmarks, and can list only the bookmarked features", async () => {
+    const { calls } = stubServer(routes());
+    const view = renderAt("/dictionaries/gpt2-res6?analysis=default");
+    const row = (await screen.findByRole("link", { name: "#1530" })).closest("tr")!;
+    within(row).getByText("Python imports");
+    within(row).getByLabelText("bookmarked");
+    fireEvent.click(screen.getByRole("checkbox", { name: /bookmarked only/ }));
+    await waitFor(() => expect(calls.at(-1)!.url).toContain("bookmarked=true"));
+    expect(view.location()).toContain("bookmarked=1");
+    expect(screen.getByRole("link", { name: "Export labels (JSON)" })).toHaveAttribute("href", "/api/dictionaries/gpt2-res6/annotations/export");
+  });
+
+  test("token search: results link to the right feature pages, and a token never seen is said so", async () => {
+    const { calls } = stubServer([{ path: /\/analyses\/default\/search\/tokens\?/, body: tokenSearch }, ...routes()]);
+    const view = renderAt("/dictionaries/gpt2-res6?analysis=default");
+    const panel = await screen.findByTestId("search-panel");
+    await userEvent.type(within(panel).getByLabelText("Token or phrase"), " import numpy");
+    fireEvent.click(within(panel).getByRole("button", { name: "Search" }));
+    const results = await within(panel).findByTestId("token-results");
+    expect(within(results).getByRole("link", { name: "#1530" })).toHaveAttribute("href", "/dictionaries/gpt2-res6/analyses/default/features/1530");
+    expect(within(results).getByRole("link", { name: "#12" })).toHaveAttribute("href", "/dictionaries/gpt2-res6/analyses/default/features/12");
+    within(results).getByText("22.5");
+    expect(within(results).getByText(/never occurred in the analysed text/)).toHaveTextContent('" numpy"');
+    expect(calls.find((c) => c.url.includes("/search/tokens"))!.url).toContain("q=+import+numpy");
+    expect(view.location()).toContain("q=+import+numpy");
+  });
+
+  test("label search lists annotated features with links", async () => {
+    const labelled = [annotation({ index: 9, label: "brackets", bookmarked: true, version: 2 }), annotation({ index: 3, label: "", notes: "nested brackets", version: 1 })];
+    stubServer([{ path: /\/annotations\?/, body: { annotations: labelled } }, ...routes()]);
+    renderAt("/dictionaries/gpt2-res6?analysis=default&search=label&q=brackets");
+    const results = await screen.findByTestId("label-results");
+    expect(within(results).getByRole("link", { name: "#9" })).toHaveAttribute("href", "/dictionaries/gpt2-res6/analyses/default/features/9");
+    within(results).getByText("nested brackets");
+  });
+
+  test("a token search in an older analysis shows the server's rerun message", async () => {
+    stubServer([
+      { path: /\/search\/tokens\?/, status: 404, body: { detail: "This analysis was written before token search existed (store schema version 1); rerun the analysis with overwrite=True to get it." } },
+      ...routes(),
+    ]);
+    renderAt("/dictionaries/gpt2-res6?analysis=default&q=%20the");
+    expect(await within(await screen.findByTestId("search-panel")).findByRole("alert")).toHaveTextContent("rerun the analysis");
   });
 });

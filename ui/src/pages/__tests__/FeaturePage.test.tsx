@@ -1,13 +1,15 @@
 import { fireEvent, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { describe, expect, test } from "vitest";
-import { deadFeature, dictionaryDetail, featureDetail } from "../../test/fixtures";
+import { annotation, deadFeature, dictionaryDetail, featureDetail, similar, steerResult } from "../../test/fixtures";
 import { stubServer } from "../../test/http";
 import { renderAt } from "../../test/render";
 
 const base = "/api/dictionaries/gpt2-res6/analyses/default/features";
 const routes = () => [
   { path: /^\/api\/dictionaries\/gpt2-res6$/, body: dictionaryDetail },
+  { path: /^\/api\/dictionaries\/gpt2-res6\/features\/\d+\/annotation$/, body: annotation() },
+  { path: /^\/api\/dictionaries\/gpt2-res6\/features\/\d+\/similar/, body: similar },
   { path: new RegExp(`^${base}/42$`), body: featureDetail },
   { path: new RegExp(`^${base}/43$`), body: { ...featureDetail, index: 43 } },
   { path: new RegExp(`^${base}/7$`), body: { ...featureDetail, index: 7 } },
@@ -107,10 +109,7 @@ describe("FeaturePage", () => {
   });
 
   test("a dead feature says so, and the logit-lens note replaces empty tables", async () => {
-    stubServer([
-      { path: /^\/api\/dictionaries\/gpt2-res6$/, body: dictionaryDetail },
-      { path: new RegExp(`^${base}/3$`), body: deadFeature },
-    ]);
+    stubServer([...routes().slice(0, 3), { path: new RegExp(`^${base}/3$`), body: deadFeature }]);
     renderAt(url(3));
     expect(await screen.findByTestId("dead-notice")).toHaveTextContent("Dead feature");
     expect(screen.getByTestId("logit-lens")).toHaveTextContent("Logit lens is only computed for residual-stream hooks.");
@@ -122,5 +121,100 @@ describe("FeaturePage", () => {
     stubServer([{ path: /.*/, networkError: true }]);
     renderAt(url(42));
     expect(await screen.findByRole("alert")).toHaveTextContent("Cannot reach the server at");
+  });
+});
+
+describe("FeaturePage research tools", () => {
+  test("a label is saved with the version it was based on, and shown in the header", async () => {
+    const saved = annotation({ label: "Python imports", notes: "import / from", bookmarked: true, version: 1, updated_at: "2025-01-01T00:00:00Z" });
+    const { calls } = stubServer([{ method: "PUT", path: /\/features\/42\/annotation$/, body: saved }, ...routes()]);
+    renderAt(url(42));
+    const editor = await screen.findByTestId("annotation");
+    await userEvent.type(within(editor).getByLabelText("Label"), "Python imports");
+    await userEvent.type(within(editor).getByLabelText("Notes"), "import / from");
+    fireEvent.click(within(editor).getByRole("checkbox", { name: /bookmark/ }));
+    expect(within(editor).getByTestId("annotation-status")).toHaveTextContent("unsaved changes");
+    fireEvent.click(within(editor).getByRole("button", { name: "Save" }));
+    await waitFor(() => expect(within(editor).getByTestId("annotation-status")).toHaveTextContent("saved (version 1)"));
+    expect(calls.find((c) => c.method === "PUT")).toMatchObject({ body: { label: "Python imports", notes: "import / from", bookmarked: true, version: 0 } });
+    expect(await screen.findByTestId("feature-label")).toHaveTextContent("Python imports");
+  });
+
+  test("a conflicting save from another tab is shown, not lost, and can be saved over on purpose", async () => {
+    const theirs = annotation({ label: "theirs", notes: "their notes", version: 3, updated_at: "2025-01-01T00:00:00Z" });
+    const mine = annotation({ label: "mine", version: 4 });
+    let puts = 0;
+    const { calls } = stubServer([
+      {
+        method: "PUT",
+        path: /\/features\/42\/annotation$/,
+        get status() {
+          return puts++ === 0 ? 409 : 200;
+        },
+        get body() {
+          return puts === 1 ? { detail: "Feature 42's annotation was changed elsewhere (your edit was based on version 0, the saved one is version 3).", current: theirs } : mine;
+        },
+      },
+      ...routes(),
+    ]);
+    renderAt(url(42));
+    const editor = await screen.findByTestId("annotation");
+    await userEvent.type(within(editor).getByLabelText("Label"), "mine");
+    fireEvent.click(within(editor).getByRole("button", { name: "Save" }));
+    const conflict = await within(editor).findByTestId("annotation-conflict");
+    expect(conflict).toHaveTextContent("Someone else saved this feature's label meanwhile (version 3");
+    expect(within(conflict).getByTestId("conflict-label")).toHaveTextContent("theirs");
+    expect(conflict).toHaveTextContent("their notes");
+    expect(within(editor).getByLabelText("Label")).toHaveValue("mine"); // my text is still there
+    fireEvent.click(within(conflict).getByRole("button", { name: "Save mine over theirs" }));
+    await waitFor(() => expect(within(editor).queryByTestId("annotation-conflict")).toBeNull());
+    const saves = calls.filter((c) => c.method === "PUT").map((c) => c.body);
+    expect(saves).toEqual([
+      { label: "mine", notes: "", bookmarked: false, version: 0 },
+      { label: "mine", notes: "", bookmarked: false, version: 3 },
+    ]);
+  });
+
+  test("similar features link to their pages, here and in a comparable dictionary", async () => {
+    const { calls } = stubServer([
+      { path: /\/features\/42\/similar\?dictionary=gpt2-res6-k64/, body: { ...similar, dictionary: "gpt2-res6-k64", analyses: ["wide"], comparable: ["gpt2-res6-k64"] } },
+      ...routes(),
+    ]);
+    renderAt(url(42));
+    const box = await screen.findByTestId("similar");
+    expect(await within(box).findByRole("link", { name: "#77" })).toHaveAttribute("href", "/dictionaries/gpt2-res6/analyses/default/features/77");
+    within(box).getByText("closing brackets");
+    within(box).getByText("0.830");
+    await userEvent.selectOptions(within(box).getByLabelText("Dictionary to search"), "gpt2-res6-k64");
+    await waitFor(() =>
+      expect(within(box).getByRole("link", { name: "#77" })).toHaveAttribute("href", "/dictionaries/gpt2-res6-k64/analyses/wide/features/77"),
+    );
+    expect(calls.some((c) => c.url.includes("similar?dictionary=gpt2-res6-k64"))).toBe(true);
+  });
+
+  test("steering shows the steered and the unsteered continuation side by side", async () => {
+    const { calls } = stubServer([{ method: "POST", path: /\/features\/42\/steer$/, body: steerResult }, ...routes()]);
+    renderAt(url(42));
+    const box = await screen.findByTestId("steering");
+    await userEvent.type(within(box).getByLabelText("Prompt to continue"), "The weather");
+    fireEvent.click(within(box).getByRole("button", { name: "5× max" }));
+    expect(within(box).getByLabelText("strength")).toHaveValue(40); // 5 × max act 8
+    fireEvent.click(within(box).getByRole("button", { name: "Steer" }));
+    const steered = await within(box).findByTestId("steered");
+    expect(steered).toHaveTextContent("The weather import numpy");
+    expect(within(box).getByTestId("unsteered")).toHaveTextContent("The weather is sunny.");
+    expect(calls.find((c) => c.method === "POST")).toMatchObject({ body: { prompt: "The weather", strength: 40, max_new_tokens: 32, temperature: 0 } });
+  });
+
+  test("a steering error shows the server's sentence", async () => {
+    stubServer([
+      { method: "POST", path: /\/steer$/, status: 503, body: { detail: "All 1 inference slots are busy (GPT2DICT_INFERENCE_CONCURRENCY); retry in a moment." } },
+      ...routes(),
+    ]);
+    renderAt(url(42));
+    const box = await screen.findByTestId("steering");
+    await userEvent.type(within(box).getByLabelText("Prompt to continue"), "Hi");
+    fireEvent.click(within(box).getByRole("button", { name: "Steer" }));
+    expect(await within(box).findByRole("alert")).toHaveTextContent("inference slots are busy");
   });
 });
