@@ -649,7 +649,7 @@ def download_saelens(release: str, sae_id: str) -> Path:
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise DictionaryLoadError(
                 f"Could not get {loc.folder}/{filename} of the Hugging Face repository {loc.repo_id} (SAELens release "
-                f"{release!r}, id {sae_id!r}) {'with HF_HUB_OFFLINE=1 and nothing in the cache' if offline else ''}"
+                f"{release!r}, id {sae_id!r}) {'with HF_HUB_OFFLINE=1 and nothing in the cache ' if offline else ''}"
                 f"({type(e).__name__}: {reason}); connect to the hub{' and unset HF_HUB_OFFLINE' if offline else ''}, "
                 f"or download the folder where the hub is reachable (huggingface-cli download {loc.repo_id} --include "
                 f"'{loc.folder}/*' --local-dir DIR) and pass DIR/{loc.folder} instead.") from e
