@@ -17,22 +17,32 @@ tokens its decoder direction promotes (logit lens). Everything goes into one SQL
 An existing analysis of the same name is kept unless you pass `--overwrite` (or choose another
 `--analysis-name`); an interrupted run never damages it.
 
+Dictionaries from elsewhere: `--dictionary-path` may also be a SAELens or sparsify folder, or a SAELens
+hub name such as `saelens:gpt2-small-res_sce-ajt/blocks.6.hook_resid_pre`. It is first converted to
+this library's format under `results/imported/dictionaries/<name>/` (never written to where it came
+from, e.g. a Hugging Face cache), and the analysis goes there, beside the copy; the viewer lists it as
+`imported:<name>`. Its model is the one the dictionary names (SAELens's `gpt2-small` is `gpt2`)
+unless you pass `--model.name` (a hub name or a local model folder), which the copy then records.
+
 Next: browse the features with `uvicorn server.app:app --port 24577` (http://127.0.0.1:24577), or open
 notebooks/observe_feature_activation.ipynb.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import tyro
 
-from core import AnalysisConfig, DatasetConfig, FeatureStore, LanguageModelConfig, analyze
+from core import AnalysisConfig, DatasetConfig, FeatureStore, LanguageModelConfig, analyze, import_dictionary
 from core.config import DICTIONARIES_FOLDER
 from core.cli import run_entry_point
 from core.distributed import is_main_process
+from core.formats import is_foreign
 
 # The dictionary `python run_train_example.py` trains by default (SmolLM2-135M, block 3, built-in
 # corpus). 200k tokens take about 1.5 minutes on a 2-core CPU.
@@ -60,8 +70,20 @@ GPT2_PRESET = AnalysisConfig(
 PRESETS = {"smollm2": OFFLINE_PRESET, "gpt2": GPT2_PRESET}
 
 
-def main(cfg: AnalysisConfig) -> None:
-    if not Path(cfg.dictionary_path).expanduser().exists():
+# Where dictionaries of other libraries are imported to (results/imported/dictionaries/<name>/).
+IMPORT_RESULTS_DIR = "results"
+
+
+def main(cfg: AnalysisConfig, *, model_given: bool = True) -> None:
+    """`model_given`: --model.name was passed (else a foreign dictionary's own model is used)."""
+    if is_foreign(cfg.dictionary_path):
+        imported = import_dictionary(cfg.dictionary_path, IMPORT_RESULTS_DIR,
+                                     model_name=cfg.model.name if model_given else None)
+        model_name = json.loads((imported / "config.json").read_text())["model_name"]
+        if is_main_process():
+            print(f"Imported {cfg.dictionary_path} to {imported}; its analysis is written there.")
+        cfg = replace(cfg, dictionary_path=str(imported), model=replace(cfg.model, name=model_name))
+    elif not Path(cfg.dictionary_path).expanduser().exists():
         raise SystemExit(f"No dictionary at {cfg.dictionary_path}; train one first (python run_train_example.py) "
                          "or pass --dictionary-path.")
     folder = analyze(cfg)
@@ -84,5 +106,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # An optional first argument names the preset; every field can then be overridden.
     preset = PRESETS[sys.argv.pop(1)] if len(sys.argv) > 1 and sys.argv[1] in PRESETS else OFFLINE_PRESET
+    model_given = any(arg == "--model.name" or arg.startswith("--model.name=") for arg in sys.argv)
     run_entry_point(main, tyro.cli(AnalysisConfig, default=preset, description=f"Analyze a dictionary. Presets "
-                                                                            f"(optional first argument): {', '.join(PRESETS)}."))
+                                                                            f"(optional first argument): {', '.join(PRESETS)}."),
+                    model_given=model_given)

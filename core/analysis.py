@@ -430,6 +430,14 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
     share the encoding and rank 0 writes one store, the same as one process's (`accumulate_features`).
     """
     cfg.validate()
+    from .formats import is_foreign  # (imports core.sae and core.lm, which import nothing of this module)
+
+    if is_foreign(cfg.dictionary_path):
+        # An analysis is written inside its dictionary's folder, which here belongs to another tool (or to
+        # the Hugging Face cache): the analysis of a foreign dictionary is that of its imported copy.
+        raise ConfigError(f"{cfg.dictionary_path} is a dictionary of another library; import it first with "
+                          f"core.import_dictionary (a converted copy under results/imported/dictionaries/, analyzed "
+                          f"and browsed like a trained one) and analyze that copy. run_analyze_example.py does both.")
     dist = init_distributed(cfg.device)
     dist.check_same("analysis config", cfg.to_dict())
     if sae is None:

@@ -11,13 +11,14 @@ from .cache import CacheError
 from .config import ConfigError
 from .data import DatasetError
 from .distributed import DistributedError
+from .formats import DictionaryFormatError
 from .lm import HookNameError, ModelLoadError
 from .sae import DictionaryLoadError
 from .store import StoreError
 from .training import TrainingInterrupted
 
-USER_ERRORS = (CacheError, ConfigError, DatasetError, DictionaryLoadError, HookNameError, ModelLoadError, StoreError,
-               FileExistsError)
+USER_ERRORS = (CacheError, ConfigError, DatasetError, DictionaryFormatError, DictionaryLoadError, HookNameError,
+               ModelLoadError, StoreError, FileExistsError)
 """Errors whose message says what is wrong and what to do; anything else is a bug and keeps its traceback."""
 
 T = TypeVar("T")

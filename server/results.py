@@ -110,6 +110,13 @@ class DictionaryInfo:
         return factor * self.config["d_in"] if isinstance(factor, int) else 0
 
     @property
+    def source(self) -> dict | None:
+        """Where an imported dictionary came from (`core.formats.import_dictionary`): format, version,
+        path, SAELens release / id, original model and hook names; None for one trained here."""
+        source = self.config.get("source")
+        return source if isinstance(source, dict) else None
+
+    @property
     def metrics(self) -> dict[str, float | int | None]:
         """The scalar evaluation metrics (nested ones such as histograms stay in `config`)."""
         metrics = self.config.get("metrics") or {}

@@ -501,20 +501,13 @@ class SparseAutoencoder(nn.Module):
         if self.is_transcoder:
             self.output_normalization_scale = 1.0
 
-    def save(self, folder: str | Path, *, metrics: dict | None = None, extra: dict | None = None) -> Path:
-        """Write folder/config.json and folder/sae.safetensors, normalization folded in.
-
-        The live SAE is not modified. `metrics` is stored under "metrics"; the keys of `extra`
-        (e.g. dataset, context_size, training_tokens) are merged into config.json. Files are written
-        to temporary names and renamed, config.json last, so an interrupted save never leaves a
-        folder that looks like a complete dictionary with mismatched contents.
-        """
-        folder = Path(folder)
+    def config_dict(self, *, metrics: dict | None = None, extra: dict | None = None) -> dict:
+        """The contents of the config.json that `save` writes (the constants as folded at save)."""
         extra = dict(extra or {})
         clash = sorted(set(extra) & set(_RESERVED_KEYS))
         if clash:
             raise ValueError(f"extra may not set {', '.join(clash)}: save() writes these keys itself.")
-        config = {
+        return {
             "format_version": FORMAT_VERSION,
             "architecture": self.architecture,
             "d_in": self.d_in,
@@ -531,7 +524,17 @@ class SparseAutoencoder(nn.Module):
             "metrics": dict(metrics or {}),
             **extra,
         }
-        config_text = json.dumps(config, indent=2, default=_json_default) + "\n"
+
+    def save(self, folder: str | Path, *, metrics: dict | None = None, extra: dict | None = None) -> Path:
+        """Write folder/config.json and folder/sae.safetensors, normalization folded in.
+
+        The live SAE is not modified. `metrics` is stored under "metrics"; the keys of `extra`
+        (e.g. dataset, context_size, training_tokens) are merged into config.json. Files are written
+        to temporary names and renamed, config.json last, so an interrupted save never leaves a
+        folder that looks like a complete dictionary with mismatched contents.
+        """
+        folder = Path(folder)
+        config_text = json.dumps(self.config_dict(metrics=metrics, extra=extra), indent=2, default=_json_default) + "\n"
         tensors = {name: t.cpu() for name, t in self._folded_tensors().items()}
 
         folder.mkdir(parents=True, exist_ok=True)

@@ -57,21 +57,51 @@ class ReLUSAE(_DenseSAE, architecture="relu"):
 class JumpReLUSAE(_DenseSAE, architecture="jumprelu"):
     """f = pre * H(pre - theta) with a learned theta per latent (stored as log_threshold) and an L0
     penalty; theta gets straight-through gradients through a rectangle kernel of width
-    cfg.jumprelu_bandwidth."""
+    cfg.jumprelu_bandwidth.
 
-    _architecture_tensor_names = ("log_threshold",)
+    A dictionary imported from another library (`core.formats`) keeps its thresholds as they were
+    given, in the buffer `threshold` (`set_threshold`), and saves that instead of log_threshold:
+    exp(log(theta)) is not theta again in float arithmetic, and 0 has no logarithm, so a
+    pre-activation at the threshold could fire here and not there. Such a dictionary is for
+    inference; training it is refused."""
 
     def __init__(self, cfg, d_in, **kwargs):
         super().__init__(cfg, d_in, **kwargs)
         init = math.log(cfg.jumprelu_init_threshold)
         self.log_threshold = nn.Parameter(torch.full((self.d_sae,), init, device=self.device, dtype=self.dtype))
+        self.register_buffer("threshold", None)  # [d_sae] absolute thresholds, when set_threshold gave them
+
+    @property
+    def _architecture_tensor_names(self) -> tuple[str, ...]:
+        return ("log_threshold",) if self.threshold is None else ("threshold",)
+
+    def theta(self) -> Tensor:
+        """The thresholds [d_sae] in use: the absolute ones when set, else exp(log_threshold)."""
+        return self.log_threshold.exp() if self.threshold is None else self.threshold
+
+    @torch.no_grad()
+    def set_threshold(self, theta: Tensor) -> None:
+        """Use the absolute thresholds `theta` [d_sae] (finite, >= 0) from now on, exactly as given."""
+        theta = torch.as_tensor(theta)
+        if theta.shape != (self.d_sae,):
+            raise ValueError(f"set_threshold needs thresholds of shape [d_sae]=[{self.d_sae}], got {tuple(theta.shape)}.")
+        if not bool(torch.isfinite(theta).all()) or bool((theta < 0).any()):
+            raise ValueError("set_threshold needs finite thresholds >= 0 (a negative one acts as 0 after the ReLU "
+                             "that other libraries apply; clamp it first).")
+        self.threshold = theta.detach().to(self.device, self.dtype).clone()
+
+    def _training_forward(self, x, target, sparsity_coefficient, dead_mask):
+        if self.threshold is not None:
+            raise ValueError("this jumprelu dictionary keeps absolute thresholds (it was imported from another "
+                             "library) and is for inference only; train a new dictionary instead.")
+        return super()._training_forward(x, target, sparsity_coefficient, dead_mask)
 
     def _activate(self, pre: Tensor) -> Tensor:
-        return _JumpReLUFunction.apply(pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+        return _JumpReLUFunction.apply(pre, self.theta(), self.cfg.jumprelu_bandwidth)
 
     def _sparsity_loss(self, pre: Tensor, feature_acts: Tensor, coefficient: float | None) -> Tensor:
         coefficient = self.cfg.l0_coefficient if coefficient is None else coefficient
-        step = _StepFunction.apply(pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+        step = _StepFunction.apply(pre, self.theta(), self.cfg.jumprelu_bandwidth)
         return coefficient * step.sum(-1).mean()
 
 

@@ -1,6 +1,7 @@
 """`load_dictionary`: the one entry point that opens a dictionary folder.
 
-Native folders (written by `SparseAutoencoder.save`; format_version 1 and 2) are read here.
+Native folders (written by `SparseAutoencoder.save`; format_version 1 and 2) are read here;
+SAELens and sparsify folders by `core.formats`.
 Nothing is unpickled: the weights are safetensors, the config is JSON, and every mismatch
 between the two is refused with one sentence naming the file and what is wrong.
 """
@@ -26,9 +27,23 @@ def load_dictionary(
     path: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    *,
+    model_name: str | None = None,
+    hook_name: str | None = None,
+    hook_out: str | None = None,
 ) -> SparseAutoencoder:
-    """Load the dictionary (SAE or transcoder) in folder `path`, ready for raw activations."""
-    folder = Path(path)
+    """Load the dictionary (SAE or transcoder) in folder `path`, ready for raw activations.
+
+    `path` may also be a SAELens or sparsify folder, or `saelens:<release>/<sae_id>` (downloaded
+    from the Hugging Face hub): see `core.formats`. For those only, `model_name` (a hub name or a
+    local model folder), `hook_name` and `hook_out` replace the names the folder gives, or supply
+    them where it has none.
+    """
+    from .. import formats
+
+    if formats.is_hub_name(path):
+        return formats.load_foreign(path, device, dtype, model_name=model_name, hook_name=hook_name, hook_out=hook_out)
+    folder = Path(path).expanduser()
     if not folder.exists():
         raise DictionaryLoadError(f"No dictionary at {folder}: the folder does not exist; pass the folder "
                                   f"that holds {CONFIG_FILENAME} and {WEIGHTS_FILENAME} "
@@ -36,9 +51,17 @@ def load_dictionary(
     if not folder.is_dir():
         raise DictionaryLoadError(f"{folder} is a file, not a dictionary folder; pass the folder that "
                                   f"contains it ({folder.parent}).")
-    # Foreign formats (SAELens and sparsify folders) are to be recognized here, before the native
-    # reader: each converted exactly into a SparseAutoencoder, or refused with a sentence naming
-    # what this library cannot represent.
+    # Foreign formats (SAELens and sparsify folders): each converted exactly into a
+    # SparseAutoencoder, or refused with a sentence naming what this library cannot represent.
+    if formats.foreign_format(folder) is not None:
+        return formats.load_foreign(folder, device, dtype, model_name=model_name, hook_name=hook_name,
+                                    hook_out=hook_out)
+    if model_name is not None or hook_name is not None or hook_out is not None:
+        raise DictionaryLoadError(f"model_name, hook_name and hook_out are for folders of other libraries; {folder} "
+                                  f"is not one, and this library's folders name their own model and hooks.")
+    hint = formats.sparsify_run_folder_hint(folder)
+    if hint is not None:
+        raise DictionaryLoadError(hint)
     return _load_native(folder, device, dtype)
 
 
@@ -46,7 +69,8 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
     config_path = folder / CONFIG_FILENAME
     if not config_path.is_file():
         raise DictionaryLoadError(f"{folder} is not a dictionary: it has no {CONFIG_FILENAME}; pass a folder "
-                                  f"written by SparseAutoencoder.save (e.g. results/<exp_name>/dictionary).")
+                                  f"written by SparseAutoencoder.save (e.g. results/<exp_name>/dictionary), or a "
+                                  f"SAELens or sparsify folder (with cfg.json).")
     try:
         data = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -91,6 +115,8 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
         raise DictionaryLoadError(f"{weights_path} is not a readable safetensors file ({e}); the file is "
                                   f"corrupt or truncated, save or copy the dictionary again.") from e
 
+    if architecture == "jumprelu" and "threshold" in tensors and "log_threshold" not in tensors:
+        sae.set_threshold(torch.zeros(sae.d_sae))  # absolute thresholds (imported; see JumpReLUSAE), copied below
     expected = {name: tuple(t.shape) for name, t in sae._saved_tensors().items()}
     problems = [f"{name} missing" for name in expected if name not in tensors]
     problems += [f"unexpected {name}" for name in tensors if name not in expected]
