@@ -62,17 +62,21 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .config import DICTIONARIES_FOLDER, OFFLINE_MODEL_NAME, ConfigError, LanguageModelConfig, SAEConfig
+from .config import DICTIONARIES_FOLDER, OFFLINE_MODEL_NAME, ConfigError, DatasetConfig, LanguageModelConfig, SAEConfig
 from .files import publish, temp_sibling
 from .lm import is_residual_hook
 from .sae import CONFIG_FILENAME, DictionaryLoadError, SparseAutoencoder, load_dictionary
+
+if TYPE_CHECKING:
+    from .evals import EvalResult
+    from .lm import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -720,6 +724,38 @@ def import_dictionary(source: str | Path, results_dir: str | Path = "results", *
                           "source": info})
     log.info("Imported %s (%s) to %s.", source, info["format"], dest)
     return dest
+
+
+def evaluate_imported(folder: str | Path, model: LanguageModel, dataset: DatasetConfig, *, n_tokens: int = 8192,
+                      batch_size: int = 16, cache_dir: str | Path = "~/.cache/gpt2_dictionary") -> EvalResult:
+    """Evaluate an imported copy (`import_dictionary`) on about `n_tokens` tokens of `dataset` — L0,
+    explained variance, CE loss recovered, KL, ... as a trained dictionary's final evaluation — and
+    record them in its config.json ("metrics", with "evaluation" saying on what), written atomically,
+    so the viewer shows them. The text is not held out from the dictionary's own training data, which
+    this library does not know; a trained dictionary's metrics are its trainer's, never replaced here."""
+    from .data import TokenBatches
+    from .evals import evaluate
+    from .files import atomic_write
+
+    folder = Path(folder).expanduser()
+    config = _read_json(folder / CONFIG_FILENAME)
+    if not isinstance(config.get("source"), dict):
+        raise DictionaryLoadError(f"{folder} is not an imported dictionary (its config.json has no \"source\"); a "
+                                  f"trained dictionary's metrics come from its trainer's held-out evaluation.")
+    if n_tokens < 1 or batch_size < 1:
+        raise ConfigError(f"n_tokens and batch_size must be positive, not {n_tokens} and {batch_size}.")
+    sae = load_dictionary(folder, device=model.device)
+    batches = TokenBatches(dataset, model.tokenizer, bos_token_id=model.bos_token_id,
+                           separator_token_id=model.separator_token_id, batch_size=batch_size, cache_dir=cache_dir)
+    n_batches = max(1, -(-n_tokens // (batch_size * dataset.context_size)))
+    result = evaluate(model, sae, (b for _, b in zip(range(n_batches), batches)))
+    config["metrics"] = result.to_dict()
+    config["evaluation"] = {"n_tokens": result.n_tokens, "dataset": dataset.path, "context_size": dataset.context_size,
+                            "held_out": False}
+    atomic_write(folder / CONFIG_FILENAME, json.dumps(config, indent=2) + "\n")
+    log.info("Evaluated %s on %d tokens: L0 %.1f, explained variance %.4f, CE loss recovered %.4f.", folder,
+             result.n_tokens, result.l0, result.explained_variance, result.ce_loss_recovered)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------

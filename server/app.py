@@ -412,7 +412,20 @@ def _summary(results: ResultsFolder, info: DictionaryInfo) -> dict:
     return {"name": info.name, "run": info.name.partition(ID_SEPARATOR)[0], "model_name": c["model_name"],
             "hook_name": c["hook_name"], "hook_out": c.get("hook_out"), "architecture": c["architecture"],
             "d_in": c["d_in"], "d_sae": info.d_sae,
-            "metrics": info.metrics, "analyses": results.analysis_names(info.name)}
+            "metrics": info.metrics, "analyses": results.analysis_names(info.name), "source": _provenance(info)}
+
+
+def _provenance(info: DictionaryInfo) -> dict | None:
+    """`info.source` as the API describes it; a hand-edited one that does not fit is left out (logged) rather
+    than failing every listing that includes the dictionary."""
+    source = info.source
+    if source is None:
+        return None
+    try:
+        return schemas.Provenance.model_validate(source).model_dump()
+    except ValueError as e:
+        log.warning("%s: its config's \"source\" does not describe a provenance (%s); not shown.", info.name, e)
+        return None
 
 
 def _store(results: ResultsFolder, name: str, analysis: str) -> FeatureStore:

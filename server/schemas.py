@@ -80,6 +80,28 @@ class AnalysisSummary(BaseModel):
     density_histogram: Histogram = Field(description="histogram of log10(density) over alive features")
 
 
+class Provenance(BaseModel):
+    """Where an imported dictionary came from (`core.import_dictionary` writes it under "source" in
+    the copy's config.json). Keys the source's config lacks are null; other keys pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str = Field(description="the library whose folder it was: `saelens` or `sparsify`")
+    version: Optional[str] = Field(None, description="that format's version, e.g. SAELens `6.54.12` or `pre-6 (5.11.0)`")
+    path: Optional[str] = Field(None, description="the folder it was imported from")
+    release: Optional[str] = Field(None, description="the SAELens release it was downloaded as")
+    sae_id: Optional[str] = Field(None, description="its id in that release")
+    repo_id: Optional[str] = Field(None, description="the Hugging Face repository it came from")
+    repo_folder: Optional[str] = Field(None, description="the folder in that repository")
+    model_name: Optional[str] = Field(None, description="the model name its own config gave")
+    hook_name: Optional[str] = Field(None, description="the hook name its own config gave")
+    architecture: Optional[str] = Field(None, description="the architecture its own config gave")
+    training_architecture: Optional[str] = Field(None, description="what SAELens trained it as (e.g. batchtopk, saved as jumprelu)")
+    neuronpedia_id: Optional[str] = None
+    sha256: Optional[str] = Field(None, description="SHA-256 of the weights file it was converted from")
+    conversions: list[str] = Field(default_factory=list, description="what the import changed to represent it exactly")
+
+
 class DictionarySummary(BaseModel):
     name: str = Field(description="its id: `<run>:<dictionary>` (results/<run>/dictionaries/<dictionary>/), or "
                                   "`<run>` for an older run's only dictionary (results/<run>/dictionary/)")
@@ -92,6 +114,8 @@ class DictionarySummary(BaseModel):
     d_sae: int
     metrics: Metrics
     analyses: list[str] = Field(description="names of the complete analyses, sorted")
+    source: Optional[Provenance] = Field(None, description="where an imported dictionary came from; null for one "
+                                                           "trained here")
 
 
 class DictionaryDetail(DictionarySummary):

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from core import (AnalysisConfig, ConfigError, DatasetConfig, DictionaryFormatError, DictionaryLoadError,
                   LanguageModelConfig, SAEConfig, SparseAutoencoder, TokenBatches, analyze, evaluate,
-                  export_saelens, export_sparsify, import_dictionary, load_dictionary)
+                  evaluate_imported, export_saelens, export_sparsify, import_dictionary, load_dictionary)
 from core import formats
 from tests.conftest import ROOT, TINY_HOOK, tiny_analysis_config
 
@@ -491,7 +491,7 @@ def test_an_imported_dictionary_is_evaluated_analyzed_and_browsed(tmp_path, tiny
     from server.results import ResultsFolder
     from tests.server_helpers import local_client, make_settings
 
-    source = FOREIGN / "saelens" / "topk_e2e"
+    source = source_path = FOREIGN / "saelens" / "topk_e2e"
     # Analyses are written beside the dictionary, so a foreign folder is analyzed through its imported copy.
     with pytest.raises(ConfigError, match="import it first"):
         analyze(tiny_analysis_config(source, tiny_gpt2_dir), model=tiny_model)
@@ -523,6 +523,34 @@ def test_an_imported_dictionary_is_evaluated_analyzed_and_browsed(tmp_path, tiny
         assert page.status_code == 200 and page.json()["total"] == 128
         text = client.post(f"/api/dictionaries/{name}/activations", json={"text": "Hello world, a test."})
         assert text.status_code == 200, text.text
+        # Its provenance, as the list and the detail give it to the viewer; none for one trained here.
+        listed = {d["name"]: d for d in client.get("/api/dictionaries").json()["dictionaries"]}
+        source = listed[name]["source"]
+        assert source["format"] == "saelens" and source["version"].startswith("6.")
+        assert source["model_name"] == "gpt2" and source["hook_name"] == TINY_HOOK
+        assert source["path"] == str(source_path.resolve()) and len(source["sha256"]) == 64
+        assert detail["source"] == source
+    # A hand-edited "source" that describes no provenance is left out, not a failed listing.
+    config = json.loads((copy / "config.json").read_text())
+    config["source"] = {"path": 3}
+    (copy / "config.json").write_text(json.dumps(config))
+    with local_client(create_app(make_settings(tmp_path))) as client:
+        listing = client.get("/api/dictionaries")
+        assert listing.status_code == 200 and listing.json()["dictionaries"][0]["source"] is None
+        assert client.get(f"/api/dictionaries/{name}").json()["source"] is None
+
+
+def test_only_imported_copies_are_evaluated_into_their_config(tmp_path, tiny_dictionary, tiny_model):
+    # A trained dictionary's metrics are its trainer's held-out evaluation: never replaced.
+    before = (tiny_dictionary / "config.json").read_bytes()
+    with pytest.raises(DictionaryLoadError, match="not an imported dictionary"):
+        evaluate_imported(tiny_dictionary, tiny_model, DatasetConfig(context_size=32))
+    assert (tiny_dictionary / "config.json").read_bytes() == before
+    copy = import_dictionary(FOREIGN / "saelens" / "topk_e2e", tmp_path, model_name="gpt2")
+    with pytest.raises(ConfigError, match="must be positive"):
+        evaluate_imported(copy, tiny_model, DatasetConfig(context_size=32), n_tokens=0)
+    result = evaluate_imported(copy, tiny_model, DatasetConfig(context_size=32), n_tokens=200, batch_size=2)
+    assert result.n_tokens <= 4 * 2 * 32 and load_dictionary(copy).saved_config["metrics"]["l0"] == pytest.approx(8.0)
 
 
 def test_run_analyze_example_takes_a_foreign_folder(tmp_path, tiny_gpt2_dir):
@@ -534,6 +562,19 @@ def test_run_analyze_example_takes_a_foreign_folder(tmp_path, tiny_gpt2_dir):
     copy = tmp_path / "results" / "imported" / "dictionaries" / "topk_e2e"
     assert (copy / "analysis" / "default" / "features.sqlite").is_file()
     assert f"Imported {FOREIGN / 'saelens' / 'topk_e2e'} to results/imported/dictionaries/topk_e2e" in proc.stdout
+    # Imported without metrics, it was evaluated first; the viewer shows these like a trained dictionary's.
+    config = json.loads((copy / "config.json").read_text())
+    metrics = config["metrics"]
+    assert metrics["l0"] == pytest.approx(8.0) and 0 < metrics["n_tokens"] <= 8192
+    assert math.isfinite(metrics["ce_loss_recovered"]) and math.isfinite(metrics["explained_variance"])
+    assert config["evaluation"]["held_out"] is False and f"CE loss recovered {metrics['ce_loss_recovered']:.4f}" in proc.stdout
+    # Run again: the copy, its metrics and its analysis are reused, not recomputed (the analysis is refused).
+    again = subprocess.run([sys.executable, str(ROOT / "run_analyze_example.py"), "--dictionary-path",
+                            str(FOREIGN / "saelens" / "topk_e2e"), "--model.name", str(tiny_gpt2_dir),
+                            "--total-analyzing-tokens", "1500", "--dataset.context-size", "32"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "Evaluated" not in again.stdout and "--overwrite" in again.stderr
+    assert json.loads((copy / "config.json").read_text())["metrics"] == metrics
     # A model name the dictionary cannot be mapped to: one sentence saying how to give a folder.
     folder = copy_fixture("saelens/standard", tmp_path / "src")
     edit_json(folder / "cfg.json", metadata__model_name="my-private-model")

@@ -3,7 +3,8 @@
 - `bun run test`: Vitest component tests (token highlighting, page states).
 - `bun run test:e2e`: headless Debian Chromium (playwright-core) driving the built UI served by a
   real uvicorn process over a real feature store built by the analyzer from the tiny GPT-2, and a
-  real sweep run of three dictionaries trained on it (search, steering, labels, run pages).
+  real sweep run of three dictionaries trained on it (search, steering, labels, run pages), and a
+  dictionary imported from a folder written by SAELens (its provenance).
 
 They need bun and /usr/bin/chromium (`.ci/run` installs both); without them the tests fail with
 the install command rather than skipping, since a skipped viewer test proves nothing.
@@ -22,8 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core import import_dictionary
+
 ROOT = Path(__file__).resolve().parents[1]
 UI = ROOT / "ui"
+FOREIGN = ROOT / "tests" / "data" / "foreign"
+IMPORTED = "imported:topk_e2e"  # the viewer's id of the SAELens fixture once imported
 
 
 def _bun() -> str:
@@ -70,6 +75,8 @@ def viewer_results(tiny_analysis, tiny_results_dir, tiny_sweep_run, tmp_path_fac
     results = tmp_path_factory.mktemp("viewer-results")
     shutil.copytree(tiny_results_dir / RUN, results / RUN, ignore=shutil.ignore_patterns("checkpoints"))
     shutil.copytree(tiny_sweep_run, results / SWEEP_RUN, ignore=shutil.ignore_patterns("checkpoints"))
+    # and a dictionary imported from a folder SAELens wrote, which the viewer shows with its provenance
+    import_dictionary(FOREIGN / "saelens" / "topk_e2e", results)
     return results
 
 
@@ -112,8 +119,9 @@ def test_ui_end_to_end_in_headless_chromium(ui_dependencies, viewer_url, tiny_an
     dictionary = DICT  # the server's id of the tiny dictionary: <run>:<dictionary name>
     proc = _run([ui_dependencies, "run", "test:e2e"], env={
         "VIEWER_URL": viewer_url, "E2E_DICTIONARY": dictionary, "E2E_ANALYSIS": tiny_analysis.name,
-        "E2E_SWEEP_RUN": SWEEP_RUN})
+        "E2E_SWEEP_RUN": SWEEP_RUN, "E2E_IMPORTED": IMPORTED})
     out = proc.stdout + proc.stderr
     assert "passed" in out and "failed" not in out.lower().replace("0 failed", "")
     assert "research.e2e.test.ts" in out and "viewer.e2e.test.ts" in out, out[-3000:]
+    assert "skipped" not in out, out[-3000:]
     assert list((UI / "screenshots").glob("*.png")), "the e2e run saved no screenshots"

@@ -1,7 +1,8 @@
 // End-to-end: the research tools in a real browser against a real server: token search, nearest
 // features, steering, labels (surviving a reload; a conflicting edit from a second tab is shown and
 // not lost), and a sweep run's page. Env as viewer.e2e.test.ts, plus E2E_SWEEP_RUN (a run of
-// several dictionaries; default: the first run with more than one).
+// several dictionaries; default: the first run with more than one) and E2E_IMPORTED (an imported dictionary's id;
+// its test is skipped without it).
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -172,6 +173,27 @@ describe("research tools", () => {
     await plots.first().locator(`[data-point="${target}"] circle`).click();
     await page.waitForURL((u) => decodeURIComponent(u.pathname) === `/dictionaries/${target}`);
     await page.getByRole("heading", { name: target.replace(":", " / "), level: 1 }).waitFor();
+  });
+
+  test.skipIf(!process.env.E2E_IMPORTED)("an imported dictionary says where it came from, also in a narrow window", async () => {
+    const imported = process.env.E2E_IMPORTED!;
+    await page.goto(`${BASE}/`);
+    const row = page.locator(`tr[data-dictionary="${imported}"]`);
+    await row.getByTestId("source-tag").filter({ hasText: "from SAELens" }).waitFor();
+    expect(await page.getByTestId("source-tag").count()).toBe(1); // the dictionaries trained here have none
+    await row.getByRole("link", { name: imported.replace(":", " / ") }).click();
+    await page.waitForURL((u) => decodeURIComponent(u.pathname) === `/dictionaries/${imported}`);
+    const card = page.getByTestId("provenance");
+    await card.getByRole("heading", { name: /^Imported from SAELens \d/ }).waitFor();
+    await card.getByText("Imported from", { exact: true }).waitFor();
+    await screenshot("imported-dictionary");
+    const narrow = await browser.newContext({ viewport: { width: 420, height: 900 } });
+    const p = await narrow.newPage();
+    await p.goto(`${BASE}/dictionaries/${enc(imported)}`);
+    await p.getByTestId("provenance").waitFor();
+    const { scroll, client } = await p.evaluate(() => ({ scroll: document.documentElement.scrollWidth, client: document.documentElement.clientWidth }));
+    expect(scroll, "the provenance card is wider than a narrow window").toBeLessThanOrEqual(client + 1);
+    await narrow.close();
   });
 
   test("the new panels fit a narrow window", async () => {

@@ -526,6 +526,8 @@ export interface components {
              * @description the training run (experiment folder) it belongs to
              */
             run: string;
+            /** @description where an imported dictionary came from; null for one trained here */
+            source?: components["schemas"]["Provenance"] | null;
         };
         /** DictionaryList */
         DictionaryList: {
@@ -568,6 +570,8 @@ export interface components {
              * @description the training run (experiment folder) it belongs to
              */
             run: string;
+            /** @description where an imported dictionary came from; null for one trained here */
+            source?: components["schemas"]["Provenance"] | null;
         };
         /** ErrorDetail */
         ErrorDetail: {
@@ -778,6 +782,82 @@ export interface components {
             index: number;
             /** Label */
             label: string;
+        };
+        /**
+         * Provenance
+         * @description Where an imported dictionary came from (`core.import_dictionary` writes it under "source" in
+         *     the copy's config.json). Keys the source's config lacks are null; other keys pass through.
+         */
+        Provenance: {
+            /**
+             * Architecture
+             * @description the architecture its own config gave
+             */
+            architecture?: string | null;
+            /**
+             * Conversions
+             * @description what the import changed to represent it exactly
+             */
+            conversions?: string[];
+            /**
+             * Format
+             * @description the library whose folder it was: `saelens` or `sparsify`
+             */
+            format: string;
+            /**
+             * Hook Name
+             * @description the hook name its own config gave
+             */
+            hook_name?: string | null;
+            /**
+             * Model Name
+             * @description the model name its own config gave
+             */
+            model_name?: string | null;
+            /** Neuronpedia Id */
+            neuronpedia_id?: string | null;
+            /**
+             * Path
+             * @description the folder it was imported from
+             */
+            path?: string | null;
+            /**
+             * Release
+             * @description the SAELens release it was downloaded as
+             */
+            release?: string | null;
+            /**
+             * Repo Folder
+             * @description the folder in that repository
+             */
+            repo_folder?: string | null;
+            /**
+             * Repo Id
+             * @description the Hugging Face repository it came from
+             */
+            repo_id?: string | null;
+            /**
+             * Sae Id
+             * @description its id in that release
+             */
+            sae_id?: string | null;
+            /**
+             * Sha256
+             * @description SHA-256 of the weights file it was converted from
+             */
+            sha256?: string | null;
+            /**
+             * Training Architecture
+             * @description what SAELens trained it as (e.g. batchtopk, saved as jumprelu)
+             */
+            training_architecture?: string | null;
+            /**
+             * Version
+             * @description that format's version, e.g. SAELens `6.54.12` or `pre-6 (5.11.0)`
+             */
+            version?: string | null;
+        } & {
+            [key: string]: unknown;
         };
         /** QueryToken */
         QueryToken: {

@@ -15,6 +15,7 @@ export type Metrics = Schemas["Metrics"];
 export type AnalysisSummary = Schemas["AnalysisSummary"];
 export type DictionarySummary = Schemas["DictionarySummary"];
 export type DictionaryDetail = Schemas["DictionaryDetail"];
+export type Provenance = Schemas["Provenance"];
 export type Health = Schemas["Health"];
 export type FeaturePage = Schemas["FeaturePage"];
 export type FeatureDetail = Schemas["FeatureDetail"];

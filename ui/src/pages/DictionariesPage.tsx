@@ -1,5 +1,6 @@
 import { Link } from "react-router";
 import { formatMetric } from "../components/MetricsGrid";
+import { SourceTag } from "../components/Provenance";
 import { ErrorMessage, Loading } from "../components/QueryState";
 import { fmtInt } from "../format";
 import { dictionaryLabel, dictionaryPath, hookLabel, runPath, dictionaryParts } from "../paths";
@@ -50,6 +51,7 @@ export function DictionariesPage() {
                     <Link to={dictionaryPath(d.name)} className="strong" title={`id ${d.name}`}>
                       {dictionaryLabel(d.name)}
                     </Link>
+                    {d.source && <> <SourceTag source={d.source} /></>}
                   </td>
                   <td>
                     <Link to={runPath(dictionaryParts(d.name).run)} className="run-link">

@@ -5,6 +5,7 @@ import { FeatureTable } from "../components/FeatureTable";
 import { Histogram } from "../components/Histogram";
 import { MetricsGrid } from "../components/MetricsGrid";
 import { Pagination } from "../components/Pagination";
+import { ProvenanceCard, SourceTag } from "../components/Provenance";
 import { ErrorMessage, Loading } from "../components/QueryState";
 import { SearchPanel, type SearchMode } from "../components/SearchPanel";
 import { TextActivations } from "../components/TextActivations";
@@ -72,6 +73,7 @@ export function DictionaryPage() {
             <h2>Evaluation</h2>
             <MetricsGrid metrics={detail.metrics} />
           </section>
+          {detail.source && <ProvenanceCard source={detail.source} />}
           {unknownAnalysis && (
             <ErrorMessage
               error={new Error(`Dictionary ${name} has no analysis named "${analysis}"; available: ${detail.analyses.join(", ")}.`)}
@@ -148,6 +150,7 @@ function DictionaryHeader({ detail }: { detail: DictionaryDetail }) {
         <span className="tag" title="d_in × d_sae">
           {fmtInt(detail.d_in)} → {fmtInt(detail.d_sae)}
         </span>
+        {detail.source && <SourceTag source={detail.source} />}
       </span>
     </header>
   );

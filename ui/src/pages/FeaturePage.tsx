@@ -8,6 +8,7 @@ import { FeatureNav } from "../components/FeatureNav";
 import { Histogram } from "../components/Histogram";
 import { IntervalGroups } from "../components/IntervalGroups";
 import { LogitLensTable } from "../components/LogitLensTable";
+import { SourceTag } from "../components/Provenance";
 import { ErrorMessage, Loading } from "../components/QueryState";
 import { SampleList } from "../components/SampleList";
 import { SimilarFeatures } from "../components/SimilarFeatures";
@@ -76,6 +77,7 @@ export function FeaturePage() {
           <span className="tags">
             <span className="tag">{dict.data.model_name}</span>
             <span className="tag mono">{hookLabel(dict.data)}</span>
+            {dict.data.source && <SourceTag source={dict.data.source} />}
           </span>
         )}
       </header>

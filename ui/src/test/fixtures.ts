@@ -53,6 +53,35 @@ export const dictionaryDetail: DictionaryDetail = {
   ],
 };
 
+/** A dictionary imported from SAELens's hub (core.import_dictionary), as the server describes it. */
+export const importedDictionary: DictionaryDetail = {
+  ...dictionaryDetail,
+  name: "imported:gpt2-small-res-jb--blocks.8.hook_resid_pre",
+  run: "imported",
+  hook_name: "blocks.8.hook_resid_pre",
+  architecture: "relu",
+  d_sae: 24576,
+  metrics: {},
+  analyses: [],
+  analysis_summaries: [],
+  source: {
+    format: "saelens",
+    version: "6.54.12",
+    path: "/home/me/.cache/huggingface/hub/models--jbloom--GPT2-Small-SAEs-Reformatted/snapshots/abc/blocks.8.hook_resid_pre",
+    release: "gpt2-small-res-jb",
+    sae_id: "blocks.8.hook_resid_pre",
+    repo_id: "jbloom/GPT2-Small-SAEs-Reformatted",
+    repo_folder: "blocks.8.hook_resid_pre",
+    model_name: "gpt2-small",
+    hook_name: "blocks.8.hook_resid_pre",
+    architecture: "standard",
+    training_architecture: null,
+    neuronpedia_id: "gpt2-small/8-res-jb",
+    sha256: "5f1d2c3b4a5968778695a4b3c2d1e0f0123456789abcdef0123456789abcdef0",
+    conversions: ["apply_b_dec_to_input=false: b_dec @ W_enc added to b_enc"],
+  },
+};
+
 export const featurePage: FeaturePage = {
   total: 4608,
   offset: 0,

@@ -1,6 +1,6 @@
 import { screen, within } from "@testing-library/react";
 import { describe, expect, test } from "vitest";
-import { bareDictionary, dictionarySummary, transcoderSummary } from "../../test/fixtures";
+import { bareDictionary, dictionarySummary, importedDictionary, transcoderSummary } from "../../test/fixtures";
 import { stubServer } from "../../test/http";
 import { renderAt } from "../../test/render";
 
@@ -34,6 +34,17 @@ describe("DictionariesPage", () => {
     expect(row.getByRole("link", { name: "smollm-sweep" })).toHaveAttribute("href", "/runs/smollm-sweep");
     row.getByText("blocks.3.ln2.hook_normalized → blocks.3.hook_mlp_out");
     row.getByText("topk transcoder");
+  });
+
+  test("marks an imported dictionary with where it came from", async () => {
+    const { config: _config, analysis_summaries: _summaries, ...imported } = importedDictionary;
+    stubServer([{ path: /^\/api\/dictionaries$/, body: { dictionaries: [dictionarySummary, imported] } }]);
+    renderAt("/");
+    const name = await screen.findByRole("link", { name: "imported / gpt2-small-res-jb--blocks.8.hook_resid_pre" });
+    const tag = within(name.closest("tr")!).getByTestId("source-tag");
+    expect(tag).toHaveTextContent("from SAELens");
+    expect(tag).toHaveAttribute("title", "imported from SAELens 6.54.12: gpt2-small-res-jb / blocks.8.hook_resid_pre");
+    expect(screen.getAllByTestId("source-tag")).toHaveLength(1);
   });
 
   test("says clearly when the server cannot be reached", async () => {

@@ -1,7 +1,7 @@
 import { fireEvent, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { describe, expect, test } from "vitest";
-import { activations, annotation, bareDictionary, dictionaryDetail, featurePage, tokenSearch } from "../../test/fixtures";
+import { activations, annotation, bareDictionary, dictionaryDetail, featurePage, importedDictionary, tokenSearch } from "../../test/fixtures";
 import { stubServer } from "../../test/http";
 import { renderAt } from "../../test/render";
 
@@ -27,6 +27,27 @@ describe("DictionaryPage", () => {
     expect(link).toHaveAttribute("href", "/dictionaries/gpt2-res6/analyses/default/features/1530");
     expect(screen.getByText("0 · dead")).toBeInTheDocument();
     expect(screen.getByTestId("page-info")).toHaveTextContent("1–50 of 4,608");
+    // trained here: no provenance
+    expect(screen.queryByTestId("provenance")).toBeNull();
+    expect(screen.queryByTestId("source-tag")).toBeNull();
+  });
+
+  test("an imported dictionary says where it came from", async () => {
+    stubServer([{ path: /^\/api\/dictionaries\/imported(:|%3A)gpt2-small-res-jb--blocks\.8\.hook_resid_pre$/, body: importedDictionary }]);
+    renderAt("/dictionaries/imported:gpt2-small-res-jb--blocks.8.hook_resid_pre");
+    const card = await screen.findByTestId("provenance");
+    within(card).getByRole("heading", { name: "Imported from SAELens 6.54.12" });
+    within(card).getByText("gpt2-small-res-jb");
+    expect(within(card).getByRole("link", { name: "jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre" })).toHaveAttribute(
+      "href",
+      "https://huggingface.co/jbloom/GPT2-Small-SAEs-Reformatted/tree/main/blocks.8.hook_resid_pre",
+    );
+    expect(within(card).getByRole("link", { name: "gpt2-small/8-res-jb" })).toHaveAttribute("href", "https://www.neuronpedia.org/gpt2-small/8-res-jb");
+    within(card).getByText("gpt2-small");
+    within(card).getByText("apply_b_dec_to_input=false: b_dec @ W_enc added to b_enc");
+    within(card).getByText("5f1d2c3b4a596877…");
+    expect(screen.getByTestId("source-tag")).toHaveTextContent("from SAELens");
+    expect(screen.getByTestId("source-tag")).toHaveAttribute("title", "imported from SAELens 6.54.12: gpt2-small-res-jb / blocks.8.hook_resid_pre");
   });
 
   test("sorting and filtering go to the URL and to the server's query", async () => {
