@@ -209,7 +209,7 @@ class DictionaryTrainer:
 
     @property
     def _output_scale(self) -> torch.Tensor:
-        return self.sae.output_normalization_scale if self.spec.hook_out is not None else self.sae.normalization_scale
+        return self.sae.output_normalization_scale  # an SAE's is its normalization_scale
 
     def _local(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's slice of a global batch (all of it in a single process)."""

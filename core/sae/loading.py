@@ -47,7 +47,7 @@ def load_dictionary(
     if not folder.exists():
         raise DictionaryLoadError(f"No dictionary at {folder}: the folder does not exist; pass the folder "
                                   f"that holds {CONFIG_FILENAME} and {WEIGHTS_FILENAME} "
-                                  f"(e.g. results/<exp_name>/dictionary).")
+                                  f"(e.g. results/<exp_name>/dictionaries/<name>).")
     if not folder.is_dir():
         raise DictionaryLoadError(f"{folder} is a file, not a dictionary folder; pass the folder that "
                                   f"contains it ({folder.parent}).")
@@ -69,7 +69,7 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
     config_path = folder / CONFIG_FILENAME
     if not config_path.is_file():
         raise DictionaryLoadError(f"{folder} is not a dictionary: it has no {CONFIG_FILENAME}; pass a folder "
-                                  f"written by SparseAutoencoder.save (e.g. results/<exp_name>/dictionary), or a "
+                                  f"written by SparseAutoencoder.save (e.g. results/<exp_name>/dictionaries/<name>), or a "
                                   f"SAELens or sparsify folder (with cfg.json).")
     try:
         data = json.loads(config_path.read_text())
