@@ -54,8 +54,8 @@ def test_list_dictionaries(client, tiny_dictionary, tiny_gpt2_dir):
     d = dictionaries[0]
     config = json.loads((tiny_dictionary / "config.json").read_text())
     assert set(d) == {"name", "run", "model_name", "hook_name", "hook_out", "architecture", "d_in", "d_sae", "metrics",
-                      "analyses"}
-    assert (d["run"], d["hook_out"]) == (RUN, None)
+                      "analyses", "source"}
+    assert (d["run"], d["hook_out"], d["source"]) == (RUN, None, None)  # trained here: no provenance
     assert d["model_name"] == str(tiny_gpt2_dir) == config["model_name"]
     assert d["hook_name"] == TINY_HOOK
     assert (d["architecture"], d["d_in"], d["d_sae"]) == ("topk", 64, 128)
