@@ -200,6 +200,8 @@ class _Foreign:
     tensors: dict[str, Tensor]  # W_enc, b_enc, W_dec, b_dec, [W_skip], [threshold: absolute]
     source: dict = field(default_factory=dict)
     """Provenance: format, version, path, the original names, the conversions applied."""
+    residual_centering: bool = False
+    """Trained on a model with centered writing weights: the centering is folded into the encoder."""
 
 
 def _read_weights(path: Path, config_path: Path) -> dict[str, Tensor]:
@@ -278,25 +280,54 @@ def _saelens_fields(raw: dict, config: Path) -> tuple[dict, str]:
     return flat, f"pre-6 ({written_by})" if written_by else "pre-6"
 
 
-def _check_model_kwargs(config: Path, kwargs: Any, hook: str) -> None:
+def _writes_residual(hook: str) -> bool:
+    """Hooks whose activations are (sums of) writes to the residual stream: those that TransformerLens's
+    `center_writing_weights` centers over d_model."""
+    return bool(hook) and (is_residual_hook(hook) or hook.endswith("hook_pos_embed"))
+
+
+def _check_model_kwargs(config: Path, kwargs: Any, hook: str, hook_out: Optional[str]) -> bool:
     """Refuse a dictionary trained on a TransformerLens model whose weights were processed in a way
-    that changes the activations at its hook: this library runs the model's raw weights."""
+    that changes the activations at its hook(s): this library runs the model's raw weights. One
+    processing is represented exactly: `center_writing_weights` under an SAE, whose activations were
+    the raw ones with their mean over d_model removed (a fixed projection P = I - 11^T/d, since
+    every write to the residual stream is centered); True then (see `_fold_residual_centering`)."""
     if not kwargs:
-        return
+        return False
     if not isinstance(kwargs, dict):
         raise _refuse(config, f"model_from_pretrained_kwargs is {kwargs!r}", "not a JSON object")
+    centering = False
     for key, value in kwargs.items():
         if not value or key in _HARMLESS_MODEL_KWARGS:
             continue
-        if key == "fold_ln" and not re.search(r"\.ln\w*\.|ln_final", hook):
+        if key == "fold_ln" and not re.search(r"\.ln\w*\.|ln_final", hook + " " + (hook_out or "")):
             continue  # folding LayerNorm weights changes the ln hooks only
-        if key == "center_writing_weights" and not is_residual_hook(hook):
-            continue  # only writes to the residual stream are centered
+        if key == "center_writing_weights":
+            centered = [h for h in (hook, hook_out) if h and _writes_residual(h)]
+            if not centered:
+                continue  # only writes to the residual stream are centered
+            if hook_out is None:
+                centering = True
+                continue
+            raise _refuse(config, f"metadata.model_from_pretrained_kwargs has {key}={value!r}",
+                          f"a transcoder trained on a model with centered writing weights, where {' and '.join(centered)} "
+                          f"had its mean over d_model removed; a prediction cannot add back the mean of an output "
+                          f"it does not see, so it differs from one on the model's own weights, which this library runs")
         why = ("the dictionary was trained on a TransformerLens model with processed weights, whose activations "
                f"at {hook} differ from those of the model's own weights, which this library runs")
-        if key == "center_writing_weights":
-            why += " (there the residual stream's mean over d_model is removed)"
         raise _refuse(config, f"metadata.model_from_pretrained_kwargs has {key}={value!r}", why)
+    return centering
+
+
+def _fold_residual_centering(t: dict[str, Tensor]) -> None:
+    """SAELens's pre-activations on centered activations, (P x - b_dec) W_enc + b_enc with
+    P = I - 11^T/d, as this library's on raw ones, (x - b_dec) W' + b' (float64, in place):
+    W' = P W_enc (each column less its mean) and b' = b_enc - b_dec (I - P) W_enc
+    = b_enc - mean(b_dec) * (column sums of W_enc). `residual_centering` then adds the input's
+    mean back to the reconstruction."""
+    w = t["W_enc"]
+    t["b_enc"] = t["b_enc"] - t["b_dec"].mean() * w.sum(0)
+    t["W_enc"] = w - w.mean(0, keepdim=True)
 
 
 def _read_saelens(folder: Path, overrides: Optional[dict] = None) -> _Foreign:
@@ -340,7 +371,8 @@ def _read_saelens(folder: Path, overrides: Optional[dict] = None) -> _Foreign:
     if transcoder and apply_b_dec:
         raise _refuse(config, "apply_b_dec_to_input is true", "but a transcoder's b_dec lives in its output space "
                       "(SAELens refuses this too)")
-    _check_model_kwargs(config, flat.get("model_from_pretrained_kwargs"), str(hook or ""))
+    centering = _check_model_kwargs(config, flat.get("model_from_pretrained_kwargs"), str(hook or ""),
+                                    flat.get("hook_name_out") if transcoder else None)
     dtype_name = str(flat.get("dtype") or "float32").removeprefix("torch.")
     if dtype_name not in _TORCH_DTYPES:
         raise _refuse(config, f"dtype is {flat.get('dtype')!r}", f"not one of {', '.join(_TORCH_DTYPES)}")
@@ -370,6 +402,11 @@ def _read_saelens(folder: Path, overrides: Optional[dict] = None) -> _Foreign:
     if not transcoder and not apply_b_dec:
         t["b_enc"] = t["b_enc"] + t["b_dec"] @ t["W_enc"]
         conversions.append("apply_b_dec_to_input=false: b_dec @ W_enc added to b_enc")
+    if centering:
+        _fold_residual_centering(t)
+        conversions.append("center_writing_weights: the mean over d_model projected out of W_enc (each column less "
+                           "its mean, b_enc less mean(b_dec) times its column sums); the reconstruction adds the "
+                           "input's mean back (residual_centering)")
     if ours == "topk" and flat.get("rescale_acts_by_decoder_norm"):
         norms = t["W_dec"].norm(dim=1)
         if bool((norms == 0).any()):
@@ -393,7 +430,8 @@ def _read_saelens(folder: Path, overrides: Optional[dict] = None) -> _Foreign:
                  if flat.get(key) not in (None, {}, "")},
               "conversions": conversions}
     return _Foreign(architecture=ours, d_in=d_in, d_sae=d_sae, d_out=d_out, k=k, skip=skip, hook_name=hook,
-                    hook_out=flat.get("hook_name_out"), model_name=flat.get("model_name"), tensors=t, source=source)
+                    hook_out=flat.get("hook_name_out"), model_name=flat.get("model_name"), tensors=t, source=source,
+                    residual_centering=centering)
 
 
 # sparsify hookpoints (Hugging Face module names) -> (SAE hook, transcoder in-hook, transcoder out-hook)
@@ -519,6 +557,7 @@ def _build(foreign: _Foreign, config: Path, device: str | torch.device, dtype: t
             getattr(sae, name).copy_(t[name])
         if "threshold" in t:
             sae.set_threshold(t["threshold"].to(dtype))
+    sae.residual_centering = foreign.residual_centering
     source = dict(foreign.source)
     if model_name != foreign.model_name or hook_name != foreign.hook_name or hook_out != foreign.hook_out:
         source["renamed"] = {"model_name": model_name, "hook_name": hook_name, "hook_out": hook_out}
@@ -824,6 +863,8 @@ def export_saelens(dictionary: SparseAutoencoder | str | Path, folder: str | Pat
                 "dataset_path": config.get("dataset") if isinstance(config.get("dataset"), str) else None,
                 "sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None,
                 "exported_by": "gpt2-dictionary", "exported_from_architecture": arch}
+    if sae.residual_centering:  # SAELens then centers the model's writing weights, as the original did
+        metadata["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
     cfg = {"architecture": name, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": not sae.is_transcoder, "normalize_activations": "none",
            "reshape_activations": "hook_z" if hook_z else "none",
@@ -838,6 +879,10 @@ def export_sparsify(dictionary: SparseAutoencoder | str | Path, folder: str | Pa
     `SparseCoder.load_from_disk` reads with the same encode / decode. sparsify's per-hookpoint folder
     has no place for the model and hook names; name the folder after the hookpoint (e.g. `h.6`)."""
     sae = _as_dictionary(dictionary)
+    if sae.residual_centering:
+        raise DictionaryFormatError("this dictionary reads the residual stream of a model with centered writing "
+                                    "weights (residual_centering), which a sparsify folder cannot say; export it to "
+                                    "SAELens instead.")
     if sae.architecture != "topk":
         raise DictionaryFormatError(f"sparsify has top-k sparse coders only, so this {sae.architecture} dictionary "
                                     f"cannot be written as a sparsify folder; export it to SAELens instead.")

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from core import (AnalysisConfig, ConfigError, DatasetConfig, DictionaryFormatError, DictionaryLoadError,
                   LanguageModelConfig, SAEConfig, SparseAutoencoder, TokenBatches, analyze, evaluate,
-                  evaluate_imported, export_saelens, export_sparsify, import_dictionary, load_dictionary)
+                  evaluate_imported, export_saelens, export_sparsify, import_dictionary, load_dictionary,
+                  load_language_model)
 from core import formats
 from tests.conftest import ROOT, TINY_HOOK, tiny_analysis_config
 
@@ -176,7 +178,6 @@ def test_sparsify_hookpoints_are_the_hooks_sparsify_reads(tiny_gpt2_dir, tiny_mo
 @pytest.mark.parametrize("name, words", [
     ("saelens/gated", ["architecture is 'gated'", "cannot represent"]),
     ("saelens/layer_norm", ["normalize_activations is 'layer_norm'", "cannot fold"]),
-    ("saelens/centered", ["center_writing_weights=True", "processed weights", "blocks.0.hook_resid_post"]),
     ("saelens/batchtopk_training", ["architecture is 'batchtopk'", "save_inference_model"]),
     ("saelens_pre6/expected_average_only_in", ["normalize_activations is 'expected_average_only_in'",
                                                "not in the folder"]),
@@ -190,6 +191,86 @@ def test_what_cannot_be_represented_is_refused(name, words):
     assert "\n" not in message
     for word in words:
         assert word in message, message
+
+
+# ------------------------------------------------------------------ centered writing weights (gpt2-small-res-jb)
+
+
+def test_a_dictionary_of_a_centered_model_runs_exactly_on_raw_activations():
+    """SAELens gave the `centered` fixture the residual stream less its mean over d_model (its model had
+    centered writing weights). Here it reads raw activations (any mean) with the same features, and its
+    reconstruction is that of the centered activations plus their mean: the same error as in SAELens."""
+    folder = FOREIGN / "saelens" / "centered"
+    expected = load_file(str(folder / "expected.safetensors"))
+    centered = expected["x"]
+    assert centered.mean(-1).abs().max() < 1e-6
+    sae = load_dictionary(folder)
+    assert sae.residual_centering and "center_writing_weights" in sae.saved_config["source"]["conversions"][0]
+    offsets = 5.0 * torch.randn(centered.shape[0], 1, generator=torch.Generator().manual_seed(3))
+    raw = centered + offsets
+    with torch.no_grad():
+        acts = sae.encode(raw)
+        torch.testing.assert_close(acts, expected["feature_acts"], **TOL)
+        torch.testing.assert_close(sae.encode_sparse(raw).to_dense(), expected["feature_acts"], **TOL)
+        torch.testing.assert_close(sae.decode(acts), expected["decoded"], **TOL)  # the centered reconstruction
+        torch.testing.assert_close(sae(raw) - raw, expected["output"] - centered, **TOL)  # the same error
+    # The imported copy keeps it; a training step refuses it; sparsify cannot hold it.
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = load_dictionary(import_dictionary(folder, tmp))
+        assert copy.residual_centering and json.loads((Path(tmp) / "imported" / "dictionaries" / "centered" /
+                                                        "config.json").read_text())["residual_centering"] is True
+        torch.testing.assert_close(copy(raw), sae(raw), rtol=0, atol=0)
+        with pytest.raises(DictionaryFormatError, match="residual_centering"):
+            export_sparsify(copy, Path(tmp) / "sparsify")
+    with pytest.raises(ValueError, match="inference only"):
+        sae.training_forward(raw)
+
+
+def test_centering_is_folded_only_where_it_is_exact(tmp_path):
+    # A transcoder predicting a centered output cannot add back a mean it does not see: refused.
+    transcoder = copy_fixture("saelens/transcoder", tmp_path)
+    edit_json(transcoder / "cfg.json", metadata__model_from_pretrained_kwargs={"center_writing_weights": True})
+    with pytest.raises(DictionaryLoadError, match=r"center_writing_weights=True.*blocks\.0\.hook_mlp_out") as info:
+        load_dictionary(transcoder)
+    assert "\n" not in str(info.value)
+    # A hook that no write to the residual stream reaches is the same in both models: loaded as it is.
+    standard = copy_fixture("saelens/standard", tmp_path)
+    edit_json(standard / "cfg.json", metadata__hook_name="blocks.0.ln1.hook_normalized",
+              metadata__model_from_pretrained_kwargs={"center_writing_weights": True})
+    sae = load_dictionary(standard)
+    assert not sae.residual_centering and sae.saved_config["source"]["conversions"] == []
+    torch.testing.assert_close(sae.W_enc, load_dictionary(FOREIGN / "saelens" / "standard").W_enc, rtol=0, atol=0)
+
+
+def test_a_centered_model_and_the_raw_one_give_the_same_features_and_losses(tmp_path, tiny_gpt2_dir, tiny_model):
+    """TransformerLens's own center_writing_weights on the tiny GPT-2 against the raw model: a SAELens
+    dictionary trained on the processed model, run on it as SAELens runs it (its folder read without the
+    centering), and the same folder run here on the raw model give the same features, the same
+    reconstruction error and the same CE loss with the reconstruction spliced in."""
+    processed = load_language_model(LanguageModelConfig(name=str(tiny_gpt2_dir)))
+    processed.bridge.process_weights(fold_ln=False, center_writing_weights=True, center_unembed=False,
+                                     fold_value_biases=False)
+    folder = copy_fixture("saelens/topk_e2e", tmp_path)
+    plain = load_dictionary(folder, model_name=str(tiny_gpt2_dir))  # the dictionary as SAELens computes it
+    edit_json(folder / "cfg.json", metadata__model_from_pretrained_kwargs={"center_writing_weights": True})
+    ours = load_dictionary(folder, model_name=str(tiny_gpt2_dir))
+    assert ours.residual_centering and not plain.residual_centering
+
+    tokens = torch.randint(0, 500, (4, 32), generator=torch.Generator().manual_seed(0))
+    raw_acts = tiny_model.bridge.run_with_cache(tokens, names_filter=[TINY_HOOK])[1][TINY_HOOK]
+    centered_acts = processed.bridge.run_with_cache(tokens, names_filter=[TINY_HOOK])[1][TINY_HOOK]
+    torch.testing.assert_close(centered_acts, raw_acts - raw_acts.mean(-1, keepdim=True), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(raw_acts), plain.encode(centered_acts), **TOL)
+        torch.testing.assert_close(ours(raw_acts) - raw_acts, plain(centered_acts) - centered_acts, **TOL)
+        assert not torch.allclose(plain.encode(raw_acts), plain.encode(centered_acts), **TOL)  # centering matters
+
+    def batches():
+        return (tokens[i:i + 2] for i in (0, 2))
+    here, there = evaluate(tiny_model, ours, batches()), evaluate(processed, plain, batches())
+    assert here.ce_loss_clean == pytest.approx(there.ce_loss_clean, abs=1e-5)
+    assert here.ce_loss_reconstructed == pytest.approx(there.ce_loss_reconstructed, abs=1e-5)
+    assert here.mse == pytest.approx(there.mse, rel=1e-4) and here.l0 == there.l0
 
 
 def edit_json(path: Path, **changes) -> None:
@@ -331,7 +412,8 @@ sys.path.insert(0, {root!r})
 from core import DictionaryLoadError, load_dictionary
 try:
     sae = load_dictionary({name!r})
-    print("LOADED", sae.architecture, sae.model_name, sae.hook_name, sae.saved_config["source"]["repo_id"])
+    print("LOADED", sae.architecture, sae.model_name, sae.hook_name, sae.saved_config["source"]["repo_id"],
+          *(["centered"] if sae.residual_centering else []))
 except DictionaryLoadError as e:
     print("ERROR", e)
 """
@@ -376,9 +458,11 @@ def test_hub_names_load_from_the_hugging_face_cache(tmp_path):
     folder = fill_hub_cache(cache, "jbloom/GPT2-Small-SAEs-Reformatted", "blocks.8.hook_resid_pre",
                             FOREIGN / "saelens" / "legacy_keys")
     line = run_with_hub_cache("saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre", cache)
-    assert line.startswith("ERROR ") and "center_writing_weights=True" in line, line
-    with pytest.raises(DictionaryLoadError, match="center_writing_weights"):
-        load_dictionary(folder)
+    assert line == "LOADED relu gpt2 blocks.0.hook_resid_pre jbloom/GPT2-Small-SAEs-Reformatted centered", line
+    found = load_dictionary(folder)
+    assert found.residual_centering and found.saved_config["source"]["release"] == "gpt2-small-res-jb"
+    # Without the registry's word, the same folder elsewhere is read as its cfg.json says: not centered.
+    assert not load_dictionary(copy_fixture("saelens/legacy_keys", tmp_path / "elsewhere")).residual_centering
 
 
 # ------------------------------------------------------------------ export, read by the real packages
@@ -446,6 +530,19 @@ def test_exported_folders_are_read_by_the_real_packages(tmp_path):
         # This library reads its own exports back too (a sparsify folder does not hold the model and hooks).
         names = dict(model_name="gpt2", hook_name=sae.hook_name, hook_out=sae.hook_out) if to == "sparsify" else {}
         assert_same_outputs(load_dictionary(folder, **names), {"x": x, **our_outputs(sae, x)})
+    # A dictionary of a model with centered writing weights goes back to SAELens as one, which SAELens then
+    # hands the centered residual stream.
+    centered = load_dictionary(FOREIGN / "saelens" / "centered")
+    folder = export_saelens(centered, tmp_path / "centered")
+    kwargs = json.loads((folder / "cfg.json").read_text())["metadata"]["model_from_pretrained_kwargs"]
+    assert kwargs == {"center_writing_weights": True}
+    x = 2.0 * torch.randn(24, 16)
+    x = x - x.mean(-1, keepdim=True)
+    save_file({"x": x}, str(tmp_path / "centered.in.safetensors"))
+    jobs.append({"package": "saelens", "folder": str(folder), "inputs": str(tmp_path / "centered.in.safetensors"),
+                 "out": str(tmp_path / "centered.out.safetensors"), "heads": None})
+    ours["centered"] = (centered, x)
+    assert_same_outputs(load_dictionary(folder), {"x": x, **our_outputs(centered, x)})
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     proc = subprocess.run([str(python), str(ROOT / "tests" / "peer_encode.py"), "--jobs", str(tmp_path / "jobs.json")],
                           capture_output=True, text=True, timeout=600)

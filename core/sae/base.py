@@ -54,7 +54,7 @@ stays in cache from the matmul to the top-k, where a whole batch's would go thro
 # Keys `save` writes itself; `extra` may not override them.
 _RESERVED_KEYS = ("format_version", "architecture", "d_in", "d_sae", "d_out", "hook_name", "hook_out",
                   "model_name", "dtype", "sae", "normalization_scale", "output_normalization_scale",
-                  "normalization_folded", "metrics")
+                  "normalization_folded", "metrics", "residual_centering")
 
 
 class SAEOutput(NamedTuple):
@@ -178,6 +178,12 @@ class SparseAutoencoder(nn.Module):
         self.hook_out = hook_out
         self.model_name = model_name
         self.saved_config: dict[str, Any] = {}
+        self.residual_centering = False
+        """True for an SAE imported from a model with centered writing weights (SAELens's
+        `center_writing_weights`), which saw the residual stream with its mean over d_model removed:
+        the import folds that projection into W_enc and b_enc, and the reconstruction adds the input's
+        mean back, so it runs exactly on this library's raw activations (see core.formats). Such a
+        dictionary is for inference only; dictionaries trained here never have it."""
         """What config.json held when this dictionary was loaded ({} for a fresh one)."""
 
         factory = dict(device=device, dtype=dtype)
@@ -350,6 +356,8 @@ class SparseAutoencoder(nn.Module):
         """Feature activations [..., d_sae] -> reconstruction [..., d_out] in raw (output) space.
 
         A transcoder with a skip connection also needs the raw in-hook activations `x` [..., d_in].
+        A dictionary with `residual_centering` adds the mean over d_model of `x` back when given `x`
+        (`forward` does); without it, decode gives the reconstruction of the centered activations.
         """
         y = feature_acts.to(self.dtype) @ self.W_dec + self.b_dec
         if self.W_skip is not None:
@@ -358,6 +366,9 @@ class SparseAutoencoder(nn.Module):
                                  "too: decode(feature_acts, x), or call it on x directly (forward).")
             self._check_input(x)
             y = self._with_skip(y, x.to(self.dtype) * self.normalization_scale)
+        if self.residual_centering and x is not None:
+            self._check_input(x)
+            y = y + (x.to(self.dtype) * self.normalization_scale).mean(-1, keepdim=True)
         return y / self.output_normalization_scale
 
     def forward(self, x: Tensor) -> Tensor:
@@ -389,6 +400,9 @@ class SparseAutoencoder(nn.Module):
         marks latents that count as dead; the AuxK loss (top-k family) trains them to predict the
         residual.
         """
+        if self.residual_centering:
+            raise ValueError("this dictionary was imported from a model with centered writing weights "
+                             "(residual_centering), which this library uses for inference only; train a new one.")
         if x.ndim != 2:
             raise ValueError(f"training_forward expects activations of shape [batch, d_in], got {tuple(x.shape)}.")
         self._check_input(x)
@@ -521,6 +535,7 @@ class SparseAutoencoder(nn.Module):
             "normalization_scale": float(self.normalization_scale),
             **({"output_normalization_scale": float(self.output_normalization_scale)} if self.is_transcoder else {}),
             "normalization_folded": True,
+            **({"residual_centering": True} if self.residual_centering else {}),
             "metrics": dict(metrics or {}),
             **extra,
         }

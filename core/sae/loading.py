@@ -128,6 +128,11 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
         raise DictionaryLoadError(f"{weights_path} does not match {config_path} (architecture {architecture}, "
                                   f"{sizes}): {'; '.join(problems)}. The files come from different dictionaries; "
                                   f"save the dictionary again.")
+    centering = data.get("residual_centering", False)
+    if not isinstance(centering, bool) or (centering and sae.is_transcoder):
+        raise DictionaryLoadError(f"{config_path} has residual_centering {centering!r}; it is true only for an SAE "
+                                  f"imported from a model with centered writing weights, else absent. Fix the file.")
+    sae.residual_centering = centering
     with torch.no_grad():
         for name, target in sae._saved_tensors().items():
             target.copy_(tensors[name])

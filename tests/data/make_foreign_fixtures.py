@@ -131,20 +131,24 @@ def write_saelens6(out: Path) -> None:
             metadata=meta("blocks.0.ln2.hook_normalized", hook_name_out="blocks.0.hook_mlp_out"))),
         # at the tiny GPT-2's width, for the end-to-end test (evaluate, analyze, browse)
         "topk_e2e": sl.TopKSAE(sl.TopKSAEConfig(d_in=64, d_sae=128, k=8, metadata=meta(hook, model_name="gpt2"))),
-        # refused: an architecture, a per-token normalization and a processed model this library does not have
+        # refused: an architecture and a per-token normalization this library does not have
         "gated": sl.GatedSAE(sl.GatedSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=meta(hook))),
         "layer_norm": sl.StandardSAE(sl.StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, normalize_activations="layer_norm",
                                                           metadata=meta(hook))),
+        # trained on a model with centered writing weights (like gpt2-small-res-jb): SAELens is handed the
+        # residual stream less its mean over d_model, so its expected outputs are on centered inputs
         "centered": sl.StandardSAE(sl.StandardSAEConfig(
             d_in=D_IN, d_sae=D_SAE, metadata=meta(hook, model_from_pretrained_kwargs={"center_writing_weights": True}))),
     }
-    refused = {"gated", "layer_norm", "centered"}
+    refused = {"gated", "layer_norm"}
     for i, (name, sae) in enumerate(made.items()):
         randomize(sae, i)
         folder = out / name
         sae.save_model(folder)
         if name not in refused:
             x = inputs(sae.cfg.d_in, i)
+            if name == "centered":
+                x = x - x.mean(-1, keepdim=True)
             record("saelens", folder, x, heads=4 if name == "hook_z" else None)
     # Trained with batch top-k, saved for inference (as SAELens saves them: jumprelu with one threshold).
     for i, (name, cls, cfg_cls, extra) in enumerate([
