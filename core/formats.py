@@ -29,15 +29,22 @@ pre-activations):
   same values as the relu of the top k of pre. Hookpoints are Hugging Face module names, mapped to
   TransformerLens hooks (`h.6` / `layers.6` -> `blocks.6.hook_resid_post`, `h.6.mlp` ->
   `blocks.6.hook_mlp_out`, a transcoder's input `blocks.6.mlp.hook_in`, ...).
+- SAELens `normalize_activations: layer_norm` (an SAE): each token standardized before encoding and
+  restored after decoding, as SAELens does (`SparseAutoencoder.input_layer_norm`).
+- An SAE of a model with centered writing weights (`model_from_pretrained_kwargs.center_writing_weights`,
+  at a hook that writes to the residual stream): SAELens saw P x, P = I - 11^T/d; P is folded into the
+  encoder and the reconstruction adds the mean back (`SparseAutoencoder.residual_centering`), so on raw
+  activations the features, the reconstruction error and the spliced-in CE loss are SAELens's.
 - Model names become what TransformerLens loads (`gpt2-small` -> `gpt2`, by TransformerLens's own
   alias table); Hugging Face repository ids and local folders stay as they are.
 
 What cannot be represented exactly is refused with one sentence naming the field and its value:
 other architectures (gated, abstopk, ...; SAELens's batchtopk / matryoshka training checkpoints),
-`normalize_activations` other than "none" (layer_norm and the like are per-token and cannot be
-folded; an unfolded expected_average_only_in constant is not in the folder), activations of a
-TransformerLens model with processed weights (`model_from_pretrained_kwargs` such as
-center_writing_weights, at hooks where that changes the activations), one attention head
+`normalize_activations` other than "none" and an SAE's "layer_norm" (constant_norm_rescale,
+covariance_whitening; an unfolded expected_average_only_in constant is not in the folder),
+activations of a TransformerLens model with other processed weights (`model_from_pretrained_kwargs`
+such as fold_value_biases, or center_writing_weights under a transcoder whose hooks it centers),
+one attention head
 (`hook_head_index`), sparsify's groupmax, a skip path on an SAE, and weights that are missing,
 of the wrong shape, or not finite.
 
@@ -202,6 +209,8 @@ class _Foreign:
     """Provenance: format, version, path, the original names, the conversions applied."""
     residual_centering: bool = False
     """Trained on a model with centered writing weights: the centering is folded into the encoder."""
+    input_layer_norm: bool = False
+    """SAELens's normalize_activations "layer_norm": each token standardized (SparseAutoencoder.input_layer_norm)."""
 
 
 def _read_weights(path: Path, config_path: Path) -> dict[str, Tensor]:
@@ -349,12 +358,14 @@ def _read_saelens(folder: Path, overrides: Optional[dict] = None) -> _Foreign:
     d_out = _positive_int(config, "d_out", flat.get("d_out")) if transcoder else None
     hook = flat.get("hook_name")
     normalize = flat.get("normalize_activations") or "none"
-    if normalize != "none":
+    layer_norm = normalize == "layer_norm" and not transcoder
+    if normalize != "none" and not layer_norm:
         why = ("so its weights expect activations multiplied by a constant that is not in the folder (SAELens keeps "
                "it in its registry as norm_scaling_factor); fold that constant into W_enc, W_dec and b_dec and set "
                "it to \"none\"") if normalize == "expected_average_only_in" else (
                "a normalization of every token by its own statistics, which an affine encoder cannot fold and this "
-               "library does not have")
+               "library does not have" + (" for transcoders (it has SAELens's layer_norm for SAEs)"
+                                          if normalize == "layer_norm" else ""))
         raise _refuse(config, f"normalize_activations is {normalize!r}", why)
     reshape = flat.get("reshape_activations") or "none"
     if reshape not in ("none", "hook_z") or (reshape == "hook_z" and not str(hook or "").endswith("hook_z")):
@@ -402,6 +413,10 @@ def _read_saelens(folder: Path, overrides: Optional[dict] = None) -> _Foreign:
     if not transcoder and not apply_b_dec:
         t["b_enc"] = t["b_enc"] + t["b_dec"] @ t["W_enc"]
         conversions.append("apply_b_dec_to_input=false: b_dec @ W_enc added to b_enc")
+    if centering and layer_norm:
+        centering = False  # standardizing removes the mean anyway, and un-standardizing adds the raw one back
+        conversions.append("center_writing_weights: nothing to fold, since layer_norm removes each token's mean and "
+                           "restores it")
     if centering:
         _fold_residual_centering(t)
         conversions.append("center_writing_weights: the mean over d_model projected out of W_enc (each column less "
@@ -415,6 +430,10 @@ def _read_saelens(folder: Path, overrides: Optional[dict] = None) -> _Foreign:
         t["W_enc"], t["b_enc"], t["W_dec"] = t["W_enc"] * norms, t["b_enc"] * norms, t["W_dec"] / norms[:, None]
         conversions.append("rescale_acts_by_decoder_norm: W_enc and b_enc multiplied, W_dec divided by the decoder "
                            "row norms")
+    if layer_norm:
+        conversions.append("normalize_activations=layer_norm: each token standardized before encoding (less its mean, "
+                           "divided by its standard deviation + 1e-5) and the reconstruction un-standardized "
+                           "(input_layer_norm)")
     if ours == "jumprelu":
         t["threshold"] = t["threshold"].clamp_min(0.0)
         conversions.append("thresholds kept as absolute values; negative ones are 0 (SAELens applies a ReLU first)")
@@ -431,7 +450,7 @@ def _read_saelens(folder: Path, overrides: Optional[dict] = None) -> _Foreign:
               "conversions": conversions}
     return _Foreign(architecture=ours, d_in=d_in, d_sae=d_sae, d_out=d_out, k=k, skip=skip, hook_name=hook,
                     hook_out=flat.get("hook_name_out"), model_name=flat.get("model_name"), tensors=t, source=source,
-                    residual_centering=centering)
+                    residual_centering=centering, input_layer_norm=layer_norm)
 
 
 # sparsify hookpoints (Hugging Face module names) -> (SAE hook, transcoder in-hook, transcoder out-hook)
@@ -558,6 +577,7 @@ def _build(foreign: _Foreign, config: Path, device: str | torch.device, dtype: t
         if "threshold" in t:
             sae.set_threshold(t["threshold"].to(dtype))
     sae.residual_centering = foreign.residual_centering
+    sae.input_layer_norm = foreign.input_layer_norm
     source = dict(foreign.source)
     if model_name != foreign.model_name or hook_name != foreign.hook_name or hook_out != foreign.hook_out:
         source["renamed"] = {"model_name": model_name, "hook_name": hook_name, "hook_out": hook_out}
@@ -866,7 +886,8 @@ def export_saelens(dictionary: SparseAutoencoder | str | Path, folder: str | Pat
     if sae.residual_centering:  # SAELens then centers the model's writing weights, as the original did
         metadata["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
     cfg = {"architecture": name, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
-           "apply_b_dec_to_input": not sae.is_transcoder, "normalize_activations": "none",
+           "apply_b_dec_to_input": not sae.is_transcoder,
+           "normalize_activations": "layer_norm" if sae.input_layer_norm else "none",
            "reshape_activations": "hook_z" if hook_z else "none",
            **({"k": sae.cfg.k, "rescale_acts_by_decoder_norm": False} if arch == "topk" else {}),
            **({"d_out": sae.d_out} if sae.is_transcoder else {}), "metadata": metadata}
@@ -879,10 +900,11 @@ def export_sparsify(dictionary: SparseAutoencoder | str | Path, folder: str | Pa
     `SparseCoder.load_from_disk` reads with the same encode / decode. sparsify's per-hookpoint folder
     has no place for the model and hook names; name the folder after the hookpoint (e.g. `h.6`)."""
     sae = _as_dictionary(dictionary)
-    if sae.residual_centering:
-        raise DictionaryFormatError("this dictionary reads the residual stream of a model with centered writing "
-                                    "weights (residual_centering), which a sparsify folder cannot say; export it to "
-                                    "SAELens instead.")
+    if sae.residual_centering or sae.input_layer_norm:
+        what = "standardizes each token (input_layer_norm)" if sae.input_layer_norm else (
+            "reads the residual stream of a model with centered writing weights (residual_centering)")
+        raise DictionaryFormatError(f"this dictionary {what}, which a sparsify folder cannot say; export it to "
+                                    f"SAELens instead.")
     if sae.architecture != "topk":
         raise DictionaryFormatError(f"sparsify has top-k sparse coders only, so this {sae.architecture} dictionary "
                                     f"cannot be written as a sparsify folder; export it to SAELens instead.")

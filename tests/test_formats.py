@@ -177,7 +177,6 @@ def test_sparsify_hookpoints_are_the_hooks_sparsify_reads(tiny_gpt2_dir, tiny_mo
 
 @pytest.mark.parametrize("name, words", [
     ("saelens/gated", ["architecture is 'gated'", "cannot represent"]),
-    ("saelens/layer_norm", ["normalize_activations is 'layer_norm'", "cannot fold"]),
     ("saelens/batchtopk_training", ["architecture is 'batchtopk'", "save_inference_model"]),
     ("saelens_pre6/expected_average_only_in", ["normalize_activations is 'expected_average_only_in'",
                                                "not in the folder"]),
@@ -224,6 +223,31 @@ def test_a_dictionary_of_a_centered_model_runs_exactly_on_raw_activations():
             export_sparsify(copy, Path(tmp) / "sparsify")
     with pytest.raises(ValueError, match="inference only"):
         sae.training_forward(raw)
+
+
+def test_a_layer_norm_dictionary_standardizes_each_token_and_restores_it(tiny_gpt2_dir, tiny_model):
+    """SAELens's normalize_activations "layer_norm" (OpenAI's GPT-2 SAEs): the fixture SAELens wrote and
+    ran on activations with a mean loads with its outputs (test above); here what the flag means."""
+    sae = load_dictionary(FOREIGN / "saelens" / "layer_norm")
+    assert sae.input_layer_norm and not sae.residual_centering
+    x = load_file(str(FOREIGN / "saelens" / "layer_norm" / "expected.safetensors"))["x"]
+    assert x.mean() > 2  # a mean to remove and restore
+    with torch.no_grad():
+        # Standardizing makes the features blind to each token's scale and mean, and the output follows them.
+        torch.testing.assert_close(sae.encode(2.5 * x - 7.0), sae.encode(x), **TOL)
+        torch.testing.assert_close(sae(2.5 * x - 7.0), 2.5 * sae(x) - 7.0, rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="decode needs the activations"):
+            sae.decode(sae.encode(x))
+    with pytest.raises(DictionaryFormatError, match="input_layer_norm"):
+        export_sparsify(sae, Path(tempfile.mkdtemp()) / "h.0")
+    with pytest.raises(ValueError, match="inference only"):
+        sae.training_forward(x)
+    # On a model: an OpenAI-style (layer_norm) dictionary at the tiny GPT-2's width evaluates like any other.
+    e2e = load_dictionary(FOREIGN / "saelens" / "topk_e2e", model_name=str(tiny_gpt2_dir))
+    e2e.input_layer_norm = True
+    tokens = torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(1))
+    result = evaluate(tiny_model, e2e, iter([tokens]))
+    assert result.l0 == pytest.approx(8.0) and math.isfinite(result.ce_loss_recovered)
 
 
 def test_centering_is_folded_only_where_it_is_exact(tmp_path):
@@ -327,6 +351,10 @@ def nan_in_b_enc(tensors):
      ["names no hook_name_out", "hook_out="]),
     ("saelens/standard", lambda f: edit_json(f / "cfg.json", metadata__model_from_pretrained_kwargs={
         "fold_value_biases": True}), ["fold_value_biases=True"]),
+    ("saelens/standard", lambda f: edit_json(f / "cfg.json", normalize_activations="constant_norm_rescale"),
+     ["normalize_activations is 'constant_norm_rescale'", "cannot fold"]),
+    ("saelens/transcoder", lambda f: edit_json(f / "cfg.json", normalize_activations="layer_norm"),
+     ["normalize_activations is 'layer_norm'", "for transcoders"]),
     ("saelens_pre6/standard_topk_activation", lambda f: edit_json(f / "cfg.json", activation_fn_kwargs={}),
      ["activation_fn_str is 'topk' without activation_fn_kwargs.k"]),
     ("saelens_pre6/standard", lambda f: edit_json(f / "cfg.json", activation_fn_str="tanh-relu"),
@@ -543,6 +571,16 @@ def test_exported_folders_are_read_by_the_real_packages(tmp_path):
                  "out": str(tmp_path / "centered.out.safetensors"), "heads": None})
     ours["centered"] = (centered, x)
     assert_same_outputs(load_dictionary(folder), {"x": x, **our_outputs(centered, x)})
+    # A layer_norm dictionary (standardizing each token) goes back as one too.
+    layer_norm = load_dictionary(FOREIGN / "saelens" / "layer_norm")
+    folder = export_saelens(layer_norm, tmp_path / "layer_norm")
+    assert json.loads((folder / "cfg.json").read_text())["normalize_activations"] == "layer_norm"
+    x = 3.0 + 2.0 * torch.randn(24, 16)
+    save_file({"x": x}, str(tmp_path / "layer_norm.in.safetensors"))
+    jobs.append({"package": "saelens", "folder": str(folder), "inputs": str(tmp_path / "layer_norm.in.safetensors"),
+                 "out": str(tmp_path / "layer_norm.out.safetensors"), "heads": None})
+    ours["layer_norm"] = (layer_norm, x)
+    assert_same_outputs(load_dictionary(folder), {"x": x, **our_outputs(layer_norm, x)})
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     proc = subprocess.run([str(python), str(ROOT / "tests" / "peer_encode.py"), "--jobs", str(tmp_path / "jobs.json")],
                           capture_output=True, text=True, timeout=600)

@@ -54,7 +54,10 @@ stays in cache from the matmul to the top-k, where a whole batch's would go thro
 # Keys `save` writes itself; `extra` may not override them.
 _RESERVED_KEYS = ("format_version", "architecture", "d_in", "d_sae", "d_out", "hook_name", "hook_out",
                   "model_name", "dtype", "sae", "normalization_scale", "output_normalization_scale",
-                  "normalization_folded", "metrics", "residual_centering")
+                  "normalization_folded", "metrics", "residual_centering", "input_layer_norm")
+
+LAYER_NORM_EPS = 1e-5
+"""What `input_layer_norm` adds to each token's standard deviation before dividing by it (SAELens's)."""
 
 
 class SAEOutput(NamedTuple):
@@ -184,6 +187,11 @@ class SparseAutoencoder(nn.Module):
         the import folds that projection into W_enc and b_enc, and the reconstruction adds the input's
         mean back, so it runs exactly on this library's raw activations (see core.formats). Such a
         dictionary is for inference only; dictionaries trained here never have it."""
+        self.input_layer_norm = False
+        """True for an SAE imported from SAELens with normalize_activations "layer_norm" (OpenAI's GPT-2
+        SAEs): each token's activation is standardized before encoding — less its mean over d_in,
+        divided by its standard deviation + LAYER_NORM_EPS — and the reconstruction is un-standardized
+        with the same token's statistics. Inference only, like `residual_centering`."""
         """What config.json held when this dictionary was loaded ({} for a fresh one)."""
 
         factory = dict(device=device, dtype=dtype)
@@ -269,6 +277,21 @@ class SparseAutoencoder(nn.Module):
     def _with_skip(self, y: Tensor, x: Tensor) -> Tensor:
         return y if self.W_skip is None else y + x @ self.W_skip
 
+    def _token_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, standard deviation) over d_in of each token of raw `x`, as `input_layer_norm` uses them."""
+        x = x.to(self.dtype)
+        mean = x.mean(-1, keepdim=True)
+        return mean, (x - mean).std(-1, keepdim=True)
+
+    def _normalized_input(self, x: Tensor) -> Tensor:
+        """Raw activations -> what the encoder reads: times normalization_scale, standardized per token
+        first for an `input_layer_norm` dictionary."""
+        x = x.to(self.dtype)
+        if self.input_layer_norm:
+            mean, std = self._token_statistics(x)
+            x = (x - mean) / (std + LAYER_NORM_EPS)
+        return x * self.normalization_scale
+
     def encode(self, x: Tensor) -> Tensor:
         """Raw activations [..., d_in] -> feature activations [..., d_sae] (inference rule).
 
@@ -276,8 +299,7 @@ class SparseAutoencoder(nn.Module):
         batch top-k of training.
         """
         self._check_input(x)
-        x = x.to(self.dtype) * self.normalization_scale
-        return self._activate(self._pre_acts(x))
+        return self._activate(self._pre_acts(self._normalized_input(x)))
 
     @torch.no_grad()
     def encode_sparse(self, x: Tensor, rows: Tensor | None = None) -> SparseFeatureActs:
@@ -298,7 +320,7 @@ class SparseAutoencoder(nn.Module):
         selected = None if rows is None else rows.reshape(-1).to(x.device)
         if selected is not None:
             x = x[selected]
-        acts = self._sparse_rows(x.to(self.dtype) * self.normalization_scale)
+        acts = self._sparse_rows(self._normalized_input(x))
         if selected is None:
             return acts
         all_lengths = torch.zeros(n_all, dtype=torch.int64)
@@ -358,8 +380,16 @@ class SparseAutoencoder(nn.Module):
         A transcoder with a skip connection also needs the raw in-hook activations `x` [..., d_in].
         A dictionary with `residual_centering` adds the mean over d_model of `x` back when given `x`
         (`forward` does); without it, decode gives the reconstruction of the centered activations.
+        An `input_layer_norm` one needs `x`: its reconstruction is un-standardized with x's statistics.
         """
         y = feature_acts.to(self.dtype) @ self.W_dec + self.b_dec
+        if self.input_layer_norm:
+            if x is None:
+                raise ValueError("this dictionary standardizes each token (input_layer_norm), so decode needs the "
+                                 "activations too: decode(feature_acts, x), or call it on x directly (forward).")
+            self._check_input(x)
+            mean, std = self._token_statistics(x)
+            return y * std + mean  # (imported: its normalization constants are 1)
         if self.W_skip is not None:
             if x is None:
                 raise ValueError("this transcoder has a skip connection, so decode needs the in-hook activations "
@@ -400,9 +430,9 @@ class SparseAutoencoder(nn.Module):
         marks latents that count as dead; the AuxK loss (top-k family) trains them to predict the
         residual.
         """
-        if self.residual_centering:
-            raise ValueError("this dictionary was imported from a model with centered writing weights "
-                             "(residual_centering), which this library uses for inference only; train a new one.")
+        if self.residual_centering or self.input_layer_norm:
+            raise ValueError("this dictionary was imported with a normalization of another library (residual_centering "
+                             "or input_layer_norm), which this library uses for inference only; train a new one.")
         if x.ndim != 2:
             raise ValueError(f"training_forward expects activations of shape [batch, d_in], got {tuple(x.shape)}.")
         self._check_input(x)
@@ -536,6 +566,7 @@ class SparseAutoencoder(nn.Module):
             **({"output_normalization_scale": float(self.output_normalization_scale)} if self.is_transcoder else {}),
             "normalization_folded": True,
             **({"residual_centering": True} if self.residual_centering else {}),
+            **({"input_layer_norm": True} if self.input_layer_norm else {}),
             "metrics": dict(metrics or {}),
             **extra,
         }

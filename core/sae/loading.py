@@ -133,6 +133,12 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
         raise DictionaryLoadError(f"{config_path} has residual_centering {centering!r}; it is true only for an SAE "
                                   f"imported from a model with centered writing weights, else absent. Fix the file.")
     sae.residual_centering = centering
+    layer_norm = data.get("input_layer_norm", False)
+    if not isinstance(layer_norm, bool) or (layer_norm and sae.is_transcoder):
+        raise DictionaryLoadError(f"{config_path} has input_layer_norm {layer_norm!r}; it is true only for an SAE "
+                                  f"imported from SAELens with normalize_activations \"layer_norm\", else absent. "
+                                  f"Fix the file.")
+    sae.input_layer_norm = layer_norm
     with torch.no_grad():
         for name, target in sae._saved_tensors().items():
             target.copy_(tensors[name])

@@ -131,8 +131,9 @@ def write_saelens6(out: Path) -> None:
             metadata=meta("blocks.0.ln2.hook_normalized", hook_name_out="blocks.0.hook_mlp_out"))),
         # at the tiny GPT-2's width, for the end-to-end test (evaluate, analyze, browse)
         "topk_e2e": sl.TopKSAE(sl.TopKSAEConfig(d_in=64, d_sae=128, k=8, metadata=meta(hook, model_name="gpt2"))),
-        # refused: an architecture and a per-token normalization this library does not have
+        # refused: an architecture this library does not have
         "gated": sl.GatedSAE(sl.GatedSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=meta(hook))),
+        # each token standardized (as OpenAI's GPT-2 SAEs in SAELens format)
         "layer_norm": sl.StandardSAE(sl.StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, normalize_activations="layer_norm",
                                                           metadata=meta(hook))),
         # trained on a model with centered writing weights (like gpt2-small-res-jb): SAELens is handed the
@@ -140,7 +141,7 @@ def write_saelens6(out: Path) -> None:
         "centered": sl.StandardSAE(sl.StandardSAEConfig(
             d_in=D_IN, d_sae=D_SAE, metadata=meta(hook, model_from_pretrained_kwargs={"center_writing_weights": True}))),
     }
-    refused = {"gated", "layer_norm"}
+    refused = {"gated"}
     for i, (name, sae) in enumerate(made.items()):
         randomize(sae, i)
         folder = out / name
@@ -149,6 +150,8 @@ def write_saelens6(out: Path) -> None:
             x = inputs(sae.cfg.d_in, i)
             if name == "centered":
                 x = x - x.mean(-1, keepdim=True)
+            elif name == "layer_norm":  # a mean to remove and restore, as residual streams have
+                x = 3.0 + x
             record("saelens", folder, x, heads=4 if name == "hook_z" else None)
     # Trained with batch top-k, saved for inference (as SAELens saves them: jumprelu with one threshold).
     for i, (name, cls, cfg_cls, extra) in enumerate([
