@@ -38,10 +38,9 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from core import (ActivationStoreConfig, DatasetConfig, DictionaryConfig, LanguageModelConfig, LoggingConfig,  # noqa
-                  SAEConfig, TokenBatches, Trainer, TrainerConfig, TrainingConfig, load_language_model, train)
+                  SAEConfig, Trainer, TrainerConfig, TrainingConfig, load_language_model, train)
 from core.config import resolve_device  # noqa: E402
-from core.lm import stop_layer_for  # noqa: E402
-from benchmarks.timing import sync, time_training_loop  # noqa: E402
+from benchmarks.timing import raw_forward, time_training_loop  # noqa: E402
 from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
 
 HOOK = "blocks.8.hook_resid_post"
@@ -86,21 +85,7 @@ def correctness(model, model_dir: Path, work: Path, device: str, quick: bool) ->
 def speed(model, model_dir: Path, work: Path, device: str, quick: bool) -> None:
     batch, d_sae, model_batch = (512, 2048, 8) if quick else (4096, 24_576, 64)
     tokens = (4 if quick else 40) * batch
-    stream = TokenBatches(DatasetConfig(context_size=128), model.tokenizer, bos_token_id=model.bos_token_id,
-                          separator_token_id=model.separator_token_id, batch_size=model_batch)
-    batches, n = [], 0
-    while n < tokens:
-        batches.append(next(stream).to(model.device))
-        n += int(model.token_mask(batches[-1]).sum())
-    with torch.no_grad():
-        model.bridge.run_with_cache(batches[0], names_filter=[HOOK], stop_at_layer=stop_layer_for(HOOK))
-        sync(device)
-        start = time.perf_counter()
-        for b in batches:
-            model.bridge.run_with_cache(b, names_filter=[HOOK], stop_at_layer=stop_layer_for(HOOK),
-                                        return_cache_object=False)
-        sync(device)
-    forward = n / (time.perf_counter() - start)
+    forward = raw_forward(model, HOOK, tokens, model_batch=model_batch)
 
     cfg = config(model_dir, work, "speed", device, d_sae=d_sae, batch=batch, tokens=10 ** 9, model_batch=model_batch)
     if str(device).startswith("cuda"):

@@ -30,33 +30,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from core import (ActivationStoreConfig, CacheConfig, DatasetConfig, LanguageModelConfig, LoggingConfig,  # noqa
-                  SAEConfig, TokenBatches, Trainer, TrainerConfig, TrainingConfig, cache_activations,
+                  SAEConfig, Trainer, TrainerConfig, TrainingConfig, cache_activations,
                   load_language_model)
 from core.config import resolve_device  # noqa: E402
-from core.lm import stop_layer_for  # noqa: E402
-from benchmarks.timing import sync, time_training_loop  # noqa: E402
+from benchmarks.timing import raw_forward, time_training_loop  # noqa: E402
 
 BATCH = 4096
 MODEL_BATCH = 16
-
-
-def raw_forward(model, hook: str, tokens: int) -> float:
-    """Tokens/s of the truncated forward alone on pre-tokenized batches of the corpus."""
-    stream = TokenBatches(DatasetConfig(context_size=128), model.tokenizer, bos_token_id=model.bos_token_id,
-                          separator_token_id=model.separator_token_id, batch_size=MODEL_BATCH)
-    batches, n = [], 0
-    while n < tokens:
-        batches.append(next(stream).to(model.device))
-        n += int(model.token_mask(batches[-1]).sum())
-    stop = stop_layer_for(hook)
-    with torch.no_grad():
-        model.bridge.run_with_cache(batches[0], names_filter=[hook], stop_at_layer=stop)  # warm-up
-        sync(model.device)
-        start = time.perf_counter()
-        for batch in batches:
-            model.bridge.run_with_cache(batch, names_filter=[hook], stop_at_layer=stop, return_cache_object=False)
-        sync(model.device)
-    return n / (time.perf_counter() - start)
 
 
 def training(cfg: TrainingConfig, model, tokens: int) -> float:
@@ -84,7 +64,7 @@ def main() -> None:
             logging=LoggingConfig(progress_bar=False))
         print(f"device {device}, {torch.get_num_threads()} CPU threads; {model.name} at {args.hook}; "
               f"{args.tokens:,} tokens each; topk d_sae 4,608, k 32, batch {BATCH}")
-        forward = raw_forward(model, args.hook, args.tokens)
+        forward = raw_forward(model, args.hook, args.tokens, model_batch=MODEL_BATCH)
         from_model = training(cfg, model, args.tokens)
 
         # The cache holds the tokens the cache-trained run reads, plus its buffer's first fill and warm-up.
