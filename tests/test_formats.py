@@ -250,6 +250,22 @@ def test_a_layer_norm_dictionary_standardizes_each_token_and_restores_it(tiny_gp
     assert result.l0 == pytest.approx(8.0) and math.isfinite(result.ce_loss_recovered)
 
 
+@pytest.mark.parametrize("flag", ["residual_centering", "input_layer_norm"])
+def test_an_imported_normalization_flag_in_a_config_is_checked(flag, tmp_path, tiny_dictionary):
+    copy = import_dictionary(FOREIGN / "saelens" / ("centered" if flag == "residual_centering" else "layer_norm"),
+                             tmp_path)
+    assert getattr(load_dictionary(copy), flag) is True
+    edit_json(copy / "config.json", **{flag: "yes"})
+    with pytest.raises(DictionaryLoadError, match=f"has {flag} 'yes'; it is true only for an SAE imported from"):
+        load_dictionary(copy)
+    transcoder = tmp_path / "transcoder"
+    shutil.copytree(import_dictionary(FOREIGN / "saelens" / "transcoder", tmp_path), transcoder)
+    edit_json(transcoder / "config.json", **{flag: True})
+    with pytest.raises(DictionaryLoadError, match=f"has {flag} True"):
+        load_dictionary(transcoder)
+    assert getattr(load_dictionary(tiny_dictionary), flag) is False  # absent: trained here
+
+
 def test_centering_is_folded_only_where_it_is_exact(tmp_path):
     # A transcoder predicting a centered output cannot add back a mean it does not see: refused.
     transcoder = copy_fixture("saelens/transcoder", tmp_path)

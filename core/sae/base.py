@@ -181,6 +181,7 @@ class SparseAutoencoder(nn.Module):
         self.hook_out = hook_out
         self.model_name = model_name
         self.saved_config: dict[str, Any] = {}
+        """What config.json held when this dictionary was loaded ({} for a fresh one)."""
         self.residual_centering = False
         """True for an SAE imported from a model with centered writing weights (SAELens's
         `center_writing_weights`), which saw the residual stream with its mean over d_model removed:
@@ -192,7 +193,6 @@ class SparseAutoencoder(nn.Module):
         SAEs): each token's activation is standardized before encoding — less its mean over d_in,
         divided by its standard deviation + LAYER_NORM_EPS — and the reconstruction is un-standardized
         with the same token's statistics. Inference only, like `residual_centering`."""
-        """What config.json held when this dictionary was loaded ({} for a fresh one)."""
 
         factory = dict(device=device, dtype=dtype)
         # Decoder rows are random unit vectors. The encoder starts as the decoder's transpose where
@@ -390,15 +390,15 @@ class SparseAutoencoder(nn.Module):
             self._check_input(x)
             mean, std = self._token_statistics(x)
             return y * std + mean  # (imported: its normalization constants are 1)
-        if self.W_skip is not None:
-            if x is None:
-                raise ValueError("this transcoder has a skip connection, so decode needs the in-hook activations "
-                                 "too: decode(feature_acts, x), or call it on x directly (forward).")
+        if self.W_skip is not None and x is None:
+            raise ValueError("this transcoder has a skip connection, so decode needs the in-hook activations "
+                             "too: decode(feature_acts, x), or call it on x directly (forward).")
+        if x is not None and (self.W_skip is not None or self.residual_centering):
             self._check_input(x)
-            y = self._with_skip(y, x.to(self.dtype) * self.normalization_scale)
-        if self.residual_centering and x is not None:
-            self._check_input(x)
-            y = y + (x.to(self.dtype) * self.normalization_scale).mean(-1, keepdim=True)
+            x = self._normalized_input(x)
+            y = self._with_skip(y, x)
+            if self.residual_centering:
+                y = y + x.mean(-1, keepdim=True)
         return y / self.output_normalization_scale
 
     def forward(self, x: Tensor) -> Tensor:

@@ -65,6 +65,11 @@ def load_dictionary(
     return _load_native(folder, device, dtype)
 
 
+# The SparseAutoencoder flags of imported normalizations (config.json keys), and where they come from.
+_IMPORTED_NORMALIZATIONS = {"residual_centering": "a model with centered writing weights",
+                            "input_layer_norm": "SAELens with normalize_activations \"layer_norm\""}
+
+
 def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -> SparseAutoencoder:
     config_path = folder / CONFIG_FILENAME
     if not config_path.is_file():
@@ -128,17 +133,12 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
         raise DictionaryLoadError(f"{weights_path} does not match {config_path} (architecture {architecture}, "
                                   f"{sizes}): {'; '.join(problems)}. The files come from different dictionaries; "
                                   f"save the dictionary again.")
-    centering = data.get("residual_centering", False)
-    if not isinstance(centering, bool) or (centering and sae.is_transcoder):
-        raise DictionaryLoadError(f"{config_path} has residual_centering {centering!r}; it is true only for an SAE "
-                                  f"imported from a model with centered writing weights, else absent. Fix the file.")
-    sae.residual_centering = centering
-    layer_norm = data.get("input_layer_norm", False)
-    if not isinstance(layer_norm, bool) or (layer_norm and sae.is_transcoder):
-        raise DictionaryLoadError(f"{config_path} has input_layer_norm {layer_norm!r}; it is true only for an SAE "
-                                  f"imported from SAELens with normalize_activations \"layer_norm\", else absent. "
-                                  f"Fix the file.")
-    sae.input_layer_norm = layer_norm
+    for flag, imported_from in _IMPORTED_NORMALIZATIONS.items():
+        value = data.get(flag, False)
+        if not isinstance(value, bool) or (value and sae.is_transcoder):
+            raise DictionaryLoadError(f"{config_path} has {flag} {value!r}; it is true only for an SAE imported "
+                                      f"from {imported_from}, else absent. Fix the file.")
+        setattr(sae, flag, value)
     with torch.no_grad():
         for name, target in sae._saved_tensors().items():
             target.copy_(tensors[name])
