@@ -22,7 +22,8 @@ from .config import (AnalysisConfig, ActivationStoreConfig, CacheConfig, ConfigE
 from .data import (DatasetError, HeldOut, PackedSequences, TokenBatches, builtin_corpus_file, held_out_sequences,
                    load_text_dataset)
 from .evals import EvalResult, evaluate, evaluate_dictionaries, explained_variance, l0_norm, mean_squared_error
-from .formats import DictionaryFormatError, evaluate_imported, export_saelens, export_sparsify, import_dictionary
+from .errors import DictionaryFormatError
+from .formats import evaluate_imported, export_saelens, export_sparsify, import_dictionary
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
 from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, load_dictionary
 from .steering import SteeringResult, steer

@@ -66,17 +66,17 @@ from torch import Tensor
 
 from . import kernels
 from .activations import ActivationSource
-from .config import (ANALYSIS_FOLDER, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER, AnalysisConfig, ConfigError,
-                     resolve_device)
+from .config import AnalysisConfig, resolve_device
+from .errors import ConfigError
+from .layout import ANALYSIS_CONFIG_FILENAME, STORE_FILENAME, analysis_folder, analyzed_dictionary
 from .data import TokenBatches
 from .distributed import SINGLE_PROCESS, Distributed, init_distributed, rank_device
 from .lm import LanguageModel, check_model_matches, is_residual_hook, load_language_model
-from .sae import WEIGHTS_FILENAME, SparseAutoencoder, SparseFeatureActs, load_dictionary
-from .store import STORE_FILENAME, FeatureStoreWriter, SampleArrays
+from .sae import SparseAutoencoder, SparseFeatureActs, is_foreign, load_dictionary
+from .store import FeatureStoreWriter, SampleArrays
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILENAME = "config.json"
 
 HISTOGRAM_RANGE = (1e-4, 1e4)
 """Activation range of the shared histogram grid; values outside fall into the first / last bin."""
@@ -96,17 +96,7 @@ def analysis_dir(cfg: AnalysisConfig) -> Path:
     """Where the analysis of `cfg` is written: `<dictionary folder>/analysis/<analysis_name>`, or for
     a run of the older one-dictionary layout (`results/<exp>/dictionary/`) beside it, in
     `results/<exp>/analysis/<analysis_name>`, where those runs keep their analyses."""
-    folder = Path(cfg.dictionary_path).expanduser().resolve()
-    if folder.name == LEGACY_DICTIONARY_FOLDER and folder.parent.name != DICTIONARIES_FOLDER:
-        return folder.parent / ANALYSIS_FOLDER / cfg.analysis_name
-    return folder / ANALYSIS_FOLDER / cfg.analysis_name
-
-
-def analyzed_dictionary(folder: str | Path) -> Path:
-    """The dictionary folder an analysis folder `<...>/analysis/<name>` belongs to (`analysis_dir`
-    inverted): the folder holding the analysis folder, or `dictionary/` beside it for the older layout."""
-    owner = Path(folder).expanduser().resolve().parent.parent
-    return owner if (owner / WEIGHTS_FILENAME).is_file() else owner / LEGACY_DICTIONARY_FOLDER
+    return analysis_folder(Path(cfg.dictionary_path).expanduser().resolve(), cfg.analysis_name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,8 +420,6 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
     share the encoding and rank 0 writes one store, the same as one process's (`accumulate_features`).
     """
     cfg.validate()
-    from .formats import is_foreign  # (imports core.sae and core.lm, which import nothing of this module)
-
     if is_foreign(cfg.dictionary_path):
         # An analysis is written inside its dictionary's folder, which here belongs to another tool (or to
         # the Hugging Face cache): the analysis of a foreign dictionary is that of its imported copy.
@@ -470,7 +458,7 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
         folder.mkdir(parents=True, exist_ok=True)
         write_feature_store(folder / STORE_FILENAME, records, vocab=model.token_strings(), meta=meta, lens=lens,
                             overwrite=cfg.overwrite, tokenizer_json=tokenizer_json(model))
-        cfg.save_json(folder / CONFIG_FILENAME)
+        cfg.save_json(folder / ANALYSIS_CONFIG_FILENAME)
         log.info("Wrote the analysis of %d tokens to %s.", records.n_tokens, folder)
     dist.barrier()
     return folder

@@ -32,10 +32,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .config import DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER
+from .errors import AnnotationError
 from .files import atomic_write
+from .layout import ANNOTATIONS_FILENAME, DICTIONARY_CONFIG_FILENAME, annotations_path
 
-ANNOTATIONS_FILENAME = "annotations.sqlite"
 EXPORT_FORMAT = "gpt2-dictionary-annotations"
 MAX_LABEL_CHARS = 120
 MAX_NOTES_CHARS = 10_000
@@ -53,10 +53,6 @@ CREATE TABLE IF NOT EXISTS annotations (
 );
 CREATE INDEX IF NOT EXISTS annotations_bookmarked ON annotations(bookmarked) WHERE bookmarked = 1;
 """
-
-
-class AnnotationError(RuntimeError):
-    """The annotations file cannot be read or written; the message says why."""
 
 
 class AnnotationConflict(RuntimeError):
@@ -90,14 +86,6 @@ class Annotation:
     @property
     def empty(self) -> bool:
         return not (self.label or self.notes or self.bookmarked)
-
-
-def annotations_path(dictionary_folder: str | Path) -> Path:
-    """Where a dictionary's annotations are kept: beside its `analysis/` folder."""
-    folder = Path(dictionary_folder).expanduser()
-    if folder.name == LEGACY_DICTIONARY_FOLDER and folder.parent.name != DICTIONARIES_FOLDER:
-        return folder.parent / ANNOTATIONS_FILENAME  # results/<run>/, beside results/<run>/analysis/
-    return folder / ANNOTATIONS_FILENAME
 
 
 def check_label(label: str) -> str:
@@ -256,7 +244,7 @@ def export_annotations(dictionary_folder: str | Path, out: str | Path | None = N
     dictionary they describe (its config's name, model, hook(s), architecture and size) and every
     annotation. Written to `out` (atomically) when given."""
     folder = Path(dictionary_folder).expanduser()
-    config_path = folder / "config.json"
+    config_path = folder / DICTIONARY_CONFIG_FILENAME
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

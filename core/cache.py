@@ -46,6 +46,7 @@ from safetensors.torch import save_file
 from .activations import ActivationSource
 from .config import CacheConfig, resolve_device, torch_dtype
 from .data import TokenBatches, held_out_sequences
+from .errors import CacheError
 from .distributed import Distributed, init_distributed, rank_device
 from .files import atomic_write
 from .lm import LanguageModel, load_language_model
@@ -57,10 +58,6 @@ MANIFEST_FILENAME = "manifest.json"
 EVAL_FILENAME = "eval_sequences.safetensors"
 READ_CHUNK_TOKENS = 8192
 """Rows a reader takes from a shard at once."""
-
-
-class CacheError(ValueError):
-    """An activation cache is missing, incomplete, damaged, or does not match the run."""
 
 
 def read_manifest(folder: str | Path, *, require_complete: bool = True) -> dict:

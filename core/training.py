@@ -53,12 +53,15 @@ from safetensors.torch import load_file, save_file
 
 from .activations import ActivationBuffer, ActivationSource, ShardedActivations, expected_norm_scale
 from .cache import CachedActivations, cached_eval_sequences, check_cache_matches, read_manifest
-from .config import (DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER, ConfigError, DictionaryConfig, OptimizerConfig,
-                     TrainingConfig, resolve_device, torch_dtype)
+from .config import DictionaryConfig, OptimizerConfig, TrainingConfig, resolve_device, torch_dtype
 from .data import TokenBatches, held_out_sequences
+from .errors import ConfigError, TrainingInterrupted
 from .distributed import SINGLE_PROCESS, Distributed, init_distributed, rank_device
 from .evals import EvalResult, FeatureActivityTracker, evaluate_dictionaries, explained_variance
-from .files import atomic_write, publish, remove_tree, temp_sibling
+from .files import publish, remove_tree, temp_sibling
+from .layout import (CHECKPOINTS_FOLDER, DICTIONARIES_FOLDER, RUN_CONFIG_FILENAME, dictionary_folder,
+                     finished_dictionaries)
+from .runs import EVAL_KEY, FINAL_EVAL_KEY, MetricsLog
 from .lm import LanguageModel, load_language_model
 from .sae import SparseAutoencoder
 
@@ -95,15 +98,6 @@ class TrainingResult(NamedTuple):
     def metrics(self) -> dict:
         """The final evaluation of a run's only dictionary."""
         return self.final_metrics[self._only()]
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after writing a checkpoint; start the same run again to resume."""
-
-    def __init__(self, signal_name: str, step: int, checkpoint: Path):
-        super().__init__(f"{signal_name} received: stopped at step {step} and saved {checkpoint}; run the same "
-                         f"command again to resume from there.")
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
 
 
 def learning_rate(step: int, total_steps: int, cfg: OptimizerConfig) -> float:
@@ -403,11 +397,10 @@ class Trainer:
         overwrites a finished dictionary or the checkpoints of another configuration."""
         run_dir = self.run_dir
         checkpoint = latest_checkpoint(run_dir)
-        finished = [p.parent.name for p in (run_dir / DICTIONARIES_FOLDER).glob("*/config.json")]
-        if (run_dir / LEGACY_DICTIONARY_FOLDER / "config.json").is_file() or finished:
+        if finished_dictionaries(run_dir):
             raise ConfigError(f"{run_dir} already holds trained dictionaries; choose a new exp_name or move that "
                               f"folder away.")
-        saved_config = run_dir / "config.json"
+        saved_config = run_dir / RUN_CONFIG_FILENAME
         if checkpoint is not None:
             if not self.cfg.resume:
                 raise ConfigError(f"{run_dir} has checkpoints ({checkpoint.name}) and resume=False; set resume=True to "
@@ -421,12 +414,12 @@ class Trainer:
                 _check_same_dictionaries(run_dir, previous.dictionary_configs(), self.specs)
             log.info("Resuming %s from %s.", run_dir, checkpoint)
         # Checkpoints a killed run was still writing (hidden temporary folders) are thrown away.
-        for leftover in (run_dir / "checkpoints").glob(".step_*.tmp") if (run_dir / "checkpoints").is_dir() else ():
+        for leftover in (run_dir / CHECKPOINTS_FOLDER).glob(".step_*.tmp") if (run_dir / CHECKPOINTS_FOLDER).is_dir() else ():
             remove_tree(leftover)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg.save_json(saved_config)
         # Lines logged after the checkpoint (all of them without one) are logged again by this run.
-        _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name[len("step_"):]) if checkpoint else 0)
+        MetricsLog.of_run(run_dir).truncate_after(int(checkpoint.name[len("step_"):]) if checkpoint else 0)
         return checkpoint
 
     # ------------------------------------------------------------------ checkpoints
@@ -446,7 +439,7 @@ class Trainer:
         """Write a resumable checkpoint durably (a hidden temporary folder, synced, then renamed)
         and prune the oldest ones beyond `keep_checkpoints`. Rank 0 writes; every rank returns
         once it is written."""
-        target = self.run_dir / "checkpoints" / f"step_{self.step}"
+        target = self.run_dir / CHECKPOINTS_FOLDER / f"step_{self.step}"
         states = self._on_main([(d.name, {k: v.detach().cpu() for k, v in d.sae.state_dict().items()},
                                  d.state_dict()) for d in self.dictionaries])
         if self.dist.is_main:
@@ -517,8 +510,7 @@ class Trainer:
         if not self.dist.is_main or not records:
             return
         records = [{"step": self.step, "tokens": self.tokens_seen, **r} for r in records]
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))
+        MetricsLog.of_run(self.run_dir).append(records)
         if self.wandb_run is not None:
             flat = {}
             for r in records:
@@ -576,7 +568,7 @@ class Trainer:
         cfg = self.cfg
         states = self._on_main([(d.name, {k: v.detach().cpu() for k, v in d.sae.state_dict().items()})
                                 for d in self.dictionaries])
-        paths = {spec.name: self.run_dir / DICTIONARIES_FOLDER / spec.name for spec in self.specs}
+        paths = {spec.name: dictionary_folder(self.run_dir, spec.name) for spec in self.specs}
         if not self.dist.is_main:
             return paths
         local = {d.name: d.sae for d in self.dictionaries}
@@ -625,7 +617,7 @@ class Trainer:
                                                  EV=f"{first['explained_variance']:.3f}", refresh=False)
                     if self.step % cfg.trainer.eval_every_steps == 0 and self.step < self.total_steps:
                         results = self.evaluate()
-                        self._log(results and [{"dictionary": name, "eval": r.scalars()} for name, r in results])
+                        self._log(results and [{"dictionary": name, EVAL_KEY: r.scalars()} for name, r in results])
                     if cfg.trainer.checkpoint_every_steps and self.step % cfg.trainer.checkpoint_every_steps == 0 \
                             and self.step < self.total_steps:
                         self.save_checkpoint()
@@ -641,7 +633,7 @@ class Trainer:
             for d in self.dictionaries:
                 d.calibrate_threshold(sample, cfg.activations.train_batch_size)
             finals = self.evaluate(final=True)
-            self._log(finals and [{"dictionary": name, "final_eval": r.scalars()} for name, r in finals])
+            self._log(finals and [{"dictionary": name, FINAL_EVAL_KEY: r.scalars()} for name, r in finals])
             paths = self._saved_dictionaries(finals)
         if self.wandb_run is not None:
             self.wandb_run.summary.update({f"{name}/final/{k}": v for name, r in finals
@@ -668,7 +660,7 @@ def _check_same_dictionaries(run_dir: Path, saved: list[DictionaryConfig], now: 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS_FOLDER
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()
@@ -679,22 +671,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after `step` (the resumed run logs them again), and a last line
-    torn by a kill, in one atomic rewrite."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line)
-    atomic_write(path, "".join(line + "\n" for line in kept))
 
 
 def train(cfg: TrainingConfig, model: Optional[LanguageModel] = None) -> TrainingResult:

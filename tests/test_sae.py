@@ -417,7 +417,7 @@ def test_save_load_round_trip_is_exact(tmp_path, architecture):
     folder = sae.save(tmp_path / "dictionary", metrics={"mse": 0.5}, extra={"dataset": "builtin:python-docs"})
     assert folder == tmp_path / "dictionary"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "sae.safetensors"]  # no temp files left
-    loaded = SparseAutoencoder.load(folder)
+    loaded = load_dictionary(folder)
     x = SparseData().batch(32)
     assert torch.equal(loaded.encode(x), sae.encode(x))
     assert torch.equal(loaded(x), sae(x))
@@ -474,7 +474,7 @@ def test_save_folds_normalization_into_copy(tmp_path, architecture):
 def test_load_with_other_dtype(tmp_path):
     sae = make_sae("topk")
     sae.save(tmp_path)
-    loaded = SparseAutoencoder.load(tmp_path, dtype=torch.float64)
+    loaded = load_dictionary(tmp_path, dtype=torch.float64)
     assert loaded.W_enc.dtype == torch.float64
     x = SparseData().batch(8)
     assert torch.allclose(loaded(x.double()).float(), sae(x), atol=1e-5)
@@ -483,7 +483,7 @@ def test_load_with_other_dtype(tmp_path):
 def test_failed_save_keeps_previous_dictionary(tmp_path, monkeypatch):
     sae = make_sae("topk")
     sae.save(tmp_path)
-    original = SparseAutoencoder.load(tmp_path)
+    original = load_dictionary(tmp_path)
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
@@ -493,7 +493,7 @@ def test_failed_save_keeps_previous_dictionary(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         other.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "sae.safetensors"]
-    assert torch.equal(SparseAutoencoder.load(tmp_path).W_enc, original.W_enc)
+    assert torch.equal(load_dictionary(tmp_path).W_enc, original.W_enc)
 
 
 def test_crash_between_renames_never_pairs_new_weights_with_old_config(tmp_path, monkeypatch):

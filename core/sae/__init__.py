@@ -10,16 +10,21 @@ builds the dictionary of `cfg.architecture`, and `load_dictionary(folder)` opens
 | `dense.py`   | `relu`, `jumprelu`: dense activation rules trained by plain autograd |
 | `topk.py`    | `topk`, `batchtopk`, `matryoshka_batchtopk`: top-k selection, inference threshold, AuxK, the sparse training step |
 | `sparse.py`  | `SparseFeatureActs` (compressed sparse rows) and the autograd functions that train on selected entries only |
-| `loading.py` | `load_dictionary`, `DictionaryLoadError`: reading dictionary folders |
+| `loading.py` | `load_dictionary`: opens this library's folders, SAELens and sparsify folders, and `saelens:` hub names |
+| `foreign.py` | what reading another library's folder shares: recognizing it, checked tensors, building the dictionary |
+| `saelens.py` | SAELens folders in (6.x and pre-6) and out |
+| `sparsify.py` | sparsify folders in and out |
+| `hub.py`     | SAELens hub names: the table of GPT-2 releases, the download |
 """
 
 from .base import (CONFIG_FILENAME, ENCODE_CHUNK_TOKENS, FORMAT_VERSION, WEIGHTS_FILENAME, SAEOutput, SparseAutoencoder,
                    geometric_median)
 from .dense import JumpReLUSAE, ReLUSAE
-from .loading import DictionaryLoadError, load_dictionary
+from ..errors import DictionaryLoadError
+from .loading import is_foreign, load_dictionary, load_foreign
 from .sparse import SparseFeatureActs
 from .topk import BATCHTOPK_THRESHOLD_DECAY, BatchTopKSAE, MatryoshkaBatchTopKSAE, TopKSAE
 
 __all__ = ["BATCHTOPK_THRESHOLD_DECAY", "CONFIG_FILENAME", "ENCODE_CHUNK_TOKENS", "FORMAT_VERSION", "WEIGHTS_FILENAME", "BatchTopKSAE",
-           "DictionaryLoadError", "JumpReLUSAE", "MatryoshkaBatchTopKSAE", "ReLUSAE", "SAEOutput",
+           "DictionaryLoadError", "JumpReLUSAE", "is_foreign", "load_foreign", "MatryoshkaBatchTopKSAE", "ReLUSAE", "SAEOutput",
            "SparseAutoencoder", "SparseFeatureActs", "TopKSAE", "geometric_median", "load_dictionary"]

@@ -38,14 +38,15 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, SAEConfig
 from ..files import publish, temp_sibling
+from ..layout import DICTIONARY_CONFIG_FILENAME, DICTIONARY_WEIGHTS_FILENAME
 from .sparse import SparseFeatureActs
 
 FORMAT_VERSION = 2
 """Version of the on-disk dictionary format written by `SparseAutoencoder.save`. 2 added
 transcoders (hook_out, d_out, output_normalization_scale, W_skip) and matryoshka_batchtopk;
 folders of version 1 are read as well."""
-CONFIG_FILENAME = "config.json"
-WEIGHTS_FILENAME = "sae.safetensors"
+CONFIG_FILENAME = DICTIONARY_CONFIG_FILENAME
+WEIGHTS_FILENAME = DICTIONARY_WEIGHTS_FILENAME
 
 ENCODE_CHUNK_TOKENS = 256
 """Tokens whose pre-activations `encode_sparse` computes at once on CPU: a [256, d_sae] block
@@ -598,19 +599,6 @@ class SparseAutoencoder(nn.Module):
             weights_tmp.unlink(missing_ok=True)
             config_tmp.unlink(missing_ok=True)
         return folder
-
-    @classmethod
-    def load(
-        cls,
-        folder: str | Path,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> "SparseAutoencoder":
-        """Load a dictionary folder written by `save` (safetensors only, nothing is unpickled);
-        `load_dictionary` is the same and also the place where other formats are read."""
-        from .loading import load_dictionary
-
-        return load_dictionary(folder, device=device, dtype=dtype)
 
 
 def _json_default(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """`load_dictionary`: the one entry point that opens a dictionary folder.
 
 Native folders (written by `SparseAutoencoder.save`; format_version 1 and 2) are read here;
-SAELens and sparsify folders by `core.formats`.
+SAELens and sparsify folders by `saelens.py` and `sparsify.py`, `saelens:<release>/<sae_id>` names
+found through `hub.py` (see `core.formats` for what each conversion does).
 Nothing is unpickled: the weights are safetensors, the config is JSON, and every mismatch
 between the two is refused with one sentence naming the file and what is wrong.
 """
@@ -10,17 +11,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..config import ARCHITECTURES, ConfigError, SAEConfig
+from ..config import ARCHITECTURES, SAEConfig
+from ..errors import ConfigError, DictionaryLoadError
 from .base import CONFIG_FILENAME, FORMAT_VERSION, WEIGHTS_FILENAME, SparseAutoencoder
-
-
-class DictionaryLoadError(ValueError):
-    """A dictionary folder cannot be loaded; the message says which path is wrong and what to do."""
+from .foreign import FOREIGN_CONFIG, build, foreign_format, sparsify_run_folder_hint
+from .hub import download_saelens, hub_location_of_cached, is_hub_name, saelens_hub_location, HUB_PREFIX
+from .saelens import read_saelens
+from .sparsify import read_sparsify
 
 
 def load_dictionary(
@@ -39,10 +42,8 @@ def load_dictionary(
     local model folder), `hook_name` and `hook_out` replace the names the folder gives, or supply
     them where it has none.
     """
-    from .. import formats
-
-    if formats.is_hub_name(path):
-        return formats.load_foreign(path, device, dtype, model_name=model_name, hook_name=hook_name, hook_out=hook_out)
+    if is_hub_name(path):
+        return load_foreign(path, device, dtype, model_name=model_name, hook_name=hook_name, hook_out=hook_out)
     folder = Path(path).expanduser()
     if not folder.exists():
         raise DictionaryLoadError(f"No dictionary at {folder}: the folder does not exist; pass the folder "
@@ -53,16 +54,48 @@ def load_dictionary(
                                   f"contains it ({folder.parent}).")
     # Foreign formats (SAELens and sparsify folders): each converted exactly into a
     # SparseAutoencoder, or refused with a sentence naming what this library cannot represent.
-    if formats.foreign_format(folder) is not None:
-        return formats.load_foreign(folder, device, dtype, model_name=model_name, hook_name=hook_name,
+    if foreign_format(folder) is not None:
+        return load_foreign(folder, device, dtype, model_name=model_name, hook_name=hook_name,
                                     hook_out=hook_out)
     if model_name is not None or hook_name is not None or hook_out is not None:
         raise DictionaryLoadError(f"model_name, hook_name and hook_out are for folders of other libraries; {folder} "
                                   f"is not one, and this library's folders name their own model and hooks.")
-    hint = formats.sparsify_run_folder_hint(folder)
+    hint = sparsify_run_folder_hint(folder)
     if hint is not None:
         raise DictionaryLoadError(hint)
     return _load_native(folder, device, dtype)
+
+
+def load_foreign(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+                 model_name: Optional[str] = None, hook_name: Optional[str] = None,
+                 hook_out: Optional[str] = None) -> SparseAutoencoder:
+    """Load a SAELens or sparsify folder, or a `saelens:<release>/<sae_id>` name (downloaded), as a
+    SparseAutoencoder (`load_dictionary` calls this for them). `model_name`, `hook_name`, `hook_out`
+    replace the folder's own (required where it has none, or names a model this library cannot map);
+    the original names stay in `saved_config["source"]`."""
+    hub = None
+    if is_hub_name(source):
+        release, _, sae_id = str(source)[len(HUB_PREFIX):].partition("/")
+        hub = saelens_hub_location(release, sae_id)
+        folder = download_saelens(release, sae_id)
+    else:
+        folder = Path(source).expanduser()
+        hub = hub_location_of_cached(folder)
+    fmt = foreign_format(folder)
+    if fmt is None:
+        raise DictionaryLoadError(f"{folder} is not a SAELens or sparsify folder (no {FOREIGN_CONFIG}).")
+    foreign = read_saelens(folder, hub.overrides if hub else None) if fmt == "saelens" else read_sparsify(folder)
+    if hub is not None:
+        foreign.source.update(release=hub.release, sae_id=hub.sae_id, repo_id=hub.repo_id, repo_folder=hub.folder)
+        foreign.model_name = foreign.model_name or hub.model
+    return build(foreign, folder / FOREIGN_CONFIG, device, dtype, model_name=model_name, hook_name=hook_name,
+                  hook_out=hook_out)
+
+
+
+def is_foreign(source: str | Path) -> bool:
+    """True for a SAELens hub name and for SAELens and sparsify folders."""
+    return is_hub_name(source) or (Path(source).expanduser().is_dir() and foreign_format(source) is not None)
 
 
 # The SparseAutoencoder flags of imported normalizations (config.json keys), and where they come from.

@@ -1,0 +1,51 @@
+"""The command line of `core.formats`: `python -m core.formats import | export | locate ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Optional
+
+from ..cli import run_entry_point
+from ..sae import CONFIG_FILENAME
+from . import export_saelens, export_sparsify, import_dictionary, saelens_hub_location
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m core.formats", description=(
+        "Dictionaries from elsewhere: import SAELens / sparsify folders and SAELens hub names into this "
+        "library's format, export this library's dictionaries to SAELens or sparsify."))
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="write a converted copy to <results>/imported/dictionaries/<name>/")
+    imp.add_argument("source", help="a SAELens or sparsify folder, or saelens:<release>/<sae_id>")
+    imp.add_argument("--results-dir", default="results")
+    imp.add_argument("--name", help="the copy's folder name (default: from the source)")
+    imp.add_argument("--model-name", help="the model (a Hugging Face name or a local folder) instead of the source's")
+    imp.add_argument("--hook-name", help="the TransformerLens hook it reads, instead of the source's")
+    imp.add_argument("--hook-out", help="a transcoder's out-hook, instead of the source's")
+    exp = sub.add_parser("export", help="write a dictionary of this library as a SAELens or sparsify folder")
+    exp.add_argument("dictionary", help="a dictionary folder of this library")
+    exp.add_argument("dest", help="the folder to write")
+    exp.add_argument("--to", choices=("saelens", "sparsify"), default="saelens")
+    loc = sub.add_parser("locate", help="print the Hugging Face repository and folder of a SAELens release's id")
+    loc.add_argument("release")
+    loc.add_argument("sae_id")
+    args = parser.parse_args(argv)
+    if args.command == "import":
+        folder = import_dictionary(args.source, args.results_dir, name=args.name, model_name=args.model_name,
+                                   hook_name=args.hook_name, hook_out=args.hook_out)
+        print(f"Imported {args.source} to {folder}")
+        print(f"Analyze it:  python run_analyze_example.py --dictionary-path {folder} --model.name "
+              f"{json.loads((folder / CONFIG_FILENAME).read_text())['model_name']}")
+    elif args.command == "export":
+        writer = export_saelens if args.to == "saelens" else export_sparsify
+        print(f"Wrote {writer(args.dictionary, args.dest)} ({args.to})")
+    else:
+        where = saelens_hub_location(args.release, args.sae_id)
+        print(f"https://huggingface.co/{where.repo_id}/tree/main/{where.folder}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_entry_point(main)
