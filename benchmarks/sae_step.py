@@ -45,7 +45,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import SAEConfig  # noqa: E402
-from core.sae import SparseAutoencoder  # noqa: E402
+from core.sae import SparseAutoencoder, create_dictionary  # noqa: E402
 from core.sae.sparse import rows_of, scatter_add_rows  # noqa: E402
 
 
@@ -123,7 +123,7 @@ def main() -> None:
 
     for architecture in args.architectures:
         cfg = SAEConfig(architecture=architecture, d_sae=d_sae, k=k)
-        sae = SparseAutoencoder(cfg, d_in, hook_name="bench", model_name="bench", device=device, dtype=dtype)
+        sae = create_dictionary(cfg, d_in, hook_name="bench", model_name="bench", device=device, dtype=dtype)
         W_enc = sae.W_enc.detach().clone()
         steps = {"sparse": Step(sae, dead_mask)}
         if not args.no_dense:

@@ -36,10 +36,10 @@ def random_dictionary(results: Path) -> str:
     import torch
 
     from core.config import OFFLINE_MODEL_NAME, LanguageModelConfig, SAEConfig
-    from core.sae import SparseAutoencoder
+    from core.sae import SparseAutoencoder, create_dictionary
 
     torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(architecture="topk", d_sae=4608, k=32), 576, hook_name="blocks.3.hook_resid_post",
+    sae = create_dictionary(SAEConfig(architecture="topk", d_sae=4608, k=32), 576, hook_name="blocks.3.hook_resid_post",
                             model_name=OFFLINE_MODEL_NAME)
     sae.save(results / "steering-bench" / "dictionaries" / "res3", extra={
         "model": LanguageModelConfig(name=OFFLINE_MODEL_NAME, cache_dir=str(Path.home() / ".cache" / "gpt2_dictionary")).to_dict()})

@@ -25,9 +25,9 @@ from .evals import EvalResult, evaluate, evaluate_dictionaries, explained_varian
 from .errors import DictionaryFormatError
 from .formats import evaluate_imported, export_saelens, export_sparsify, import_dictionary
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
-from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, load_dictionary
+from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, create_dictionary, load_dictionary
 from .steering import SteeringResult, steer
 from .store import FeatureStore, FeatureStoreWriter, FeatureUnavailable, StoreError
-from .training import Trainer, TrainingInterrupted, TrainingResult, train
+from .training import Trainer, TrainingInterrupted, TrainingResult, build_trainer, train
 
 __all__ = [name for name in dir() if not name.startswith("_")]
