@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per continuation")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of steer and of each HF generate")
     parser.add_argument("--requests", type=int, default=3, help="timed steering requests through the API")
-    parser.add_argument("--prompt-words", type=int, default=8, help="words of the prompt (about 1.2 tokens each)")
+    parser.add_argument("--prompt-words", type=int, default=8, help="words of the prompt (about 1.2 tokens each; PROMPT repeats past its 18)")
     parser.add_argument("--smoke", action="store_true", help="the tiny GPT-2, 4 tokens, one run each (times mean nothing)")
     args = parser.parse_args()
     if args.smoke:
@@ -121,7 +121,8 @@ def main() -> None:
         hf_model = AutoModelForCausalLM.from_pretrained(resolve_model_source(model_cfg), dtype=torch.float32).eval()
         threads = inference_threads(Settings().inference_threads)
         torch.set_num_threads(threads)
-        prompt = " ".join(PROMPT.split()[:args.prompt_words])
+        words = PROMPT.split()
+        prompt = " ".join(words[i % len(words)] for i in range(args.prompt_words))  # PROMPT repeated as needed
 
         def steer_once():
             return steer(model, sae, FEATURE, prompt, strength=STRENGTH, max_new_tokens=args.tokens)

@@ -14,9 +14,10 @@ the two continuations are identical and every difference is the feature's doing.
 stops at the model's document-boundary / end-of-sequence token or after `max_new_tokens`.
 
 Decoding keeps a key/value cache: the prompt is run once, then one position per new token, with
-the direction added to each position as it is computed. That is the same computation as a full
-forward of the whole sequence per token (the continuations are the same), without its cost of
-prompt length x new tokens. The cache is Hugging Face's own (`DynamicCache`), handed to
+the direction added to each position as it is computed. That is the computation of a full forward
+of the whole sequence per token, summed in another order (logits agree to float rounding; the
+tests find the same tokens, greedy and sampled), without its cost growing with prompt length x new
+tokens. What remains per token is one pass over the weights, as in Hugging Face's `generate`. The cache is Hugging Face's own (`DynamicCache`), handed to
 `TransformerBridge.forward`, which runs the HF model whose layers are the bridge's components, so
 the steering hook fires on every new position like any TransformerLens hook. One mismatch is
 bridged here: TransformerLens 4.3's attention components read the cache from the keyword
