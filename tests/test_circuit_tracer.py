@@ -224,6 +224,7 @@ def test_exports_are_loaded_by_circuit_tracer_and_compute_the_same(tiny_gpt2_dir
         assert ours["features"].count_nonzero() > 0.05 * ours["features"].numel()
         differences = max_differences(ours, theirs)
         assert max(differences.values()) <= TOLERANCE, (name, differences)
+        print(name, "on given inputs: max differences (scaled)", {k: f"{v:.1e}" for k, v in differences.items()})
 
         # Inside circuit-tracer's replacement model of the same GPT-2: the same hooks, the same activations
         # (position 0 zeroed, as circuit-tracer does), the same reconstruction its attribution starts from.
@@ -237,7 +238,7 @@ def test_exports_are_loaded_by_circuit_tracer_and_compute_the_same(tiny_gpt2_dir
         ours = {"mlp_in": mlp_in, "mlp_out": mlp_out, "activations": features, "reconstruction": reconstruction}
         differences = max_differences(ours, theirs)
         assert max(differences.values()) <= TOLERANCE, (name, differences)
-        print(name, "max differences (scaled)", {k: f"{v:.1e}" for k, v in differences.items()})
+        print(name, "in its replacement model: max differences (scaled)", {k: f"{v:.1e}" for k, v in differences.items()})
 
 
 def test_what_circuit_tracer_cannot_hold_is_refused(tmp_path):
