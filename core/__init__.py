@@ -23,9 +23,10 @@ from .data import (DatasetError, HeldOut, PackedSequences, TokenBatches, builtin
                    load_text_dataset)
 from .evals import EvalResult, evaluate, evaluate_dictionaries, explained_variance, l0_norm, mean_squared_error
 from .errors import DictionaryFormatError
-from .formats import evaluate_imported, export_saelens, export_sparsify, import_dictionary
+from .formats import evaluate_imported, export_circuit_tracer, export_saelens, export_sparsify, import_dictionary
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
-from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, load_dictionary
+from .sae import (CrossLayerTranscoder, DictionaryLoadError, ReplacementModel, SparseAutoencoder, SparseFeatureActs,
+                  TranscoderSet, load_dictionary, replacement_model_memory)
 from .steering import SteeringResult, steer
 from .store import FeatureStore, FeatureStoreWriter, FeatureUnavailable, StoreError
 from .training import Trainer, TrainingInterrupted, TrainingResult, train
