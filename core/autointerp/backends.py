@@ -158,7 +158,7 @@ class LocalBackend(Backend):
         template renders them as a prefix of the whole (else no prefix)."""
         full = self.tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
         ids = self.tokenizer(full, add_special_tokens=False)["input_ids"]
-        if prompt.shared:
+        if prompt.shared and self.config.prefix_cache:
             shared = [{"role": r, "content": c} for r, c in prompt.shared]
             head = self.tokenizer.apply_chat_template(shared, tokenize=False)
             head_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]

@@ -57,6 +57,8 @@ class BackendConfig:
     409, 429 and 5xx answers."""
     batch_size: int = 8
     """local: prompts per forward / generate call."""
+    prefix_cache: bool = True
+    """local: run the prompts' shared part (system message, worked example) once and reuse its KV cache."""
     device: str = "auto"
     """local: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`, `mps`."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
