@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 
 import tyro
 
-from core import BackendConfig, ExplainConfig, Explanations, ScoreConfig, explain_features, score_explanations
+from core import (BackendConfig, ExplainConfig, Explanations, FeatureStore, ScoreConfig, explain_features,
+                  score_explanations)
 from core.autointerp import open_backend
 from core.cli import run_entry_point
 from core.errors import ConfigError
@@ -73,6 +74,7 @@ def parse_features(text: str):
 
 def main(run: ExplainRun) -> None:
     features = parse_features(run.features)
+    FeatureStore(run.analysis).close()  # a wrong path fails here, before the model loads
     with open_backend(run.backend) as llm:
         explained = explain_features(run.analysis, features, config=run.explain, backend=llm)
         print(f"Explained {explained.n_explained} features ({explained.n_unparsable} answers unparsable, "

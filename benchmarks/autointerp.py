@@ -13,7 +13,7 @@ process, so the ratios compare like with like on a shared machine.
 
     python benchmarks/autointerp.py                  # the demo analysis (run_train_example + run_analyze_example)
     python benchmarks/autointerp.py --features 16 --no-http
-    python benchmarks/autointerp.py --smoke          # seconds: a tiny analysis, 2 features, local backend only
+    python benchmarks/autointerp.py --smoke          # seconds: a tiny analysis, 1 feature, local backend only
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Args:
     http: bool = True
     """Also measure the HTTP backend against a local `transformers serve`."""
     smoke: bool = False
-    """Seconds: a tiny analysis built here, 2 features, short answers, local backend only."""
+    """Seconds: a tiny analysis built here, 1 feature, short answers, local backend only."""
 
 
 def copy_analysis(analysis: Path, into: Path) -> Path:
@@ -129,7 +129,7 @@ def main(args: Args) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="autointerp-bench-"))
     try:
         if args.smoke:
-            args = replace(args, features=2, max_new_tokens=4, batch_size=4, http=False)
+            args = replace(args, features=1, max_new_tokens=4, batch_size=4, http=False)
             analysis = smoke_analysis(scratch)
         else:
             analysis = Path(args.analysis)

@@ -19,7 +19,6 @@ import random
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 import tyro
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -193,7 +194,7 @@ def test_explain_and_score_end_to_end_with_the_local_model(analysis, local_backe
     again = explain_features(analysis, [0, 1, 2, 3], config=EXPLAIN, backend=local_backend, progress=False)
     assert (again.set_id, again.n_explained + again.n_unparsable, again.n_already_done) == (result.set_id, 0, 4)
     assert score_explanations(analysis, config=SCORE, backend=local_backend, progress=False).n_scored == 0
-    other = explain_features(analysis, [0], config=EXPLAIN.__class__(**{**EXPLAIN.__dict__, "seed": 1}),
+    other = explain_features(analysis, [0], config=replace(EXPLAIN, seed=1),
                              backend=local_backend, progress=False)
     assert other.set_id != result.set_id
     with Explanations(analysis) as reader:
@@ -288,9 +289,9 @@ def transformers_serve():
 
 def test_http_backend_against_transformers_serve(analysis, transformers_serve):
     base_url, model = transformers_serve
-    served = BackendConfig(kind="openai", base_url=base_url, model=model, concurrency=4)
-    result = explain_features(analysis, [1, 2], config=EXPLAIN, backend=served, progress=False)
-    assert result.n_explained + result.n_unparsable == 2 and result.prompt_tokens > 0
+    served = BackendConfig(kind="openai", base_url=base_url, model=model, concurrency=2)
+    result = explain_features(analysis, [1], config=replace(EXPLAIN, max_new_tokens=6), backend=served, progress=False)
+    assert result.n_explained + result.n_unparsable == 1 and result.prompt_tokens > 0
     with Explanations(analysis) as reader:
         rows = reader.explanations(result.set_id)
         assert reader.sets()[0].explainer_model == model
@@ -430,3 +431,16 @@ def test_benchmark_smoke():
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"local, batched \(4\) .* features/min", out.stdout)
     assert re.search(r"batching gain: [0-9.]+x; with the shared-prefix cache: [0-9.]+x", out.stdout)
+
+
+def test_the_example_script_reports_user_errors_in_one_line(tmp_path):
+    from core.errors import ConfigError
+    from run_explain_example import parse_features
+
+    assert (parse_features("all"), parse_features("7"), parse_features("3,17,42")) == (None, 7, [3, 17, 42])
+    with pytest.raises(ConfigError, match="--features is 'many'; give 'all', a number"):
+        parse_features("many")
+    out = subprocess.run([sys.executable, "run_explain_example.py", "--analysis", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: No feature store at"), \
+        out.stderr[-2000:]
