@@ -12,13 +12,17 @@ same inputs and interleaved so that a shared machine's load falls on all alike:
   sparse path and on the old dense autograd path (`sparse_training = False`),
 - the step's parts (forward, backward, optimizer), to show how far the step is from the product,
 - the encoder's sparse backward (dW_enc from the selected entries) by the numba kernel and by
-  torch's sparse CSR x dense product (MKL), the two ways measured.
+  torch's sparse CSR x dense product (MKL), the two ways measured;
+- with `--clt-layers L`, a cross-layer transcoder's step (`core.sae.clt`) over L layers against its
+  L dense encoder products ([batch, d_in] @ [d_in, d_sae] per layer, d_sae features per layer), for
+  topk, batchtopk and jumprelu (its thresholds set so that about k features per token and layer fire).
 
     python benchmarks/sae_step.py                     # d_in 576, d_sae 4608, k 32, batch 4096, 1% dead
     python benchmarks/sae_step.py --dead-fraction 0.05 --threads 1
     python benchmarks/sae_step.py --device cuda --dtype bfloat16
+    python benchmarks/sae_step.py --architectures --clt-layers 6 --no-dense --repeats 3   # CLT rows only
 
-Target: the sparse step costs at most 2x the dense product.
+Target: the sparse step costs at most 2x the dense product (a CLT's: its L products).
 
 OpenMP's waiting threads spin by default; on a machine shared with other jobs a spinning thread
 holds the core its partner needs, and every small parallel op of a step (Adam's, the losses')
@@ -45,7 +49,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import SAEConfig  # noqa: E402
-from core.sae import SparseAutoencoder, create_dictionary  # noqa: E402
+from core.sae import CrossLayerTranscoder, SparseAutoencoder, create_dictionary  # noqa: E402
 from core.sae.sparse import rows_of, scatter_add_rows  # noqa: E402
 
 
@@ -62,8 +66,10 @@ def timed(fn, device: str) -> float:
 class Step:
     """`Trainer.train_step`'s work on one dictionary (without its data and logging)."""
 
-    def __init__(self, sae: SparseAutoencoder, dead_mask: torch.Tensor):
+    def __init__(self, sae: "SparseAutoencoder | CrossLayerTranscoder", dead_mask: torch.Tensor,
+                 target: torch.Tensor | None = None):
         self.sae, self.dead_mask = sae, dead_mask
+        self.kwargs = {} if target is None else {"target": target}
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=4e-4, betas=(0.9, 0.999))  # as the Trainer's
         self.parts = {"forward": [], "backward": [], "optimizer": []}
 
@@ -74,7 +80,7 @@ class Step:
         def forward():
             nonlocal out
             self.optimizer.zero_grad(set_to_none=True)
-            out = sae.training_forward(x, dead_mask=self.dead_mask)
+            out = sae.training_forward(x, dead_mask=self.dead_mask, **self.kwargs)
 
         def backward():
             out.loss.backward()
@@ -99,7 +105,10 @@ def main() -> None:
     parser.add_argument("--dead-fraction", type=float, default=0.01,
                         help="fraction of latents marked dead, so that AuxK runs (default 0.01)")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--architectures", nargs="+", default=["topk", "batchtopk", "matryoshka_batchtopk"])
+    parser.add_argument("--architectures", nargs="*", default=["topk", "batchtopk", "matryoshka_batchtopk"])
+    parser.add_argument("--clt-layers", type=int, default=0, help="also time a cross-layer transcoder over this many "
+                                                                  "layers (d_sae features per layer)")
+    parser.add_argument("--clt-architectures", nargs="+", default=["topk", "batchtopk", "jumprelu"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-dense", action="store_true", help="skip the (slow) old dense path")
@@ -124,45 +133,88 @@ def main() -> None:
     for architecture in args.architectures:
         cfg = SAEConfig(architecture=architecture, d_sae=d_sae, k=k)
         sae = create_dictionary(cfg, d_in, hook_name="bench", model_name="bench", device=device, dtype=dtype)
-        W_enc = sae.W_enc.detach().clone()
-        steps = {"sparse": Step(sae, dead_mask)}
-        if not args.no_dense:
-            dense = copy.deepcopy(sae)
-            dense.sparse_training = False
-            steps["dense"] = Step(dense, dead_mask)
-        product, out = [], torch.empty(B, d_sae, device=device, dtype=dtype)
-        for repeat in range(args.repeats + 1):  # the first round warms up (kernels compile, caches fill)
-            p = timed(lambda: torch.matmul(x, W_enc, out=out), device)  # the product alone: no allocation
-            for step in steps.values():
-                step(x, device)
-            if repeat:
-                product.append(p)
-            else:
-                for step in steps.values():
-                    for times in step.parts.values():
-                        times.clear()
-        t_product, best_product = statistics.median(product), min(product)
-        print(f"\n{architecture}")
-        print(f"  dense product x @ W_enc   {t_product * 1e3:7.1f} ms (best {best_product * 1e3:6.1f})   "
-              f"{product_flop / t_product / 1e9:6.1f} GFLOP/s")
-        for name, step in steps.items():
-            totals = [sum(parts) for parts in zip(*step.parts.values())]
-            t_step, best_step = statistics.median(totals), min(totals)
-            split = ", ".join(f"{part} {statistics.median(times) * 1e3:.0f}" for part, times in step.parts.items())
-            print(f"  {name + ' step':25s} {t_step * 1e3:7.1f} ms (best {best_step * 1e3:6.1f}) = "
-                  f"{t_step / t_product:5.2f}x the product (best {best_step / best_product:4.2f}x); "
-                  f"{product_flop / t_step / 1e9:5.1f} GFLOP/s of the product's work; {split} ms")
-            if name == "sparse":
-                sparse_step = t_step
-            else:
-                print(f"  the sparse step is {t_step / sparse_step:.1f}x faster than the dense path")
-        print(f"  how close to the physical limit: the product is {t_product / sparse_step:.0%} of the sparse step; "
-              f"the rest is the selection, the sparse products over k latents per token, AuxK, and the "
-              f"optimizer's passes over the weights (Adam, clipping, decoder norms)")
+        W_enc, out = sae.W_enc.detach().clone(), torch.empty(B, d_sae, device=device, dtype=dtype)
+        compare(architecture, sae, Step, x, dead_mask, lambda: torch.matmul(x, W_enc, out=out),
+                "dense product x @ W_enc", product_flop, args)
+
+    if args.clt_layers:
+        L = args.clt_layers
+        x_layers = torch.randn(B, L, d_in, device=device, dtype=dtype)
+        target = torch.randn(B, L, d_in, device=device, dtype=dtype)
+        clt_dead = torch.zeros(L * d_sae, dtype=torch.bool, device=device)
+        clt_dead[torch.randperm(L * d_sae)[:round(args.dead_fraction * L * d_sae)].to(device)] = True
+        print(f"\ncross-layer transcoders over {L} layers: {d_sae} features per layer, x and targets [{B}, {L}, "
+              f"{d_in}]; {int(clt_dead.sum())} dead features")
+        for architecture in args.clt_architectures:
+            cfg = SAEConfig(architecture=architecture, d_sae=d_sae, k=k)
+            clt = CrossLayerTranscoder(cfg, d_in, layers=range(L), model_name="bench", device=device, dtype=dtype)
+            if architecture == "jumprelu":
+                set_thresholds_for_l0(clt, x_layers, k)
+            inputs = x_layers.transpose(0, 1).contiguous()
+            W_enc, out = clt.W_enc.detach().clone(), torch.empty(L, B, d_sae, device=device, dtype=dtype)
+
+            def products():
+                for i in range(L):
+                    torch.matmul(inputs[i], W_enc[i], out=out[i])
+
+            compare(f"CLT {architecture} ({L} layers)", clt, lambda m, d: Step(m, d, target), x_layers, clt_dead,
+                    products, f"{L} dense products x_l @ W_enc[l]", L * product_flop, args)
 
     if device == "cpu" and dtype == torch.float32:
         encoder_backward_comparison(x, k, d_sae)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def compare(title: str, model, make_step, x: torch.Tensor, dead_mask: torch.Tensor, product, product_name: str,
+            product_flop: float, args) -> None:
+    """Time `product` (the dense products alone) and the model's training step (sparse, and the dense
+    path unless --no-dense), interleaved, and print them."""
+    device = args.device
+    steps = {"sparse": make_step(model, dead_mask)}
+    if not args.no_dense:
+        dense = copy.deepcopy(model)
+        dense.sparse_training = False
+        steps["dense"] = make_step(dense, dead_mask)
+    times_product = []
+    for repeat in range(args.repeats + 1):  # the first round warms up (kernels compile, caches fill)
+        p = timed(product, device)  # the product alone: no allocation
+        for step in steps.values():
+            step(x, device)
+        if repeat:
+            times_product.append(p)
+        else:
+            for step in steps.values():
+                for times in step.parts.values():
+                    times.clear()
+    t_product, best_product = statistics.median(times_product), min(times_product)
+    print(f"\n{title}")
+    print(f"  {product_name:25s} {t_product * 1e3:7.1f} ms (best {best_product * 1e3:6.1f})   "
+          f"{product_flop / t_product / 1e9:6.1f} GFLOP/s")
+    for name, step in steps.items():
+        totals = [sum(parts) for parts in zip(*step.parts.values())]
+        t_step, best_step = statistics.median(totals), min(totals)
+        split = ", ".join(f"{part} {statistics.median(times) * 1e3:.0f}" for part, times in step.parts.items())
+        print(f"  {name + ' step':25s} {t_step * 1e3:7.1f} ms (best {best_step * 1e3:6.1f}) = "
+              f"{t_step / t_product:5.2f}x the product (best {best_step / best_product:4.2f}x); "
+              f"{product_flop / t_step / 1e9:5.1f} GFLOP/s of the product's work; {split} ms")
+        if name == "sparse":
+            sparse_step = t_step
+        else:
+            print(f"  the sparse step is {t_step / sparse_step:.1f}x faster than the dense path")
+    print(f"  how close to the physical limit: the product is {t_product / sparse_step:.0%} of the sparse step; "
+          f"the rest is the selection, the sparse products over k latents per token, AuxK, and the "
+          f"optimizer's passes over the weights (Adam, clipping, decoder norms)")
+
+
+@torch.no_grad()
+def set_thresholds_for_l0(clt: CrossLayerTranscoder, x: torch.Tensor, k: int) -> None:
+    """jumprelu: each feature's threshold at the quantile of its pre-activations on x [batch, L, d_in]
+    above which k of a layer's d_sae features fire per token on average (a trained CLT's sparsity;
+    at initialization about half of them would)."""
+    rank = max(1, round((1 - k / clt.d_sae) * x.shape[0]))
+    for i in range(clt.n_layers):
+        pre = x[:, i] @ clt.W_enc[i] + clt.b_enc[i]
+        clt.log_threshold[i].copy_(pre.float().kthvalue(rank, dim=0).values.clamp_min(1e-3).log())
 
 
 def encoder_backward_comparison(x: torch.Tensor, k: int, d_sae: int) -> None:

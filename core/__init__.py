@@ -14,6 +14,8 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .activations import ActivationBuffer, ActivationSource, expected_norm_scale
 from .annotations import Annotation, AnnotationConflict, Annotations, export_annotations
+from .autointerp import (BackendConfig, ExplainConfig, Explanations, ScoreConfig, explain_features,
+                         score_explanations)
 from .analysis import TextActivations, analyze, encode_text
 from .cache import CachedActivations, CacheError, cache_activations, read_manifest
 from .config import (AnalysisConfig, ActivationStoreConfig, CacheConfig, ConfigError, DatasetConfig, DictionaryConfig,
@@ -22,10 +24,11 @@ from .config import (AnalysisConfig, ActivationStoreConfig, CacheConfig, ConfigE
 from .data import (DatasetError, HeldOut, PackedSequences, TokenBatches, builtin_corpus_file, held_out_sequences,
                    load_text_dataset)
 from .evals import EvalResult, evaluate, evaluate_dictionaries, explained_variance, l0_norm, mean_squared_error
-from .errors import DictionaryFormatError
-from .formats import evaluate_imported, export_saelens, export_sparsify, import_dictionary
+from .errors import BackendError, DictionaryFormatError
+from .formats import evaluate_imported, export_circuit_tracer, export_saelens, export_sparsify, import_dictionary
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
-from .sae import DictionaryLoadError, SparseAutoencoder, SparseFeatureActs, create_dictionary, load_dictionary
+from .sae import (CrossLayerTranscoder, DictionaryLoadError, ReplacementModel, SparseAutoencoder, SparseFeatureActs,
+                  TranscoderSet, create_dictionary, load_dictionary, replacement_model_memory)
 from .steering import SteeringResult, steer
 from .store import FeatureStore, FeatureStoreWriter, FeatureUnavailable, StoreError
 from .training import Trainer, TrainingInterrupted, TrainingResult, build_trainer, train

@@ -51,6 +51,11 @@ class AnnotationError(RuntimeError):
     """An annotations file cannot be read or written."""
 
 
+class BackendError(RuntimeError):
+    """A language-model backend of auto-interpretation cannot answer (server down or refusing after the
+    retries, wrong URL, model or key, a local model that cannot load); the message says what to check."""
+
+
 class DistributedError(RuntimeError):
     """The ranks of a torchrun job cannot work together (a rank died or hung, configs differ)."""
 
@@ -65,10 +70,10 @@ class TrainingInterrupted(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    CacheError, ConfigError, DatasetError, DictionaryFormatError, DictionaryLoadError, HookNameError,
+    BackendError, CacheError, ConfigError, DatasetError, DictionaryFormatError, DictionaryLoadError, HookNameError,
     ModelLoadError, StoreError, FileExistsError)
 """Errors whose message says what is wrong and what to do; an entry point prints it and exits 2."""
 
-__all__ = ["AnnotationError", "CacheError", "ConfigError", "DatasetError", "DictionaryFormatError",
+__all__ = ["AnnotationError", "BackendError", "CacheError", "ConfigError", "DatasetError", "DictionaryFormatError",
            "DictionaryLoadError", "DistributedError", "FeatureUnavailable", "HookNameError", "ModelLoadError",
            "StoreError", "TrainingInterrupted", "USER_ERRORS"]

@@ -5,7 +5,7 @@
         metrics.jsonl                         one JSON line per dictionary per logged step / evaluation
         checkpoints/step_<n>/                 resumable state (hidden `.step_<n>.*.tmp` while written)
         dictionaries/<name>/                  a dictionary: config.json + sae.safetensors (a transcoder
-                                              set: config.json + one member folder per layer)
+                                              set: config.json + one member folder layer_<N>/ per layer)
             analysis/<analysis>/              an analysis: config.json + features.sqlite (immutable)
                 explanations.sqlite           its explanations and scores (auto-interpretation)
             annotations.sqlite                labels, notes, bookmarks (editable)
@@ -52,6 +52,15 @@ def run_folder(results_dir: str | Path, exp_name: str) -> Path:
 def dictionary_folder(run_dir: str | Path, name: str) -> Path:
     """`<run>/dictionaries/<name>/`."""
     return Path(run_dir) / DICTIONARIES_FOLDER / name
+
+
+TRANSCODER_SET_MEMBER_PREFIX = "layer_"
+"""A transcoder set's folder holds one ordinary dictionary folder per layer: `<set>/layer_<N>/`."""
+
+
+def transcoder_set_member(layer: int) -> str:
+    """The name of a transcoder set's member folder for block `layer`: `layer_<N>`."""
+    return f"{TRANSCODER_SET_MEMBER_PREFIX}{layer}"
 
 
 def imported_dictionary_folder(results_dir: str | Path, name: str) -> Path:

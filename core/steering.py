@@ -13,21 +13,38 @@ numbers at each step (Gumbel-max sampling with shared noise), so where steering 
 the two continuations are identical and every difference is the feature's doing. A continuation
 stops at the model's document-boundary / end-of-sequence token or after `max_new_tokens`.
 
-Each step runs the whole sequence through the model (no KV cache): TransformerBridge's cached
-generation (TransformerLens 4.3) does not fill its cache with the transformers version used here,
-so its cached continuations differ from the model's own; the full forward is exact and costs
-prompt length x new tokens.
+Decoding keeps a key/value cache: the prompt is run once, then one position per new token, with
+the direction added to each position as it is computed. That is the computation of a full forward
+of the whole sequence per token, summed in another order (logits agree to float rounding; the
+tests find the same tokens, greedy and sampled), without its cost growing with prompt length x new
+tokens. What remains per token is one pass over the weights, as in Hugging Face's `generate`. The cache is Hugging Face's own (`DynamicCache`), handed to
+`TransformerBridge.forward`, which runs the HF model whose layers are the bridge's components, so
+the steering hook fires on every new position like any TransformerLens hook. One mismatch is
+bridged here: TransformerLens 4.3's attention components read the cache from the keyword
+`past_key_values` (or `layer_past`), while transformers 5 passes it to each attention layer as
+`cache`; left alone they never fill it and each new position attends only to itself (why
+`TransformerBridge.generate` with its KV cache continues wrongly with this transformers).
+`_cache_keyword_alias` adds, for the duration of one call, a forward pre-hook to each attention
+component that also hands the cache over under the name it reads. After every forward the cache's
+length is checked against the sequence; with a model whose attention still does not fill it
+(another architecture or version) decoding falls back to a full forward of the whole sequence per
+token: slower, never wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import logging
 import math
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 
 from .lm import LanguageModel
 from .sae import SparseAutoencoder
+
+log = logging.getLogger(__name__)
 
 
 class Continuation(NamedTuple):
@@ -96,12 +113,13 @@ def steer(model: LanguageModel, sae: SparseAutoencoder, feature: int, prompt: st
 
     generator = torch.Generator().manual_seed(seed)
     stops = stop_token_ids(model)
-    sequences = tokens.repeat(2, 1)
+    sequences = tokens.repeat(2, 1)  # [2, seq]: row 0 steered, row 1 not
     generated: list[list[int]] = [[], []]
     stopped = [False, False]
-    with model.bridge.hooks(fwd_hooks=[(hook, add_direction)]):
+    with model.bridge.hooks(fwd_hooks=[(hook, add_direction)]), _cache_keyword_alias(model.bridge):
+        next_logits = CachedDecoder(model)
         for _ in range(max_new_tokens):
-            logits = model.bridge(sequences, return_type="logits")[:, -1].float()  # [2, vocab]
+            logits = next_logits(sequences)  # [2, vocab]
             if temperature > 0:
                 # Gumbel-max with one noise vector for both rows: the same draw wherever their logits agree.
                 uniform = torch.rand(logits.shape[-1], generator=generator).clamp_(1e-12, 1 - 1e-7)
@@ -127,6 +145,55 @@ def steer(model: LanguageModel, sae: SparseAutoencoder, feature: int, prompt: st
 
 def _token_strings(model: LanguageModel, ids: list[int]) -> list[str]:
     return model.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+
+
+class CachedDecoder:
+    """Float logits [batch, vocab] at the last position of a growing batch of sequences: the first
+    call runs the whole batch, each later one only the positions added since, through a key/value
+    cache (see the module docstring). Hooks active on the bridge fire on the positions computed."""
+
+    def __init__(self, model: LanguageModel):
+        from transformers import DynamicCache
+
+        self.model = model
+        hf_model = model.bridge.original_model
+        self.cache: Optional[DynamicCache] = DynamicCache(config=hf_model.config)
+        # transformers 5 renamed the forward's `past_key_values` to `cache` (the old name warns, then goes).
+        self.cache_keyword = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+        self.cached_positions = 0
+
+    def __call__(self, sequences: torch.Tensor) -> torch.Tensor:
+        bridge = self.model.bridge
+        if self.cache is not None:
+            logits = bridge(sequences[:, self.cached_positions:], return_type="logits", use_cache=True,
+                            logits_to_keep=1, **{self.cache_keyword: self.cache})
+            if self.cache.get_seq_length() == sequences.shape[1]:
+                self.cached_positions = sequences.shape[1]
+                return logits[:, -1].float()
+            log.warning("%s: the model's attention did not fill the key/value cache; steering recomputes the whole "
+                        "sequence for each new token instead (slower, same result).", self.model.name)
+            self.cache = None
+        return bridge(sequences, return_type="logits", logits_to_keep=1)[:, -1].float()
+
+
+@contextlib.contextmanager
+def _cache_keyword_alias(bridge) -> Iterator[None]:
+    """Within the block, each attention component of `bridge` also receives the cache transformers
+    5 passes it as `cache` under the keyword TransformerLens 4.3 reads (`past_key_values`)."""
+    from transformer_lens.model_bridge.generalized_components import AttentionBridge
+
+    def alias(module, args, kwargs):
+        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return args, kwargs
+
+    handles = [m.register_forward_pre_hook(alias, with_kwargs=True) for m in bridge.modules()
+               if isinstance(m, AttentionBridge)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 __all__ = ["steer", "SteeringResult", "Continuation", "steering_hook"]

@@ -3,6 +3,7 @@ test_analysis / server / ui tests) an analysis of that dictionary. Built once pe
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,19 @@ from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
 pytest_plugins = ["tests.server_helpers"]  # the server tests' fixtures (results_copy, ...)
 
 TINY_HOOK = "blocks.0.hook_resid_post"
+
+
+def venv_python(env_var: str, default: str, command: str, holds: str) -> Path:
+    """The python of a peer package's virtual environment (`$env_var`, else ROOT/`default`), made by
+    `command`. Missing: the test fails under CI (GPT2DICT_REQUIRE_PEERS=1, where CI made it), else is
+    skipped with the command that makes it."""
+    venv = Path(os.environ.get(env_var, ROOT / default))
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    if os.environ.get("GPT2DICT_REQUIRE_PEERS") == "1":  # CI made it: missing means broken
+        pytest.fail(f"The virtual environment of {holds} ({venv}) is missing; CI makes it with `{command}`.")
+    pytest.skip(f"The virtual environment of {holds} ({venv}) is missing; make it with `{command}` (a minute or two).")
 
 
 @pytest.fixture(scope="session")

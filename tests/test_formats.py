@@ -26,7 +26,7 @@ from core import (AnalysisConfig, ConfigError, DatasetConfig, DictionaryFormatEr
                   load_language_model)
 from core import formats
 from core.sae import ResidualCentering, TokenStandardization, create_dictionary
-from tests.conftest import ROOT, TINY_HOOK, tiny_analysis_config
+from tests.conftest import ROOT, TINY_HOOK, tiny_analysis_config, venv_python
 
 FOREIGN = ROOT / "tests" / "data" / "foreign"
 FIXTURES = sorted(p.parent for p in FOREIGN.rglob("expected.safetensors"))
@@ -515,16 +515,10 @@ def test_hub_names_load_from_the_hugging_face_cache(tmp_path):
 # ------------------------------------------------------------------ export, read by the real packages
 
 
-def peers_python() -> Path | None:
+def peers_python() -> Path:
     """The peers' virtual environment (sae-lens 6, eai-sparsify), made by make_foreign_fixtures.py."""
-    venv = Path(os.environ.get("GPT2DICT_PEERS_VENV", ROOT / ".venv-peers"))
-    python = venv / "bin" / "python"
-    if python.exists():
-        return python
-    command = "python3 tests/data/make_foreign_fixtures.py --setup-only"
-    if os.environ.get("GPT2DICT_REQUIRE_PEERS") == "1":  # CI made it: missing means broken
-        pytest.fail(f"The peers' virtual environment {venv} is missing; CI makes it with `{command}`.")
-    pytest.skip(f"The peers' virtual environment {venv} is missing; make it with `{command}` (about 2 minutes).")
+    return venv_python("GPT2DICT_PEERS_VENV", ".venv-peers", "python3 tests/data/make_foreign_fixtures.py --setup-only",
+                       "sae-lens and sparsify")
 
 
 def trained_like(architecture: str, *, d_out: int | None = None, skip: bool = False, seed: int = 0,

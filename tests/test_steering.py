@@ -1,14 +1,26 @@
 """Steering (core/steering.py) on the tiny GPT-2 and its dictionary, against independent references:
-Hugging Face's own greedy generation for the unsteered row, and a plain decoding loop with the
-direction added through `run_with_hooks` for the steered one."""
+Hugging Face's own greedy generation for the unsteered row, a plain decoding loop with the
+direction added through `run_with_hooks` for the steered one, and the steering loop as it was
+before the key/value cache (`full_recompute_steer`, one full forward per new token), on the tiny
+GPT-2 and the offline SmolLM2 (Llama)."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import core.steering
 from core.sae import load_dictionary
-from core.steering import steer, steering_hook
+from core.steering import CachedDecoder, steer, steering_hook, stop_token_ids
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +102,140 @@ def test_long_prompts_keep_their_end_and_bad_input_is_refused(tiny_model, sae):
         steer(tiny_model, sae, 1, "", strength=1.0)
     with pytest.raises(ValueError, match="finite"):
         steer(tiny_model, sae, 1, PROMPT, strength=float("nan"))
+
+
+@torch.no_grad()
+def full_recompute_steer(model, sae, feature: int, prompt_ids: list[int], *, strength: float, max_new_tokens: int,
+                         temperature: float = 0.0, seed: int = 0) -> tuple[list[list[int]], list[bool]]:
+    """The steering loop before the key/value cache, kept as the reference (and timed by
+    benchmarks/steering_latency.py): both rows through a full forward of the whole sequence per new
+    token. Returns the generated ids and stopped flags of [steered, unsteered]."""
+    hook = steering_hook(sae)
+    direction = (sae.W_dec[feature].detach().float() * strength).reshape(model.hook_shape(hook))
+
+    def add_direction(activations, hook):
+        activations[0] += direction.to(activations.dtype)
+        return activations
+
+    generator = torch.Generator().manual_seed(seed)
+    stops = stop_token_ids(model)
+    sequences = torch.tensor([prompt_ids], device=model.device).repeat(2, 1)
+    generated: list[list[int]] = [[], []]
+    stopped = [False, False]
+    with model.bridge.hooks(fwd_hooks=[(hook, add_direction)]):
+        for _ in range(max_new_tokens):
+            logits = model.bridge(sequences, return_type="logits")[:, -1].float()
+            if temperature > 0:
+                uniform = torch.rand(logits.shape[-1], generator=generator).clamp_(1e-12, 1 - 1e-7)
+                logits = logits / temperature - torch.log(-torch.log(uniform)).to(logits.device)
+            next_tokens = logits.argmax(-1)
+            sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
+            for row, token in enumerate(next_tokens.tolist()):
+                if not stopped[row]:
+                    generated[row].append(token)
+                    stopped[row] = token in stops
+            if all(stopped):
+                break
+    return generated, stopped
+
+
+def assert_same_as_full_recompute(model, sae, feature, prompt, **kwargs):
+    result = steer(model, sae, feature, prompt, **kwargs)
+    expected_ids, expected_stopped = full_recompute_steer(model, sae, feature, result.prompt_token_ids, **kwargs)
+    assert [result.steered.token_ids, result.unsteered.token_ids] == expected_ids, (prompt, feature, kwargs)
+    assert [result.steered.stopped, result.unsteered.stopped] == expected_stopped
+    return result
+
+
+CASES = [  # prompt, feature, strength, temperature, seed
+    ("The quick brown fox jumps over", 5, 40.0, 0.0, 0),
+    ("Once upon a time, in a small village by the sea,", 17, 8.0, 0.0, 0),
+    ("def main():\n    print(", 99, -25.0, 0.0, 0),
+    ("The quick brown fox jumps over", 5, 40.0, 1.0, 3),
+    ("Paris is the capital of", 64, 40.0, 0.1, 11),
+]
+
+
+@pytest.mark.parametrize("prompt,feature,strength,temperature,seed", CASES)
+def test_cached_decoding_equals_full_recompute_on_gpt2(tiny_model, sae, prompt, feature, strength, temperature, seed,
+                                                       caplog):
+    with caplog.at_level(logging.WARNING, logger="core.steering"):
+        result = assert_same_as_full_recompute(tiny_model, sae, feature, prompt, strength=strength, max_new_tokens=12,
+                                               temperature=temperature, seed=seed)
+    assert not caplog.records  # the key/value cache was used, not the full-recompute fallback
+    assert len(result.steered.token_ids) == 12
+    # The random tiny model's logits are flat: at temperature 1 the shared noise decides alone.
+    assert result.steered != result.unsteered or temperature >= 1
+
+
+def test_cached_decoder_extends_its_cache_and_matches_a_full_forward(tiny_model):
+    sequences = tiny_model.tokenize("The quick brown fox jumps over the lazy dog").repeat(2, 1)
+    decoder = CachedDecoder(tiny_model)
+    with torch.no_grad(), core.steering._cache_keyword_alias(tiny_model.bridge):
+        for length in (5, 6, 7, sequences.shape[1]):  # the prompt, then one position at a time, then three at once
+            logits = decoder(sequences[:, :length])
+            assert decoder.cache.get_seq_length() == length
+            full = tiny_model.bridge(sequences[:, :length], return_type="logits")[:, -1]
+            torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-5)
+
+
+def test_an_attention_that_does_not_fill_the_cache_falls_back_to_full_forwards(tiny_model, sae, monkeypatch, caplog):
+    # Without the keyword alias, TransformerLens 4.3's attention never sees transformers 5's cache.
+    monkeypatch.setattr(core.steering, "_cache_keyword_alias", lambda bridge: contextlib.nullcontext())
+    with caplog.at_level(logging.WARNING, logger="core.steering"):
+        assert_same_as_full_recompute(tiny_model, sae, 5, "The quick brown fox jumps over", strength=40.0,
+                                      max_new_tokens=8)
+    assert "did not fill the key/value cache" in caplog.text
+
+
+def test_a_stop_token_ends_one_row_while_the_other_goes_on(tiny_model, tiny_dictionary):
+    # A feature whose decoder row is the stop token's unembedding, steered hard: the steered row ends at once.
+    sae = load_dictionary(tiny_dictionary).eval()
+    stop = tiny_model.separator_token_id
+    unembed = tiny_model.bridge.unembed.W_U[:, stop].detach()
+    with torch.no_grad():
+        sae.W_dec[3] = unembed / unembed.norm()
+    result = assert_same_as_full_recompute(tiny_model, sae, 3, "The quick brown fox jumps over", strength=500.0,
+                                           max_new_tokens=6)
+    assert result.steered.stopped and result.steered.token_ids == [stop]
+    assert len(result.unsteered.token_ids) == 6 and not result.unsteered.stopped
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from core import LanguageModelConfig, load_language_model
+
+    return load_language_model(LanguageModelConfig(name="SmolLM2-135M-Instruct"))
+
+
+@pytest.fixture(scope="module")
+def smollm2_sae():
+    from core.config import OFFLINE_MODEL_NAME, SAEConfig
+    from core.sae import create_dictionary
+
+    torch.manual_seed(0)
+    return create_dictionary(SAEConfig(architecture="topk", d_sae=256, k=8), 576, hook_name="blocks.3.hook_resid_post",
+                             model_name=OFFLINE_MODEL_NAME).eval()
+
+
+@pytest.mark.parametrize("prompt,feature,strength,temperature,seed,hook", [
+    ("The library reads the configuration file, and then it", 7, 12.0, 0.0, 0, None),
+    ("My favourite fruit is", 200, 40.0, 0.0, 0, "blocks.12.hook_mlp_out"),
+    ("The library reads the configuration file, and then it", 7, 12.0, 0.9, 5, None),
+])
+def test_cached_decoding_equals_full_recompute_on_smollm2(smollm2, smollm2_sae, prompt, feature, strength, temperature,
+                                                          seed, hook, monkeypatch):
+    if hook:  # a transcoder writing to an MLP's output
+        monkeypatch.setattr(smollm2_sae, "hook_out", hook, raising=False)
+    result = assert_same_as_full_recompute(smollm2, smollm2_sae, feature, prompt, strength=strength,
+                                           max_new_tokens=6, temperature=temperature, seed=seed)
+    assert result.steered.token_ids != result.unsteered.token_ids
+
+
+def test_the_benchmark_runs_in_smoke_mode():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "steering_latency.py"), "--smoke"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    for line in ("steer (KV cache)", "HF generate, 1 row", "HF generate, 2 rows", "full recompute", "API request"):
+        assert line in out.stdout, out.stdout

@@ -1,4 +1,5 @@
-"""Dictionaries from elsewhere: SAELens and sparsify folders in and out, and SAELens's hub names.
+"""Dictionaries from elsewhere: SAELens, sparsify and circuit-tracer folders in and out, and SAELens's
+hub names.
 
 **Import.** `load_dictionary(folder)` opens, besides this library's own folders (`config.json`):
 
@@ -9,7 +10,9 @@
 - sparsify folders: `cfg.json` + `sae.safetensors`, one hookpoint of a sparsify run, whose
   `config.json` one folder up names the model;
 - `saelens:<release>/<sae_id>` (`SAELENS_RELEASES`, GPT-2's releases): the folder the SAELens
-  registry names, downloaded through `huggingface_hub` into its usual cache.
+  registry names, downloaded through `huggingface_hub` into its usual cache;
+- circuit-tracer folders (`config.yaml` + `layer_<i>.safetensors`, or `W_enc_<i>` / `W_dec_<i>`
+  files): a `TranscoderSet` or a `CrossLayerTranscoder` (`core.sae.circuit_tracer` says how).
 
 Each becomes a `SparseAutoencoder` whose `encode` / `decode` / `forward` compute what the other
 library's do, up to float rounding. What the conversion does (x a row vector, pre the
@@ -50,7 +53,8 @@ of the wrong shape, or not finite.
 
 **Export.** `export_saelens(dictionary, folder)` writes any dictionary of this library as a
 SAELens 6 folder (`SAE.load_from_disk` reads it); `export_sparsify` writes a top-k one as a
-sparsify folder (`SparseCoder.load_from_disk`). Normalization is folded, as in every saved
+sparsify folder (`SparseCoder.load_from_disk`); `export_circuit_tracer` writes a transcoder set or
+a CLT as a circuit-tracer folder (`ReplacementModel.from_pretrained(model, "/abs/folder")`). Normalization is folded, as in every saved
 dictionary.
 
 **Analysis.** An analysis is written inside the dictionary's folder, which for a foreign
@@ -82,7 +86,9 @@ from ..lm import LanguageModel
 from ..errors import ConfigError, DictionaryFormatError, DictionaryLoadError
 from ..files import atomic_write
 from ..layout import IMPORTED_RUN, imported_dictionary_folder
-from ..sae import CONFIG_FILENAME, SparseAutoencoder, is_foreign, load_dictionary, load_foreign
+from ..sae import (CONFIG_FILENAME, CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, is_foreign, load_dictionary,
+                   load_foreign)
+from ..sae.circuit_tracer import CIRCUIT_TRACER_CONFIG, is_circuit_tracer_folder, read_circuit_tracer, write_circuit_tracer
 from ..sae.foreign import (SAELENS_WEIGHTS, SPARSIFY_WEIGHTS, foreign_format, model_name_for,
                            read_json)
 from ..sae.hub import SAELENS_RELEASES, HubLocation, SAELensRelease, download_saelens, is_hub_name, saelens_hub_location
@@ -92,15 +98,26 @@ from ..sae.sparsify import sparsify_hooks, write_sparsify
 log = logging.getLogger(__name__)
 
 
-def _as_dictionary(dictionary: SparseAutoencoder | str | Path) -> SparseAutoencoder:
-    return dictionary if isinstance(dictionary, SparseAutoencoder) else load_dictionary(dictionary)
+Dictionary = SparseAutoencoder | CrossLayerTranscoder | TranscoderSet
+
+
+def _as_dictionary(dictionary: Dictionary | str | Path) -> Dictionary:
+    return dictionary if isinstance(dictionary, Dictionary) else load_dictionary(dictionary)
+
+
+def _one_dictionary(dictionary: SparseAutoencoder | str | Path, to: str) -> SparseAutoencoder:
+    sae = _as_dictionary(dictionary)
+    if not isinstance(sae, SparseAutoencoder):
+        raise DictionaryFormatError(f"{to} holds one SAE or transcoder per folder, and this is a {sae.kind}; export it "
+                                    f"to circuit-tracer (export_circuit_tracer), or export its members one by one.")
+    return sae
 
 
 def export_saelens(dictionary: SparseAutoencoder | str | Path, folder: str | Path) -> Path:
     """Write `dictionary` (a SparseAutoencoder or a dictionary folder) as a SAELens 6 folder:
     cfg.json + sae_weights.safetensors, readable by SAELens's `SAE.load_from_disk`, with the same
     encode / decode (a skip transcoder's forward included) up to float rounding."""
-    return write_saelens(_as_dictionary(dictionary), folder)
+    return write_saelens(_one_dictionary(dictionary, "SAELens"), folder)
 
 
 def export_sparsify(dictionary: SparseAutoencoder | str | Path, folder: str | Path) -> Path:
@@ -108,7 +125,19 @@ def export_sparsify(dictionary: SparseAutoencoder | str | Path, folder: str | Pa
     (cfg.json + sae.safetensors) that sparsify's `SparseCoder.load_from_disk` reads with the same
     encode / decode. sparsify's per-hookpoint folder has no place for the model and hook names; name
     the folder after the hookpoint (e.g. `h.6`)."""
-    return write_sparsify(_as_dictionary(dictionary), folder)
+    return write_sparsify(_one_dictionary(dictionary, "sparsify"), folder)
+
+
+def export_circuit_tracer(dictionary: CrossLayerTranscoder | TranscoderSet | str | Path, folder: str | Path) -> Path:
+    """Write a transcoder set or a cross-layer transcoder (or the folder of one) as a circuit-tracer 0.5
+    folder: config.yaml + layer_<i>.safetensors, or W_enc_<i> / W_dec_<i>.safetensors. circuit-tracer
+    loads it from its absolute path (`ReplacementModel.from_pretrained(model, "/abs/folder")`) and
+    computes the same features and reconstructions up to float rounding."""
+    model = _as_dictionary(dictionary)
+    if isinstance(model, SparseAutoencoder):
+        raise DictionaryFormatError("circuit-tracer reads replacement models (a transcoder set or a cross-layer "
+                                    "transcoder), and this is one dictionary; export it to SAELens instead.")
+    return write_circuit_tracer(model, folder)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,27 +149,32 @@ def _plain_name(text: str) -> str:
     return name or "dictionary"
 
 
-def _weights_file(source: dict) -> Path:
-    return Path(source["path"]) / (SAELENS_WEIGHTS if source["format"] == "saelens" else SPARSIFY_WEIGHTS)
+def _source_files(source: dict) -> list[Path]:
+    """The files that hold a foreign dictionary's weights (and a circuit-tracer folder's config)."""
+    folder = Path(source["path"])
+    if source["format"] == "circuit-tracer":
+        return [folder / CIRCUIT_TRACER_CONFIG] + sorted(folder.glob("*.safetensors"))
+    return [folder / (SAELENS_WEIGHTS if source["format"] == "saelens" else SPARSIFY_WEIGHTS)]
 
 
-def _sha256(path: Path) -> str:
+def _sha256(paths: list[Path]) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
 def import_dictionary(source: str | Path, results_dir: str | Path = "results", *, name: Optional[str] = None,
                       model_name: Optional[str] = None, hook_name: Optional[str] = None,
                       hook_out: Optional[str] = None) -> Path:
-    """Convert a SAELens / sparsify folder or a `saelens:<release>/<sae_id>` name into this library's
-    format at `<results_dir>/imported/dictionaries/<name>/` and return that folder.
+    """Convert a SAELens / sparsify / circuit-tracer folder or a `saelens:<release>/<sae_id>` name into
+    this library's format at `<results_dir>/imported/dictionaries/<name>/` and return that folder.
 
     Analyses of it are written inside it and the viewer lists it as `imported:<name>`; the source
     is never written to. `name` defaults to `<release>--<sae_id>` for a hub name, the folder's name
-    for a SAELens folder and `<run>--<hookpoint>` for a sparsify one. Importing the same weights
+    for a SAELens or circuit-tracer folder and `<run>--<hookpoint>` for a sparsify one. Importing the same weights
     again returns the existing copy (and its analyses); another dictionary under the same name is
     refused. `model_name`, `hook_name`, `hook_out`: as for `load_foreign`.
     """
@@ -148,9 +182,12 @@ def import_dictionary(source: str | Path, results_dir: str | Path = "results", *
         load_dictionary(source)  # a clear error for what is no dictionary at all
         raise DictionaryLoadError(f"{source} is already a dictionary of this library; analyze or serve it where it "
                                   f"is instead of importing it.")
-    sae = load_foreign(source, model_name=model_name, hook_name=hook_name, hook_out=hook_out)
+    if not is_hub_name(source) and is_circuit_tracer_folder(source):
+        sae = load_dictionary(source, model_name=model_name, hook_name=hook_name, hook_out=hook_out)
+    else:
+        sae = load_foreign(source, model_name=model_name, hook_name=hook_name, hook_out=hook_out)
     info = {**sae.saved_config["source"]}
-    info["sha256"] = _sha256(_weights_file(info))
+    info["sha256"] = _sha256(_source_files(info))
     if name is None:
         if "release" in info:
             name = f"{info['release']}--{info['sae_id']}"
@@ -206,6 +243,6 @@ def evaluate_imported(folder: str | Path, model: LanguageModel, dataset: Dataset
 
 
 __all__ = ["DictionaryFormatError", "HubLocation", "IMPORTED_RUN", "SAELENS_FORMAT_VERSION", "SAELENS_RELEASES",
-           "SAELensRelease", "download_saelens", "evaluate_imported", "export_saelens", "export_sparsify",
+           "SAELensRelease", "download_saelens", "evaluate_imported", "export_circuit_tracer", "export_saelens", "export_sparsify",
            "foreign_format", "import_dictionary", "is_foreign", "is_hub_name", "load_foreign", "model_name_for",
            "saelens_hub_location", "sparsify_hooks"]

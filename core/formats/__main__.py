@@ -9,25 +9,26 @@ from typing import Optional
 
 from ..cli import run_entry_point
 from ..sae import CONFIG_FILENAME
-from . import export_saelens, export_sparsify, import_dictionary, saelens_hub_location
+from . import export_circuit_tracer, export_saelens, export_sparsify, import_dictionary, saelens_hub_location
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m core.formats", description=(
-        "Dictionaries from elsewhere: import SAELens / sparsify folders and SAELens hub names into this "
-        "library's format, export this library's dictionaries to SAELens or sparsify."))
+        "Dictionaries from elsewhere: import SAELens / sparsify / circuit-tracer folders and SAELens hub names "
+        "into this library's format, export this library's dictionaries to SAELens, sparsify or circuit-tracer."))
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="write a converted copy to <results>/imported/dictionaries/<name>/")
-    imp.add_argument("source", help="a SAELens or sparsify folder, or saelens:<release>/<sae_id>")
+    imp.add_argument("source", help="a SAELens, sparsify or circuit-tracer folder, or saelens:<release>/<sae_id>")
     imp.add_argument("--results-dir", default="results")
     imp.add_argument("--name", help="the copy's folder name (default: from the source)")
     imp.add_argument("--model-name", help="the model (a Hugging Face name or a local folder) instead of the source's")
     imp.add_argument("--hook-name", help="the TransformerLens hook it reads, instead of the source's")
     imp.add_argument("--hook-out", help="a transcoder's out-hook, instead of the source's")
-    exp = sub.add_parser("export", help="write a dictionary of this library as a SAELens or sparsify folder")
+    exp = sub.add_parser("export", help="write a dictionary of this library as a SAELens, sparsify or circuit-tracer "
+                                        "folder (circuit-tracer: a transcoder set or a cross-layer transcoder)")
     exp.add_argument("dictionary", help="a dictionary folder of this library")
     exp.add_argument("dest", help="the folder to write")
-    exp.add_argument("--to", choices=("saelens", "sparsify"), default="saelens")
+    exp.add_argument("--to", choices=("saelens", "sparsify", "circuit-tracer"), default="saelens")
     loc = sub.add_parser("locate", help="print the Hugging Face repository and folder of a SAELens release's id")
     loc.add_argument("release")
     loc.add_argument("sae_id")
@@ -39,7 +40,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"Analyze it:  python run_analyze_example.py --dictionary-path {folder} --model.name "
               f"{json.loads((folder / CONFIG_FILENAME).read_text())['model_name']}")
     elif args.command == "export":
-        writer = export_saelens if args.to == "saelens" else export_sparsify
+        writer = {"saelens": export_saelens, "sparsify": export_sparsify, "circuit-tracer": export_circuit_tracer}[args.to]
         print(f"Wrote {writer(args.dictionary, args.dest)} ({args.to})")
     else:
         where = saelens_hub_location(args.release, args.sae_id)

@@ -16,8 +16,13 @@ builds the dictionary of `cfg.architecture`, and `load_dictionary(folder)` opens
 | `saelens.py` | SAELens folders in (6.x and pre-6) and out |
 | `sparsify.py` | sparsify folders in and out |
 | `hub.py`     | SAELens hub names: the table of GPT-2 releases, the download |
+| `replacement.py` | replacement models: the `ReplacementModel` face, `TranscoderSet`, the per-layer loss weights, memory estimates |
+| `clt.py`     | `CrossLayerTranscoder`: features reading one layer and writing to it and every later one; its sparse training step and folder |
 """
 
+from .clt import CLT_ARCHITECTURES, CrossLayerTranscoder
+from .replacement import (ReplacementModel, ReplacementModelMemory, ReplacementOutput, TranscoderSet,
+                          replacement_model_memory)
 from .base import (CONFIG_FILENAME, ENCODE_CHUNK_TOKENS, FORMAT_VERSION, WEIGHTS_FILENAME, SAEOutput, SparseAutoencoder,
                    create_dictionary,
                    geometric_median)
@@ -28,7 +33,8 @@ from .normalization import Normalization, ResidualCentering, Scaling, TokenStand
 from .sparse import SparseFeatureActs
 from .topk import BATCHTOPK_THRESHOLD_DECAY, BatchTopKSAE, MatryoshkaBatchTopKSAE, TopKSAE
 
-__all__ = ["BATCHTOPK_THRESHOLD_DECAY", "CONFIG_FILENAME", "ENCODE_CHUNK_TOKENS", "FORMAT_VERSION", "WEIGHTS_FILENAME", "BatchTopKSAE",
+__all__ = ["CLT_ARCHITECTURES", "CrossLayerTranscoder", "ReplacementModel", "ReplacementModelMemory",
+           "ReplacementOutput", "TranscoderSet", "replacement_model_memory", "BATCHTOPK_THRESHOLD_DECAY", "CONFIG_FILENAME", "ENCODE_CHUNK_TOKENS", "FORMAT_VERSION", "WEIGHTS_FILENAME", "BatchTopKSAE",
            "DictionaryLoadError", "JumpReLUSAE", "Normalization", "ResidualCentering", "Scaling",
            "TokenStandardization", "create_dictionary", "is_foreign", "load_foreign", "MatryoshkaBatchTopKSAE", "ReLUSAE", "SAEOutput",
            "SparseAutoencoder", "SparseFeatureActs", "TopKSAE", "geometric_median", "load_dictionary"]

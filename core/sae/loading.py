@@ -1,8 +1,10 @@
 """`load_dictionary`: the one entry point that opens a dictionary folder.
 
-Native folders (written by `SparseAutoencoder.save`; format_version 1 and 2) are read here;
-SAELens and sparsify folders by `saelens.py` and `sparsify.py`, `saelens:<release>/<sae_id>` names
-found through `hub.py` (see `core.formats` for what each conversion does).
+Native folders (written by `SparseAutoencoder.save`; format_version 1 and 2; and replacement models,
+whose config.json has a "kind": `CrossLayerTranscoder.save`, `TranscoderSet.save`) are read here;
+SAELens, sparsify and circuit-tracer folders by `saelens.py`, `sparsify.py` and `circuit_tracer.py`,
+`saelens:<release>/<sae_id>` names found through `hub.py` (see `core.formats` for what each
+conversion does).
 Nothing is unpickled: the weights are safetensors, the config is JSON, and every mismatch
 between the two is refused with one sentence naming the file and what is wrong.
 """
@@ -21,7 +23,10 @@ from ..config import ARCHITECTURES, SAEConfig
 from ..errors import ConfigError, DictionaryLoadError
 from .base import CONFIG_FILENAME, FORMAT_VERSION, WEIGHTS_FILENAME, SparseAutoencoder, create_dictionary
 from .normalization import IMPORTED_NORMALIZATIONS
+from .circuit_tracer import is_circuit_tracer_folder, read_circuit_tracer
+from .clt import CrossLayerTranscoder, load_cross_layer_transcoder
 from .foreign import FOREIGN_CONFIG, build, foreign_format, sparsify_run_folder_hint
+from .replacement import REPLACEMENT_FORMAT_VERSION, TranscoderSet
 from .hub import download_saelens, hub_location_of_cached, is_hub_name, saelens_hub_location, HUB_PREFIX
 from .saelens import read_saelens
 from .sparsify import read_sparsify
@@ -35,13 +40,15 @@ def load_dictionary(
     model_name: str | None = None,
     hook_name: str | None = None,
     hook_out: str | None = None,
-) -> SparseAutoencoder:
-    """Load the dictionary (SAE or transcoder) in folder `path`, ready for raw activations.
+) -> SparseAutoencoder | CrossLayerTranscoder | TranscoderSet:
+    """Load the dictionary in folder `path`, ready for raw activations: an SAE or transcoder
+    (`SparseAutoencoder`), or a replacement model (`CrossLayerTranscoder`, `TranscoderSet`, whose
+    folder's config.json says its "kind").
 
-    `path` may also be a SAELens or sparsify folder, or `saelens:<release>/<sae_id>` (downloaded
-    from the Hugging Face hub): see `core.formats`. For those only, `model_name` (a hub name or a
-    local model folder), `hook_name` and `hook_out` replace the names the folder gives, or supply
-    them where it has none.
+    `path` may also be a SAELens, sparsify or circuit-tracer folder, or `saelens:<release>/<sae_id>`
+    (downloaded from the Hugging Face hub): see `core.formats`. For those only, `model_name` (a hub
+    name or a local model folder), `hook_name` and `hook_out` replace the names the folder gives, or
+    supply them where it has none (a circuit-tracer folder takes `model_name` only).
     """
     if is_hub_name(path):
         return load_foreign(path, device, dtype, model_name=model_name, hook_name=hook_name, hook_out=hook_out)
@@ -58,6 +65,11 @@ def load_dictionary(
     if foreign_format(folder) is not None:
         return load_foreign(folder, device, dtype, model_name=model_name, hook_name=hook_name,
                                     hook_out=hook_out)
+    if is_circuit_tracer_folder(folder):  # a transcoder set or CLT saved by circuit-tracer
+        if hook_name is not None or hook_out is not None:
+            raise DictionaryLoadError(f"hook_name and hook_out are not for circuit-tracer folders such as {folder}: its "
+                                      f"config.yaml names the hooks of every layer.")
+        return read_circuit_tracer(folder, model_name=model_name, device=device, dtype=dtype)
     if model_name is not None or hook_name is not None or hook_out is not None:
         raise DictionaryLoadError(f"model_name, hook_name and hook_out are for folders of other libraries; {folder} "
                                   f"is not one, and this library's folders name their own model and hooks.")
@@ -95,8 +107,11 @@ def load_foreign(source: str | Path, device: str | torch.device = "cpu", dtype: 
 
 
 def is_foreign(source: str | Path) -> bool:
-    """True for a SAELens hub name and for SAELens and sparsify folders."""
-    return is_hub_name(source) or (Path(source).expanduser().is_dir() and foreign_format(source) is not None)
+    """True for a SAELens hub name and for SAELens, sparsify and circuit-tracer folders."""
+    if is_hub_name(source):
+        return True
+    folder = Path(source).expanduser()
+    return folder.is_dir() and (foreign_format(folder) is not None or is_circuit_tracer_folder(folder))
 
 
 # The config.json flags of imported normalizations (`core.sae.normalization`), and where they come from.
@@ -118,6 +133,8 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
     if not isinstance(data, dict):
         raise DictionaryLoadError(f"{config_path} must hold a JSON object, got {type(data).__name__}; "
                                   f"the dictionary is damaged, save or copy it again.")
+    if "kind" in data:  # a replacement model: a cross-layer transcoder or a transcoder set
+        return _load_replacement_model(folder, data, device, dtype)
     version = data.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise DictionaryLoadError(f"{config_path} has format_version {version!r}, newer than this library "
@@ -184,3 +201,50 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
             target.copy_(tensors[name])
     sae.saved_config = data
     return sae
+
+
+def _load_replacement_model(folder: Path, data: dict, device: str | torch.device,
+                            dtype: torch.dtype) -> CrossLayerTranscoder | TranscoderSet:
+    """A folder whose config.json has a "kind": a cross-layer transcoder or a transcoder set."""
+    config_path = folder / CONFIG_FILENAME
+    version, kind = data.get("format_version"), data["kind"]
+    if not isinstance(version, int) or isinstance(version, bool) or version > REPLACEMENT_FORMAT_VERSION:
+        raise DictionaryLoadError(f"{config_path} has format_version {version!r}; this library reads replacement "
+                                  f"models up to version {REPLACEMENT_FORMAT_VERSION}, upgrade it.")
+    if kind == CrossLayerTranscoder.kind:
+        return load_cross_layer_transcoder(folder, data, device, dtype)
+    if kind != TranscoderSet.kind:
+        raise DictionaryLoadError(f"{config_path} names unknown kind {kind!r}; this library reads "
+                                  f"{CrossLayerTranscoder.kind!r} and {TranscoderSet.kind!r}. Fix the file or upgrade.")
+    layers, members = data.get("layers"), data.get("members")
+    if (not isinstance(layers, list) or not isinstance(members, list) or len(layers) != len(members)
+            or not layers or not all(isinstance(m, str) for m in members)):
+        raise DictionaryLoadError(f"{config_path} must list the set's layers and, for each, its member folder "
+                                  f"(\"layers\": [0, 1], \"members\": [\"layer_0\", \"layer_1\"]); the file is damaged.")
+    loaded = {}
+    for layer, name in zip(layers, members):
+        member = folder / name
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise DictionaryLoadError(f"{config_path} names member folder {name!r}, which is not a folder inside the set.")
+        if not (member / CONFIG_FILENAME).is_file():
+            raise DictionaryLoadError(f"{folder} is a transcoder set whose member of layer {layer} ({name}/) is missing "
+                                      f"or incomplete; copy the whole folder again or save the set again.")
+        sae = _load_native(member, device, dtype)
+        if isinstance(sae, (CrossLayerTranscoder, TranscoderSet)) or not sae.is_transcoder:
+            raise DictionaryLoadError(f"{member} is not a transcoder, so it cannot be the member of layer {layer} of "
+                                      f"the transcoder set {folder}.")
+        loaded[layer] = sae
+    try:
+        transcoders = TranscoderSet(loaded)
+    except ValueError as e:
+        raise DictionaryLoadError(f"{folder} holds members that do not form a transcoder set ({e}); save the set "
+                                  f"again.") from e
+    if list(transcoders.layers) != layers:
+        raise DictionaryLoadError(f"{config_path} lists layers {layers}, which are not increasing; the file is damaged.")
+    for key in ("d_in", "d_out", "d_sae", "model_name"):
+        if key in data and data[key] != getattr(transcoders, key):
+            raise DictionaryLoadError(f"{config_path} says {key}={data[key]!r} but its members have "
+                                      f"{getattr(transcoders, key)!r}; the members come from another save, save the "
+                                      f"set again.")
+    transcoders.saved_config = data
+    return transcoders
