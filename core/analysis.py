@@ -58,7 +58,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ from .layout import ANALYSIS_CONFIG_FILENAME, STORE_FILENAME, analysis_folder, a
 from .data import held_out_and_batches
 from .distributed import SINGLE_PROCESS, Distributed, init_distributed, rank_device
 from .lm import LanguageModel, check_model_matches, is_residual_hook, load_language_model
-from .sae import SparseAutoencoder, SparseFeatureActs, is_foreign, load_dictionary
+from .sae import ReplacementModel, SparseAutoencoder, SparseFeatureActs, is_foreign, load_dictionary
 from .store import FeatureStoreWriter, SampleArrays
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,27 @@ class FeatureRecords:
 # Streaming
 
 
+def encoded_hooks(sae) -> tuple[str, ...]:
+    """The hooks a dictionary reads: its hook, or a replacement model's every covered layer's input."""
+    return tuple(sae.hook_names) if isinstance(sae, ReplacementModel) else (sae.hook_name,)
+
+
+def feature_count(sae) -> int:
+    """Features of a dictionary (a replacement model's over all its layers: L * d_sae)."""
+    return sae.n_features if isinstance(sae, ReplacementModel) else sae.d_sae
+
+
+def encode_activations(sae, acts: dict[str, Tensor], rows: Tensor) -> SparseFeatureActs:
+    """Sparse feature activations of {hook: [batch, seq, d]} (`encoded_hooks`) at the `rows` positions:
+    a replacement model's features of all its layers in one row per token (flat index
+    `position * d_sae + feature`)."""
+    if isinstance(sae, ReplacementModel):
+        x = torch.stack([acts[h] for h in sae.hook_names], dim=-2).to(sae.device)
+        return sae.encode_sparse(x, rows=rows.to(x.device))
+    x = acts[sae.hook_name].to(sae.device)
+    return sae.encode_sparse(x, rows=rows.to(x.device))
+
+
 def _first_tokens(mask: Tensor, n: int) -> Tensor:
     """`mask` [batch, seq] restricted to its first `n` True positions (row-major order)."""
     flat = mask.flatten()
@@ -281,9 +302,9 @@ def accumulate_features(model: LanguageModel, sae: SparseAutoencoder, token_batc
     from tqdm.auto import tqdm
 
     device = model.device
-    source = ActivationSource(model, sae.hook_name, iter(()))
+    source = ActivationSource(model, encoded_hooks(sae), iter(()))
     if dist.is_main:
-        records = FeatureRecords(sae.d_sae, cfg, vocab_size=model.d_vocab) if records is None else records
+        records = FeatureRecords(feature_count(sae), cfg, vocab_size=model.d_vocab) if records is None else records
     total = cfg.total_analyzing_tokens
     analyzed = dist.broadcast_object(records.n_tokens if dist.is_main else None)
     bar = tqdm(total=total, initial=analyzed, unit="tok", unit_scale=True, desc=f"analyze {cfg.analysis_name}",
@@ -307,8 +328,7 @@ def accumulate_features(model: LanguageModel, sae: SparseAutoencoder, token_batc
                 tokens = read()
                 if tokens is None:
                     return None
-                acts = source.activations_of(tokens.to(device))[sae.hook_name].to(sae.device)
-                return sae.encode_sparse(acts, rows=round_[-1][1].to(acts.device))
+                return encode_activations(sae, source.activations_of(tokens.to(device)), round_[-1][1])
 
             encoded = dist.gather_objects(dist.take_turns(encode, read))
             if not round_:
@@ -341,8 +361,23 @@ class LogitLens(NamedTuple):
 
 
 @torch.no_grad()
+def decoder_directions(sae) -> Iterator[Tensor]:
+    """Each feature's decoder direction in raw output space, in feature order, a chunk [n, d] at a
+    time: a dictionary's decoder rows; a replacement model's decoder into the last layer each feature
+    writes to (for a CLT, the latest of its target layers; for a transcoder set, its own layer)."""
+    if not isinstance(sae, ReplacementModel):
+        for start in range(0, sae.d_sae, LOGIT_LENS_CHUNK):
+            yield sae.W_dec[start:start + LOGIT_LENS_CHUNK].detach()
+        return
+    for layer in sae.layers:
+        for start in range(0, sae.d_sae, LOGIT_LENS_CHUNK):
+            features = torch.arange(start, min(start + LOGIT_LENS_CHUNK, sae.d_sae), device=sae.device)
+            yield sae.decoder_vectors(layer, features)[:, -1, :].detach()
+
+
 def logit_lens(model: LanguageModel, sae: SparseAutoencoder, k: int) -> LogitLens:
-    """Decoder rows (raw activation space) times the final norm's weight, then `W_U`.
+    """Decoder directions (`decoder_directions`, raw activation space) times the final norm's weight,
+    then `W_U`.
 
     The final norm's input-dependent scale is ignored (it is a positive number per token, so the
     ranking of tokens is unchanged); a LayerNorm's centering is applied, being linear.
@@ -354,8 +389,8 @@ def logit_lens(model: LanguageModel, sae: SparseAutoencoder, k: int) -> LogitLen
     centers = str(getattr(bridge.cfg, "normalization_type", "") or "").startswith("LN")
     k = min(k, W_U.shape[1])
     parts: list[list[Tensor]] = [[], [], [], []]
-    for start in range(0, sae.d_sae, LOGIT_LENS_CHUNK):
-        directions = sae.W_dec[start:start + LOGIT_LENS_CHUNK].float().to(W_U.device)  # [chunk, d_in]
+    for chunk in decoder_directions(sae):
+        directions = chunk.float().to(W_U.device)  # [chunk, d_out]
         if centers:
             directions = directions - directions.mean(-1, keepdim=True)
         if norm_weight is not None:
@@ -446,13 +481,15 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
             raise ConfigError(f"The dictionary was trained on model {sae.model_name!r} but the configured model is "
                               f"{cfg.model.name!r}; set model.name to {sae.model_name!r}.")
         model = load_language_model(cfg.model, resolve_device(rank_device(cfg.device, dist)))
-    check_model_matches(model, model_name=sae.model_name, hook_name=sae.hook_name, d_in=sae.d_in)
+    for hook in encoded_hooks(sae):
+        check_model_matches(model, model_name=sae.model_name, hook_name=hook, d_in=sae.d_in)
     sae = sae.to(model.device).eval()
 
     _, token_batches = held_out_and_batches(cfg.dataset, model, batch_size=cfg.model_batch_size)
     records = accumulate_features(model, sae, token_batches, cfg, dist=dist)
     if dist.is_main:  # rank 0 writes the store; the other ranks only encoded their share
-        output_hook = sae.hook_out or sae.hook_name  # decoder directions live in a transcoder's out-hook space
+        # Decoder directions live in a transcoder's out-hook space (a replacement model's: its last layer's).
+        output_hook = sae.hooks_out[-1] if isinstance(sae, ReplacementModel) else sae.hook_out or sae.hook_name
         if is_residual_hook(output_hook):
             lens, note = logit_lens(model, sae, cfg.logit_lens_k), None
         else:
@@ -460,8 +497,15 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
                                 "directions cannot be read through the unembedding.")
         meta = {"analysis_config": cfg.to_dict(), "dictionary_config": sae.saved_config,
                 "metrics": sae.saved_config.get("metrics") or {}, "model_name": sae.model_name,
-                "hook_name": sae.hook_name, "hook_out": sae.hook_out, "logit_lens_note": note,
-                "analysis_name": cfg.analysis_name}
+                "logit_lens_note": note, "analysis_name": cfg.analysis_name}
+        if isinstance(sae, ReplacementModel):
+            # Feature f belongs to layer layers[f // d_sae]; the analysis' hook names are its first
+            # layer's (hook_names / hooks_out list them all).
+            meta.update(hook_name=sae.hook_names[0], hook_out=sae.hooks_out[0], hook_names=list(sae.hook_names),
+                        hooks_out=list(sae.hooks_out), replacement={"kind": sae.kind, "layers": list(sae.layers),
+                                                                    "d_sae": sae.d_sae})
+        else:
+            meta.update(hook_name=sae.hook_name, hook_out=sae.hook_out)
         folder.mkdir(parents=True, exist_ok=True)
         write_feature_store(folder / STORE_FILENAME, records, vocab=model.token_strings(), meta=meta, lens=lens,
                             overwrite=cfg.overwrite, tokenizer_json=tokenizer_json(model))
@@ -528,8 +572,8 @@ def encode_text(model: LanguageModel, sae: SparseAutoencoder, text: str, *,
     if n_ctx is not None and tokens.shape[1] > n_ctx:
         raise ValueError(f"The text has {tokens.shape[1] - 1} tokens but {model.name!r} reads at most {n_ctx - 1} "
                          "after BOS; shorten it or pass max_tokens.")
-    source = ActivationSource(model, sae.hook_name, iter(()))
-    acts = sae.encode_sparse(source.activations_of(tokens)[sae.hook_name].to(sae.device), rows=model.token_mask(tokens))
+    source = ActivationSource(model, encoded_hooks(sae), iter(()))
+    acts = encode_activations(sae, source.activations_of(tokens), model.token_mask(tokens))
     bos_end = int(acts.row_ptr[1])  # drop the BOS row (empty, as the mask excludes it)
     text_acts = acts._replace(row_ptr=acts.row_ptr[1:] - bos_end, features=acts.features[bos_end:],
                               values=acts.values[bos_end:])
@@ -538,5 +582,6 @@ def encode_text(model: LanguageModel, sae: SparseAutoencoder, text: str, *,
     return TextActivations(token_ids, strings, text_acts)
 
 
-__all__ = ["analyze", "analysis_dir", "analyzed_dictionary", "encode_text", "TextActivations", "FeatureRecords", "SampleSlots",
+__all__ = ["analyze", "analysis_dir", "analyzed_dictionary", "decoder_directions", "encode_activations",
+           "encoded_hooks", "encode_text", "feature_count", "TextActivations", "FeatureRecords", "SampleSlots",
            "accumulate_features", "logit_lens", "LogitLens", "write_feature_store"]

@@ -347,29 +347,117 @@ class TrainerConfig(OptimizerConfig):
 
 @dataclass
 class DictionaryConfig(_JsonConfig):
-    """One dictionary of a run: the hook(s) it reads, what it is, and how it is optimized."""
+    """One dictionary of a run: the hook(s) it reads, what it is, and how it is optimized.
+
+    `kind` "dictionary" is one SAE (or, with `hook_out`, one transcoder). The replacement models
+    cover a range of layers in one config line: `kind="transcoder_set", layers="0..5"` trains a
+    transcoder for every MLP of blocks 0 to 5, `kind="clt"` a cross-layer transcoder over them; their
+    `hook_name` / `hook_out` are templates with `{layer}` (default: each MLP's input
+    `blocks.{layer}.ln2.hook_normalized` and its output `blocks.{layer}.hook_mlp_out`; a CLT may read
+    the residual stream instead, `blocks.{layer}.hook_resid_mid`)."""
 
     name: str = ""
-    """Its folder under `results/<exp_name>/dictionaries/`; "" names it after its hook(s), plus the
-    swept fields' values."""
+    """Its folder under `results/<exp_name>/dictionaries/`; "" names it after its hook(s) (or kind and
+    layers), plus the swept fields' values."""
     hook_name: str = ""
-    """The hook it encodes (TransformerLens name); "" means `activations.hook_name`."""
+    """The hook it encodes (TransformerLens name); "" means `activations.hook_name` (a replacement
+    model: `blocks.{layer}.ln2.hook_normalized`)."""
     hook_out: Optional[str] = None
     """For a transcoder, the hook it reconstructs from `hook_name` (for example
-    `blocks.3.hook_mlp_out` from `blocks.3.ln2.hook_normalized`); None for a sparse autoencoder."""
+    `blocks.3.hook_mlp_out` from `blocks.3.ln2.hook_normalized`); None for a sparse autoencoder (a
+    replacement model: `blocks.{layer}.hook_mlp_out`)."""
     sae: Optional[SAEConfig] = None
-    """Architecture and sparsity; None means the run's `sae`."""
+    """Architecture and sparsity; None means the run's `sae`. For a replacement model, per layer:
+    `d_sae` / `expansion_factor` features and (topk) `k` active features of each layer."""
     optimizer: Optional[OptimizerConfig] = None
     """Optimizer settings; None means those of the run's `trainer`."""
+    kind: str = "dictionary"
+    """dictionary (an SAE or a transcoder), transcoder_set (one transcoder per covered MLP) or clt (a
+    cross-layer transcoder over the covered layers)."""
+    layers: str = ""
+    """The covered blocks of a transcoder_set or clt: a range `0..5`, a list `2,3,4`, or both
+    (`0..3,5`); empty for a dictionary."""
+
+    @property
+    def is_replacement(self) -> bool:
+        """Whether it is a replacement model (a transcoder set or a CLT)."""
+        return self.kind != "dictionary"
+
+    @property
+    def layer_list(self) -> tuple[int, ...]:
+        """The covered blocks, increasing (empty for a dictionary)."""
+        return parse_layers(self.layers) if self.is_replacement else ()
+
+    @property
+    def input_hooks(self) -> tuple[str, ...]:
+        """The hook each covered layer reads (a dictionary: its one hook)."""
+        if not self.is_replacement:
+            return (self.hook_name,)
+        return tuple(self.hook_name.format(layer=layer) for layer in self.layer_list)
+
+    @property
+    def output_hooks(self) -> tuple[str, ...]:
+        """The hook each covered layer predicts (a dictionary: its out-hook, or its own hook)."""
+        if not self.is_replacement:
+            return (self.hook_out or self.hook_name,)
+        return tuple((self.hook_out or "").format(layer=layer) for layer in self.layer_list)
 
     @property
     def hooks(self) -> tuple[str, ...]:
-        """The hooks whose activations it trains on: (hook_name,) or (hook_name, hook_out)."""
+        """The hooks whose activations it trains on: (hook_name,) or (hook_name, hook_out); every
+        covered layer's input and output hook for a replacement model."""
+        if self.is_replacement:
+            return self.input_hooks + self.output_hooks
         return (self.hook_name,) if self.hook_out is None else (self.hook_name, self.hook_out)
 
 
-def _default_dictionary_name(hook_name: str, hook_out: Optional[str]) -> str:
-    return hook_name if hook_out is None else f"{hook_name}-to-{hook_out}"
+DICTIONARY_KINDS = ("dictionary", "transcoder_set", "clt")
+REPLACEMENT_INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
+REPLACEMENT_OUTPUT_HOOK = "blocks.{layer}.hook_mlp_out"
+
+
+def _check_replacement(d: DictionaryConfig) -> None:
+    """ConfigError for a replacement model's fields that cannot work (and layers on a dictionary)."""
+    if not d.is_replacement:
+        if d.layers:
+            raise ConfigError(f"dictionary {d.name!r} has layers {d.layers!r} but kind 'dictionary'; set kind to "
+                              f"'transcoder_set' or 'clt' to cover several layers, or leave layers empty.")
+        return
+    if not d.layers:
+        raise ConfigError(f"dictionary {d.name!r} is a {d.kind} without layers; name the covered blocks, e.g. "
+                          f"layers='0..5'.")
+    d.layer_list  # parses, or a ConfigError naming the field
+    for what, template in (("hook_name", d.hook_name), ("hook_out", d.hook_out or "")):
+        if "{layer}" not in template:
+            raise ConfigError(f"dictionary {d.name!r} ({d.kind}): {what} is {template!r}; a replacement model's hooks "
+                              f"are templates with {{layer}}, e.g. {REPLACEMENT_INPUT_HOOK!r}.")
+    if d.kind == "clt" and d.sae.architecture not in ("topk", "batchtopk", "jumprelu"):
+        raise ConfigError(f"dictionary {d.name!r} is a clt with sae.architecture {d.sae.architecture!r}; a "
+                          f"cross-layer transcoder is topk, batchtopk or jumprelu.")
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """`0..5` -> (0, 1, 2, 3, 4, 5); `2,4` -> (2, 4); `0..3,5`; ConfigError for anything else."""
+    layers: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:\.\.(\d+))?", part)
+        if m is None:
+            raise ConfigError(f"layers is {text!r}; give block numbers as a range 0..5, a list 2,3,4, or both (0..3,5).")
+        first, last = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if last < first:
+            raise ConfigError(f"layers is {text!r}: the range {part} goes down; write it as {last}..{first}.")
+        layers += range(first, last + 1)
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"layers is {text!r}, which names a block twice.")
+    return tuple(sorted(layers))
+
+
+def _default_dictionary_name(d: DictionaryConfig) -> str:
+    if d.is_replacement:
+        layers = d.layer_list
+        span = f"{layers[0]}-{layers[-1]}" if layers == tuple(range(layers[0], layers[-1] + 1)) else "_".join(map(str, layers))
+        return f"{'clt' if d.kind == 'clt' else 'transcoders'}-layers{span}"
+    return d.hook_name if d.hook_out is None else f"{d.hook_name}-to-{d.hook_out}"
 
 
 _RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?\}")
@@ -521,10 +609,14 @@ class TrainingConfig(_JsonConfig):
         out: list[DictionaryConfig] = []
         for base in bases:
             for point in itertools.product(*(values for _, values in axes)):
-                d = DictionaryConfig(name=base.name, hook_name=base.hook_name or self.activations.hook_name,
-                                     hook_out=base.hook_out,
+                _check_choice(f"dictionary {base.name or '(unnamed)'}", "kind", base.kind, DICTIONARY_KINDS)
+                replacement = base.kind != "dictionary"
+                default_in = REPLACEMENT_INPUT_HOOK if replacement else self.activations.hook_name
+                d = DictionaryConfig(name=base.name, hook_name=base.hook_name or default_in,
+                                     hook_out=base.hook_out or (REPLACEMENT_OUTPUT_HOOK if replacement else None),
                                      sae=dataclasses.replace(base.sae or self.sae),
-                                     optimizer=dataclasses.replace(base.optimizer or self.trainer.optimizer()))
+                                     optimizer=dataclasses.replace(base.optimizer or self.trainer.optimizer()),
+                                     kind=base.kind, layers=base.layers)
                 suffix = []
                 for (path, _), value in zip(axes, point):
                     group, _ = _sweep_field(path)
@@ -535,10 +627,11 @@ class TrainingConfig(_JsonConfig):
                         setattr(d, path, value)
                         if base.name:  # an unnamed dictionary is already named after its hooks
                             suffix.append(str(value))
-                d.name = "-".join([d.name or _default_dictionary_name(d.hook_name, d.hook_out), *suffix])
+                d.name = "-".join([d.name or _default_dictionary_name(d), *suffix])
                 out.append(d)
         for d in out:
             _check_folder_name(f"dictionary name {d.name!r}", d.name)
+            _check_replacement(d)
             if d.hook_out == d.hook_name:
                 raise ConfigError(f"dictionary {d.name!r}: hook_out equals hook_name; leave hook_out unset for a "
                                   "sparse autoencoder.")

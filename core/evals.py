@@ -11,13 +11,13 @@ entropy over text positions: clean, with the reconstruction, with the activation
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional, Protocol, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .lm import LanguageModel
+from .sae import ReplacementModel
 from .store import density_histogram
 
 
@@ -288,6 +288,160 @@ def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *
     return evaluate_dictionaries(model, [sae], token_batches, dense_threshold=dense_threshold)[0]
 
 
+# ----------------------------------------------------------------------------------------------
+# Replacement models: every covered MLP replaced at once
+
+
+@dataclass
+class ReplacementEvalResult(EvalResult):
+    """`EvalResult`'s metrics of a replacement model (a transcoder set or a CLT) with every covered
+    MLP replaced at once, and per covered layer (`layers`).
+
+    The CE losses and KL are those of the whole replacement: each covered MLP's output is the
+    replacement's reconstruction computed from that layer's input *in the replaced run* (so errors
+    compound through the layers, as they do when the replacement stands in for the model); zero
+    ablation zeroes every covered MLP's output. The reconstruction metrics (mse, explained variance,
+    L0, fired features) are measured on the clean run's activations, layer by layer, and summed or
+    pooled over layers here: mse is summed over the covered layers' d_out, explained variance pools
+    every layer's error and variance, l0 counts the features active per token over all layers."""
+
+    layers: dict = field(default_factory=dict)
+    """Per covered layer, lists in the order of `layer`: `layer` (block numbers), `normalized_mse`
+    (squared error / squared norm of the MLP output), `explained_variance`, `l0` (features of that
+    layer active per token), `unfired_features` (of that layer's features, on the evaluation tokens)."""
+
+
+def is_replacement_model(dictionary) -> bool:
+    """Whether `dictionary` stands in for several MLPs at once (a transcoder set or a CLT)."""
+    return isinstance(dictionary, ReplacementModel)
+
+
+class _ReplacementSums:
+    """What an evaluation of one replacement model adds up, batch by batch."""
+
+    def __init__(self, replacement) -> None:
+        L = len(replacement.layers)
+        self.replacement = replacement
+        self.layers = [_Sums(replacement.d_sae, replacement.d_out) for _ in range(L)]
+        self.ce_replaced = self.ce_zero = self.kl = 0.0
+        self.squared_norm = [0.0] * L
+
+    def add_clean(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Reconstruction metrics on clean activations x [n, L, d_in], y [n, L, d_out]."""
+        r = self.replacement
+        feats = r.encode(x.to(r.device, r.dtype))
+        y_hat = r.decode(feats, x.to(r.device, r.dtype))
+        for i, sums in enumerate(self.layers):
+            sums.add_reconstruction(y[:, i], y_hat[:, i], feats[:, i])
+            self.squared_norm[i] += float(y[:, i].double().pow(2).sum())
+
+    def result(self, ce_clean: float, n_pred: float, dense_threshold: float) -> ReplacementEvalResult:
+        per_layer = [s.result(ce_clean, n_pred, dense_threshold) for s in self.layers]
+        n = max(self.layers[0].n_tokens, 1)
+        error = sum(s.squared_error for s in self.layers)
+        variance = sum(s.target_squares - float(s.target_sum.pow(2).sum()) / n for s in self.layers)
+        ce_replaced, ce_zero = self.ce_replaced / n_pred, self.ce_zero / n_pred
+        denominator = ce_zero - ce_clean
+        fired = torch.cat([s.fired for s in self.layers])
+        density = fired.double() / n
+        return ReplacementEvalResult(
+            n_tokens=self.layers[0].n_tokens, mse=error / n,
+            explained_variance=float(1.0 - error / max(variance, 1e-12)),
+            l0=sum(r.l0 for r in per_layer), unfired_features=int((fired == 0).sum()),
+            dense_features=int((density > dense_threshold).sum()), ce_loss_clean=ce_clean,
+            ce_loss_reconstructed=ce_replaced, ce_loss_zero_ablation=ce_zero,
+            ce_loss_recovered=(ce_zero - ce_replaced) / denominator if abs(denominator) > 1e-9 else float("nan"),
+            kl_divergence=self.kl / n_pred, feature_density_histogram=feature_density_histogram(density),
+            layers={"layer": list(self.replacement.layers),
+                    "normalized_mse": [s.squared_error / max(sq, 1e-12) for s, sq in zip(self.layers, self.squared_norm)],
+                    "explained_variance": [r.explained_variance for r in per_layer],
+                    "l0": [r.l0 for r in per_layer],
+                    "unfired_features": [r.unfired_features for r in per_layer]})
+
+
+def _replacing_hooks(replacement, mask: torch.Tensor) -> list:
+    """Forward hooks that replace every covered MLP output (at the `mask` [batch, seq] positions) by
+    the replacement's reconstruction from the inputs seen in this very run: at layer l's input hook
+    the features of layer l are computed and what they write to layers l.. is added up; at layer m's
+    output hook the sum, the decoder bias and the skip path replace the MLP's output."""
+    r = replacement
+    L = len(r.layers)
+    written: dict[int, torch.Tensor] = {}  # position m -> what features of layers <= m write there [n, d_out]
+    inputs: dict[int, torch.Tensor] = {}
+    bias = r.decoder_bias()
+
+    def read(i: int, layer: int):
+        def hook_fn(activation, hook):
+            x = activation[mask].flatten(1).to(r.device, r.dtype)  # [n, d_in]
+            inputs[i] = x
+            contributions = r.decode_layer(r.encode_layer(x, layer), layer)  # [n, n_targets, d_out]
+            for j, target in enumerate(r.target_layers(layer)):
+                m = r.layers.index(target)
+                written[m] = written[m] + contributions[:, j] if m in written else contributions[:, j]
+            return activation
+        return hook_fn
+
+    def write(m: int):
+        def hook_fn(activation, hook):
+            y = bias[m].expand(int(mask.sum()), -1)
+            if m in written:
+                y = y + written[m]
+            stacked = torch.zeros(len(y), L, r.d_in, device=y.device, dtype=y.dtype)
+            stacked[:, m] = inputs[m]
+            skip = r.skip(stacked)
+            if skip is not None:
+                y = y + skip[:, m]
+            out = activation.clone()
+            out[mask] = y.to(out.dtype).view(-1, *activation.shape[2:])
+            return out
+        return hook_fn
+
+    hooks = []
+    for i, (layer, hook_in, hook_out) in enumerate(zip(r.layers, r.hook_names, r.hooks_out)):
+        hooks += [(hook_in, read(i, layer)), (hook_out, write(i))]
+    return hooks
+
+
+@torch.no_grad()
+def evaluate_replacement(model: LanguageModel, replacement, token_batches: Iterable[torch.Tensor], *,
+                         dense_threshold: float = 0.1, chunk_tokens: int = EVAL_CHUNK_TOKENS) -> ReplacementEvalResult:
+    """Evaluate a replacement model (`core.sae.ReplacementModel`) on `token_batches` [batch, seq]:
+    per batch one clean forward (the clean loss, every covered layer's input and output), one with
+    every covered MLP replaced at once (`_replacing_hooks`), one with every covered MLP zero-ablated."""
+    r = replacement
+    was_training = r.training
+    r.eval()
+    sums = _ReplacementSums(r)
+    ce_clean = n_pred = 0.0
+    hooks = list(r.hook_names) + list(r.hooks_out)
+    for tokens in token_batches:
+        tokens = tokens.to(model.device)
+        mask = model.token_mask(tokens)
+        pred_mask = mask[:, :-1] & mask[:, 1:]
+        n_pred += float(pred_mask.sum())
+        with model.autocast():
+            logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
+        ce_clean += _masked_next_token_stats(logits_clean, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
+        x = torch.stack([cache[h][mask].flatten(1) for h in r.hook_names], dim=1)  # [n, L, d_in]
+        y = torch.stack([cache[h][mask].flatten(1) for h in r.hooks_out], dim=1)  # [n, L, d_out]
+        del cache
+        sums.add_clean(x, y)
+        with model.autocast():
+            logits = model.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=_replacing_hooks(r, mask))
+        ce, kl = _masked_next_token_stats(logits, tokens, pred_mask, logits_clean, chunk_tokens)
+        sums.ce_replaced += ce
+        sums.kl += kl
+        del logits
+        zero = [(h, _splice(mask, torch.zeros(int(mask.sum()), r.d_out, device=model.device))) for h in r.hooks_out]
+        with model.autocast():
+            logits = model.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=zero)
+        sums.ce_zero += _masked_next_token_stats(logits, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
+        del logits
+    r.train(was_training)
+    n_pred = max(n_pred, 1.0)
+    return sums.result(ce_clean / n_pred, n_pred, dense_threshold)
+
+
 class Evaluator(Protocol):
     """What the trainer evaluates its dictionaries with (it does not know where the data comes from)."""
 
@@ -309,5 +463,12 @@ class HeldOutEvaluation:
         self.dense_threshold = dense_threshold
 
     def __call__(self, saes: Sequence, *, final: bool) -> list[EvalResult]:
+        """Dictionaries through `evaluate_dictionaries` (one clean forward shared by all of them),
+        replacement models through `evaluate_replacement` (every covered MLP replaced at once)."""
         batches = self.batches if final else self.batches[:self.periodic_batches]
-        return evaluate_dictionaries(self.model, saes, batches, dense_threshold=self.dense_threshold)
+        saes = list(saes)
+        plain = [sae for sae in saes if not is_replacement_model(sae)]
+        results = iter(evaluate_dictionaries(self.model, plain, batches, dense_threshold=self.dense_threshold)
+                       if plain else [])
+        return [evaluate_replacement(self.model, sae, batches, dense_threshold=self.dense_threshold)
+                if is_replacement_model(sae) else next(results) for sae in saes]

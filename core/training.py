@@ -61,7 +61,7 @@ from .evals import EvalResult, Evaluator, FeatureActivityTracker, HeldOutEvaluat
 from .layout import DICTIONARIES_FOLDER, DICTIONARY_CONFIG_FILENAME, dictionary_folder
 from .lm import LanguageModel, load_language_model
 from .runs import CHECKPOINT_STATE, DICTIONARY_KEY, EVAL_KEY, FINAL_EVAL_KEY, TRAINER_STATE, RunFolder
-from .sae import SparseAutoencoder, create_dictionary
+from .sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, create_dictionary
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,38 @@ class StopSignals:
         self._previous = {}
 
 
+def create_from_spec(spec: DictionaryConfig, widths: dict[str, int], *, model_name: str,
+                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The untrained dictionary of `spec`: an SAE or transcoder (`create_dictionary`), a `TranscoderSet`
+    of one transcoder per covered layer, or a `CrossLayerTranscoder` over the covered layers."""
+    if spec.kind == "clt":
+        d_in, d_out = widths[spec.input_hooks[0]], widths[spec.output_hooks[0]]
+        _check_widths(spec, widths, d_in, d_out)
+        return CrossLayerTranscoder(spec.sae, d_in, layers=spec.layer_list, model_name=model_name, d_out=d_out,
+                                    input_hook=spec.hook_name, output_hook=spec.hook_out, device=device, dtype=dtype)
+    if spec.kind == "transcoder_set":
+        _check_widths(spec, widths, widths[spec.input_hooks[0]], widths[spec.output_hooks[0]])
+        return TranscoderSet({layer: create_dictionary(spec.sae, widths[h_in], hook_name=h_in, hook_out=h_out,
+                                                       d_out=widths[h_out], model_name=model_name, device=device,
+                                                       dtype=dtype)
+                              for layer, h_in, h_out in zip(spec.layer_list, spec.input_hooks, spec.output_hooks)})
+    return create_dictionary(spec.sae, widths[spec.hook_name], hook_name=spec.hook_name, model_name=model_name,
+                             device=device, dtype=dtype,
+                             **({} if spec.hook_out is None else {"hook_out": spec.hook_out,
+                                                                  "d_out": widths[spec.hook_out]}))
+
+
+def _check_widths(spec: DictionaryConfig, widths: dict[str, int], d_in: int, d_out: int) -> None:
+    odd = [h for h in spec.input_hooks if widths[h] != d_in] + [h for h in spec.output_hooks if widths[h] != d_out]
+    if odd:
+        raise ConfigError(f"dictionary {spec.name!r}: the covered layers' hooks differ in width ({', '.join(odd)}); a "
+                          f"{spec.kind} needs one width for its inputs and one for its outputs.")
+
+
 class DictionaryTrainer:
-    """One dictionary of a run: its SAE (or transcoder), Adam optimizer, schedules and
-    feature-activity tracker. `step` takes one optimizer step on a batch of its hooks' activations."""
+    """One dictionary of a run: its SAE, transcoder or replacement model (a transcoder set or a CLT),
+    Adam optimizer, schedules and feature-activity tracker. `step` takes one optimizer step on a batch
+    of its hooks' activations (a replacement model: every covered layer's input and output, stacked)."""
 
     def __init__(self, spec: DictionaryConfig, *, widths: dict[str, int], model_name: str, total_steps: int,
                  total_training_tokens: int, trainer_cfg, device: str, dtype: torch.dtype, seed: int,
@@ -172,10 +201,8 @@ class DictionaryTrainer:
         # Every dictionary starts from the seed alone, as it would in a run of its own.
         with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
             torch.manual_seed(seed)
-            self.sae = create_dictionary(spec.sae, widths[spec.hook_name], hook_name=spec.hook_name,
-                                         model_name=model_name, device=device, dtype=dtype,
-                                         **({} if spec.hook_out is None else
-                                            {"hook_out": spec.hook_out, "d_out": widths[spec.hook_out]}))
+            self.sae = create_from_spec(spec, widths, model_name=model_name, device=device, dtype=dtype)
+        self.replacement = spec.is_replacement
         opt = spec.optimizer
         # fused: one kernel over all parameters (on CPU too, several times faster than the default loop).
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=opt.lr, betas=(opt.adam_beta1, opt.adam_beta2),
@@ -183,8 +210,9 @@ class DictionaryTrainer:
         self.autocast_dtype = None if trainer_cfg.autocast_dtype is None else torch_dtype(trainer_cfg.autocast_dtype)
         self.training_forward = torch.compile(self.sae.training_forward) if trainer_cfg.compile \
             else self.sae.training_forward
+        n_features = self.sae.d_sae * (len(spec.layer_list) if self.replacement else 1)
         self.tracker = FeatureActivityTracker(
-            self.sae.d_sae, window_tokens=trainer_cfg.feature_density_window_tokens,
+            n_features, window_tokens=trainer_cfg.feature_density_window_tokens,
             dead_tokens_threshold=spec.sae.resolve_dead_tokens_threshold(total_training_tokens),
             dense_threshold=trainer_cfg.dense_feature_threshold, device=device)
 
@@ -192,14 +220,33 @@ class DictionaryTrainer:
     def output_hook(self) -> str:
         return self.spec.hook_out or self.spec.hook_name
 
+    def _raw(self, batch: dict[str, torch.Tensor], hooks: tuple[str, ...]) -> torch.Tensor:
+        """A dictionary's activations of one hook [n, d], or a replacement model's of every covered
+        layer, stacked [n, L, d]."""
+        return torch.stack([batch[h] for h in hooks], dim=1) if self.replacement else batch[hooks[0]]
+
+    def _normalized(self, raw: torch.Tensor, *, target: bool) -> torch.Tensor:
+        sae = self.sae
+        raw = raw.to(sae.device, sae.dtype)
+        if self.replacement:
+            return sae.normalize_targets(raw) if target else sae.normalize_inputs(raw)
+        return sae.normalization.normalize_target(raw) if target else sae.normalization.normalize_input(raw)
+
     @torch.no_grad()
     def initialize(self, sample: dict[str, torch.Tensor]) -> None:
         """Normalization constant(s) and decoder bias from a sample {hook: [n, d]} of raw activations."""
-        x = sample[self.spec.hook_name].float()
+        spec = self.spec
+        if self.replacement:
+            if spec.sae.normalize_activations == "expected_average_only_in":
+                self.sae.set_normalization_scales([expected_norm_scale(sample[h].float()) for h in spec.input_hooks],
+                                                  [expected_norm_scale(sample[h].float()) for h in spec.output_hooks])
+            self.sae.initialize_decoder_bias(self._normalized(self._raw(sample, spec.output_hooks).float(), target=True))
+            return
+        x = sample[spec.hook_name].float()
         normalization = self.sae.normalization
-        if self.spec.sae.normalize_activations == "expected_average_only_in":
-            normalization.set_scales(expected_norm_scale(x), None if self.spec.hook_out is None else
-                                     expected_norm_scale(sample[self.spec.hook_out].float()))
+        if spec.sae.normalize_activations == "expected_average_only_in":
+            normalization.set_scales(expected_norm_scale(x), None if spec.hook_out is None else
+                                     expected_norm_scale(sample[spec.hook_out].float()))
         self.sae.initialize_decoder_bias(normalization.normalize_target(sample[self.output_hook].float()))
 
     def _local(self, t: torch.Tensor) -> torch.Tensor:
@@ -219,18 +266,25 @@ class DictionaryTrainer:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def _clip_gradients(self, max_norm: float) -> None:
+        """Gradient-norm clipping: a transcoder set clips each member on its own (its members train as
+        their own runs would); everything else over all its parameters."""
+        groups = list(self.sae) if isinstance(self.sae, TranscoderSet) else [self.sae]
+        for group in groups:
+            torch.nn.utils.clip_grad_norm_(group.parameters(), max_norm)
+
     def step(self, batch: dict[str, torch.Tensor], step: int, *, metrics: bool = True) -> Optional[dict]:
         """One optimizer step on raw activations batch {hook: [batch, d]}; returns its metrics when
         asked (reading them waits for the device, so the trainer asks only on logging steps)."""
-        sae = self.sae
-        x = sae.normalization.normalize_input(self._local(batch[self.spec.hook_name]).to(sae.device, sae.dtype))
+        sae, spec = self.sae, self.spec
+        x = self._normalized(self._local(self._raw(batch, spec.input_hooks)), target=False)
         target = None
-        if self.spec.hook_out is not None:
-            target = sae.normalization.normalize_target(self._local(batch[self.spec.hook_out]).to(sae.device, sae.dtype))
-        lr = learning_rate(step, self.total_steps, self.spec.optimizer)
+        if self.replacement or spec.hook_out is not None:
+            target = self._normalized(self._local(self._raw(batch, spec.output_hooks)), target=True)
+        lr = learning_rate(step, self.total_steps, spec.optimizer)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        coefficient = sparsity_coefficient(step, self.spec)
+        coefficient = sparsity_coefficient(step, spec)
         kwargs = {} if target is None else {"target": target}
         with torch.autocast(sae.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             out = self.training_forward(x, sparsity_coefficient=coefficient, dead_mask=self.tracker.dead_mask, **kwargs)
@@ -239,30 +293,47 @@ class DictionaryTrainer:
         if self.dist.active:
             self._average_gradients()
         sae.remove_gradient_parallel_to_decoder_directions()
-        if self.spec.optimizer.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.spec.optimizer.max_grad_norm)
+        if spec.optimizer.max_grad_norm is not None:
+            self._clip_gradients(spec.optimizer.max_grad_norm)
         self.optimizer.step()
         sae.set_decoder_norm_to_unit_norm()
         fire_counts = self.dist.all_reduce_(out.fire_counts.clone())  # over the ranks' slices
         self.tracker.update(fire_counts, len(x) * self.dist.world_size)
         if not metrics:
             return None
-        values = torch.tensor([out.loss.item(), out.mse_loss.item(), out.sparsity_loss.item(), out.aux_loss.item(),
-                               out.l0.item(), explained_variance(x if target is None else target, out.x_hat.detach())],
-                              dtype=torch.float64)
+        reference = x if target is None else target
+        values = [out.loss.item(), out.mse_loss.item(), out.sparsity_loss.item(), out.aux_loss.item(), out.l0.item(),
+                  explained_variance(reference.flatten(1), out.x_hat.detach().flatten(1))]
+        if self.replacement:
+            values += out.layer_l0.tolist() + [explained_variance(reference[:, i], out.x_hat.detach()[:, i])
+                                               for i in range(reference.shape[1])]
+        values = torch.tensor(values, dtype=torch.float64)
         if self.dist.active:  # the mean over the ranks' slices
             values = self.dist.all_reduce_(values.to(sae.device), "mean").cpu()
         keys = ("loss", "mse_loss", "sparsity_loss", "aux_loss", "l0", "explained_variance")
-        return {**dict(zip(keys, values.tolist())), "lr": lr,
-                **({"sparsity_coefficient": coefficient} if coefficient is not None else {})}
+        record = {**dict(zip(keys, values[:6].tolist())), "lr": lr,
+                  **({"sparsity_coefficient": coefficient} if coefficient is not None else {})}
+        if self.replacement:
+            L = len(spec.layer_list)
+            record["layers"] = {"layer": list(spec.layer_list), "l0": values[6:6 + L].tolist(),
+                                "explained_variance": values[6 + L:].tolist()}
+        return record
 
     def calibrate_threshold(self, sample: dict[str, torch.Tensor], batch_size: int) -> None:
-        """batchtopk: set the inference threshold from the final encoder (THRESHOLD_CALIBRATION_BATCHES)."""
-        if not getattr(self.sae, "has_inference_threshold", self.spec.sae.architecture == "batchtopk"):
+        """batchtopk: set the inference threshold(s) from the final encoder (THRESHOLD_CALIBRATION_BATCHES)."""
+        if self.spec.sae.architecture not in ("batchtopk", "matryoshka_batchtopk"):
             return
-        x = self.sae.normalization.normalize_input(sample[self.spec.hook_name].float())
+        x = self._normalized(self._raw(sample, self.spec.input_hooks).float(), target=False)
         threshold = self.sae.calibrate_threshold(x.split(batch_size))
-        log.info("%s: inference threshold set to %.4g on %d buffered activations.", self.name, threshold, len(x))
+        log.info("%s: inference threshold(s) set to %s on %d buffered activations.", self.name, threshold, len(x))
+
+    def tracker_stats(self) -> dict:
+        """The activity tracker's counts, and a replacement model's dead features per covered layer."""
+        stats = self.tracker.stats()
+        if self.replacement:
+            dead = (self.tracker.tokens_since_fired >= self.tracker.dead_tokens_threshold).view(len(self.spec.layer_list), -1)
+            stats["layer_dead_features"] = dead.sum(1).tolist()
+        return stats
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict()}
@@ -504,7 +575,13 @@ class Trainer:
                 sae = self.make_dictionary(spec).sae
                 sae.load_state_dict(state)
             final = results[name]
-            sae.save(paths[name], metrics=final.to_dict(), extra={
+            member_metrics = {}
+            if isinstance(sae, TranscoderSet) and getattr(final, "layers", None):  # each member's own numbers
+                per_layer = final.layers
+                member_metrics = {"member_metrics": {layer: {key: values[i] for key, values in per_layer.items()
+                                                             if key != "layer"}
+                                                     for i, layer in enumerate(per_layer["layer"])}}
+            sae.save(paths[name], metrics=final.to_dict(), **member_metrics, extra={
                 "name": name, "exp_name": cfg.exp_name, "model": cfg.model.to_dict(), "dataset": cfg.dataset.path,
                 "context_size": cfg.dataset.context_size, "optimizer": spec.optimizer.to_dict(),
                 "training_tokens": self.tokens_seen, "training_steps": self.step})
@@ -550,7 +627,7 @@ class Trainer:
                     bar.update(self.tokens_seen - before)
                     if logging_step:
                         tokens_per_s = progress.tokens_per_s
-                        records = self._on_main([(d.name, {DICTIONARY_KEY: d.name, **m, **d.tracker.stats(),
+                        records = self._on_main([(d.name, {DICTIONARY_KEY: d.name, **m, **d.tracker_stats(),
                                                            "tokens_per_s": tokens_per_s})
                                                  for d, m in zip(self.dictionaries, metrics)])
                         if records:
@@ -641,7 +718,7 @@ def _check_same_dictionaries(run_dir: Path, saved: list[DictionaryConfig], now: 
         raise ConfigError(f"Cannot resume {run_dir}: its dictionaries are {names}, this run's are "
                           f"{[d.name for d in now]}; restore the config or choose a new exp_name.")
     for a, b in zip(saved, now):
-        for part in ("hook_name", "hook_out", "sae"):
+        for part in ("kind", "layers", "hook_name", "hook_out", "sae"):
             if getattr(a, part) != getattr(b, part):
                 raise ConfigError(f"Cannot resume {run_dir}: dictionary {a.name!r} has a different `{part}` config "
                                   f"than this run's; restore it or choose a new exp_name.")

@@ -66,7 +66,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError, SAEConfig
@@ -75,7 +74,7 @@ from ..layout import DICTIONARY_WEIGHTS_FILENAME
 from .base import _json_default, geometric_median
 from .dense import _JumpReLUFunction
 from .foreign import check_tensors, read_weights
-from .replacement import (REPLACEMENT_FORMAT_VERSION, ReplacementOutput, check_layers, layer_loss_weights,
+from .replacement import (REPLACEMENT_FORMAT_VERSION, ReplacementOutput, check_layers, encode_sparse, layer_loss_weights,
                           layer_position, weighted_squared_error, write_config_last)
 from .sparse import SparseFeatureActs, decode_entries, encoder_entries
 from .topk import AUXK_DENSE_RATIO, BatchTopKSAE, _rows_of_k, batch_top_k, top_k_per_row
@@ -290,6 +289,10 @@ class CrossLayerTranscoder(nn.Module):
             return SparseFeatureActs(torch.arange(0, n * k + 1, k), indices.flatten().cpu(),
                                      values.relu().float().flatten().cpu(), self.d_sae)
         return SparseFeatureActs.from_dense(self._activate(pre, i))
+
+    def encode_sparse(self, x: Tensor, rows: Tensor | None = None) -> SparseFeatureActs:
+        """Every covered layer's features as one sparse row per token (`replacement.encode_sparse`)."""
+        return encode_sparse(self, x, rows)
 
     def encode(self, x: Tensor) -> Tensor:
         """Raw inputs of every covered layer [..., L, d_in] -> feature activations [..., L, d_sae]."""
@@ -675,6 +678,14 @@ class CrossLayerTranscoder(nn.Module):
                 raise ValueError(f"normalization scales must be {self.n_layers} finite positive numbers, one per "
                                  f"covered layer; got {scales.tolist()}.")
             buffer.copy_(scales)
+
+    def normalize_inputs(self, x: Tensor) -> Tensor:
+        """Raw inputs [..., L, d_in] -> the normalized ones `training_forward` takes."""
+        return x * self.normalization_scale[:, None]
+
+    def normalize_targets(self, y: Tensor) -> Tensor:
+        """Raw targets [..., L, d_out] -> the normalized ones `training_forward` takes."""
+        return y * self.output_normalization_scale[:, None]
 
     @torch.no_grad()
     def _folded_tensors(self) -> dict[str, Tensor]:

@@ -126,6 +126,41 @@ class ReplacementModel(Protocol):
     def save(self, folder: str | Path, *, metrics: dict | None = None, extra: dict | None = None) -> Path: ...
 
 
+@torch.no_grad()
+def encode_sparse(model: "ReplacementModel", x: Tensor, rows: Tensor | None = None) -> SparseFeatureActs:
+    """Raw inputs of every covered layer [..., L, d_in] -> all features as one sparse row per token,
+    feature index `position * d_sae + feature` (`n_features` = L * d_sae columns), on CPU. `rows` (bool,
+    x's leading shape) selects the tokens to encode; the others get empty rows (as
+    `SparseAutoencoder.encode_sparse`)."""
+    L = len(model.layers)
+    if x.shape[-2:] != (L, model.d_in):
+        raise ValueError(f"encode_sparse expects inputs [..., L, d_in]=[..., {L}, {model.d_in}], got {tuple(x.shape)}.")
+    if rows is not None and rows.shape != x.shape[:-2]:
+        raise ValueError(f"encode_sparse: rows has shape {tuple(rows.shape)} but the inputs have {tuple(x.shape[:-2])} "
+                         f"tokens.")
+    x = x.reshape(-1, L, model.d_in)
+    n_all = x.shape[0]
+    selected = None if rows is None else rows.reshape(-1).to(x.device)
+    if selected is not None:
+        x = x[selected]
+    n = x.shape[0]
+    token, feature, value = [], [], []
+    for i, layer in enumerate(model.layers):
+        acts = model.encode_layer_sparse(x[:, i], layer)
+        token.append(torch.repeat_interleave(torch.arange(n), acts.row_ptr.diff()))
+        feature.append(acts.features.long() + i * model.d_sae)
+        value.append(acts.values)
+    token, feature, value = torch.cat(token), torch.cat(feature), torch.cat(value)
+    order = torch.argsort(token, stable=True)  # by token, each token's layers in order
+    lengths = torch.zeros(n_all, dtype=torch.int64)
+    counts = torch.bincount(token, minlength=n)
+    if selected is None:
+        lengths = counts
+    else:
+        lengths[selected.cpu()] = counts
+    return SparseFeatureActs(SparseFeatureActs.row_ptr_of(lengths), feature[order], value[order], L * model.d_sae)
+
+
 def check_layers(layers: Sequence[int]) -> tuple[int, ...]:
     """`layers` as a tuple, checked: a non-empty, increasing sequence of block numbers >= 0."""
     layers = tuple(layers)
@@ -269,6 +304,15 @@ class TranscoderSet(nn.Module):
     def encode_layer_sparse(self, x: Tensor, layer: int) -> SparseFeatureActs:
         return self.member(layer).encode_sparse(x)
 
+    @property
+    def n_features(self) -> int:
+        """Features over all covered layers (L * d_sae; flat index `position * d_sae + feature`)."""
+        return self.n_layers * self.d_sae
+
+    def encode_sparse(self, x: Tensor, rows: Tensor | None = None) -> SparseFeatureActs:
+        """Every covered layer's features as one sparse row per token (`replacement.encode_sparse`)."""
+        return encode_sparse(self, x, rows)
+
     def encode(self, x: Tensor) -> Tensor:
         self._check_stacked(x, self.d_in, "inputs")
         return torch.stack([m.encode(x[..., i, :]) for i, m in enumerate(self)], dim=-2)
@@ -375,6 +419,14 @@ class TranscoderSet(nn.Module):
     def fold_normalization(self) -> None:
         for m in self:
             m.fold_normalization()
+
+    def normalize_inputs(self, x: Tensor) -> Tensor:
+        """Raw inputs [..., L, d_in] -> the normalized ones `training_forward` takes."""
+        return torch.stack([m.normalization.normalize_input(x[..., i, :]) for i, m in enumerate(self)], dim=-2)
+
+    def normalize_targets(self, y: Tensor) -> Tensor:
+        """Raw targets [..., L, d_out] -> the normalized ones `training_forward` takes."""
+        return torch.stack([m.normalization.normalize_target(y[..., i, :]) for i, m in enumerate(self)], dim=-2)
 
     # ---------------------------------------------------------------- disk
 
