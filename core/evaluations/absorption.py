@@ -142,10 +142,10 @@ def first_letter(word: str) -> str:
 def spelling_prompt(word: str, examples: list[str], template: str, rng: random.Random) -> str:
     """SAEBench's in-context prompt: `MAX_ICL_EXAMPLES` examples (never the word itself) answered
     with " X", then the word's own line, a newline before every line."""
-    while True:
-        chosen = rng.sample(examples, min(MAX_ICL_EXAMPLES, len(examples)))
-        if word not in chosen:
-            break
+    # One more than needed, the word dropped if drawn: a uniform choice among the other examples, as
+    # SAEBench's redrawing until the word is absent is.
+    chosen = [ex for ex in rng.sample(examples, min(MAX_ICL_EXAMPLES + 1, len(examples))) if ex != word]
+    chosen = chosen[:MAX_ICL_EXAMPLES]
     lines = [template.format(word=ex) + " " + first_letter(ex).upper() for ex in chosen]
     return "\n" + "\n".join(lines + [template.format(word=word)])
 

@@ -95,8 +95,8 @@ def dictionary_folders(targets: Sequence[str | Path]) -> list[Path]:
         if not found and (path / DICTIONARY_CONFIG_FILENAME).is_file():
             found = [path]
         if not found:
-            raise DictionaryLoadError(f"{path} is neither a dictionary folder (config.json + sae.safetensors) nor a run "
-                                      f"folder with finished dictionaries; give results/<run> or "
+            raise DictionaryLoadError(f"{path} is neither a dictionary folder (config.json + sae.safetensors) nor a "
+                                      f"run folder with finished dictionaries; give results/<run> or "
                                       f"results/<run>/dictionaries/<name>.")
         folders.extend(found)
     return list(dict.fromkeys(f.resolve() for f in folders))
@@ -134,9 +134,10 @@ class _Evaluation:
 
     def write(self, index: int, eval_type: str, eval_config: dict, metrics: dict, details: list,
               unstructured) -> None:
-        output = eval_output(eval_type, eval_config={**eval_config, "model_name": self.model.name}, metrics=metrics,
-                             details=details, unstructured=unstructured, dictionary_config=self.configs[index],
-                             dictionary=self.folders[index], eval_id=self.eval_id)
+        used = {**eval_config, "model_name": self.model.name, "llm_dtype": self.model.config.dtype}
+        output = eval_output(eval_type, eval_config=used, metrics=metrics, details=details, unstructured=unstructured,
+                             dictionary_config=self.configs[index], dictionary=self.folders[index],
+                             eval_id=self.eval_id)
         self.run.written.setdefault(self.folders[index], {})[eval_type] = write_eval_output(self.folders[index], output)
 
     def by_hook(self, include_transcoders: bool = True) -> dict[str, list[int]]:

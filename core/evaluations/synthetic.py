@@ -329,7 +329,8 @@ def recovery(sae, features: SyntheticFeatures, *, n_tokens: int = 16_384, batch_
         mean_max_cosine=float(best.mean()), fraction_recovered=float((best > threshold).float().mean()),
         mcc=float(mcc.mean()), matched_precision=float(precision[counted].mean()),
         matched_recall=float(recall[counted].mean()), matched_f1=float(f1[counted].mean()), true_l0=true_l0 / n,
-        shrinkage=shrinkage / max(n_shrinkage, 1), evaluation=sums.result(dense_threshold=dense_threshold), max_cosine=best.tolist(),
+        shrinkage=shrinkage / max(n_shrinkage, 1), evaluation=sums.result(dense_threshold=dense_threshold),
+        max_cosine=best.tolist(),
         matched_latent=matched.tolist(), feature_precision=precision.tolist(), feature_recall=recall.tolist(),
         threshold=threshold)
 
