@@ -15,7 +15,8 @@ The model's work is shared wherever the eval allows it:
 An eval that cannot run on a hook (absorption on a model whose first-letter probe is too weak,
 a dataset with too few texts) is reported in `EvaluationRun.skipped` with its reason, and the
 other evals go on. A transcoder gets the core eval and sparse probing (absorption compares its
-decoder with a probe of its input space, which it does not write to, so it is skipped).
+decoder with a probe of its input space, which it does not write to, so it is skipped); replacement
+models (transcoder sets, cross-layer transcoders) are skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..data import held_out_sequences
 from ..errors import DictionaryLoadError, EvaluationError
 from ..layout import DICTIONARY_CONFIG_FILENAME, finished_dictionaries
 from ..lm import LanguageModel, load_language_model
-from ..sae import load_dictionary
+from ..sae import SparseAutoencoder, load_dictionary
 from .absorption import AbsorptionConfig, absorption, first_letter_task
 from .core_metrics import CoreEvalConfig, core_evaluation
 from .probing import SparseProbingConfig, sparse_probing
@@ -122,9 +123,15 @@ class _Evaluation:
     """One model and the dictionaries evaluated with it."""
 
     def __init__(self, model: LanguageModel, folders: list[Path], cfg: EvaluationConfig, run: EvaluationRun):
-        self.model, self.folders, self.cfg, self.run = model, folders, cfg, run
-        self.configs = [dictionary_config(f) for f in folders]
-        self.saes = [load_dictionary(f, device=model.device) for f in folders]
+        self.model, self.cfg, self.run = model, cfg, run
+        loaded = [(f, load_dictionary(f, device=model.device)) for f in folders]
+        others = [f.name for f, d in loaded if not isinstance(d, SparseAutoencoder)]
+        if others:
+            run.skipped.append(f"{', '.join(others)}: replacement models (transcoder sets, cross-layer transcoders) "
+                               f"replace every covered MLP at once; these evals take one SAE or transcoder at a time.")
+        self.folders = [f for f, d in loaded if isinstance(d, SparseAutoencoder)]
+        self.saes = [d for _, d in loaded if isinstance(d, SparseAutoencoder)]
+        self.configs = [dictionary_config(f) for f in self.folders]
         for folder, sae in zip(folders, self.saes):
             if model.hook_width(sae.hook_name) != sae.d_in:
                 raise ConfigError(f"{folder} reads {sae.d_in} values per token at {sae.hook_name}, but {model.name!r} "
