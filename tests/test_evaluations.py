@@ -10,6 +10,7 @@ in the peers' environment; without it, field by field against SAEBench's names l
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -25,8 +26,8 @@ from core.config import ActivationStoreConfig, LoggingConfig, SAEConfig, Trainer
 from core.errors import DatasetError, EvaluationError
 from core.evals import evaluate_dictionaries, evaluate_dictionaries_in_detail
 from core.evaluations import (SYNTHETIC_HOOK, AbsorptionConfig, CoreEvalConfig, EvaluationConfig, SparseProbingConfig,
-                              SyntheticActivations, SyntheticConfig, SyntheticFeatures, absorption, read_eval_outputs,
-                              recovery, run_evaluations, sparse_probing, synthetic_run)
+                              SyntheticActivations, SyntheticConfig, SyntheticEvaluator, SyntheticFeatures, absorption,
+                              read_eval_outputs, recovery, run_evaluations, sparse_probing, synthetic_run)
 from core.evaluations.absorption import LETTERS, FirstLetterTask, word_absorption
 from core.evaluations.probing import mean_pooled
 from core.evaluations.saebench import OUTPUT_FIELDS
@@ -213,6 +214,9 @@ def test_a_dictionary_set_to_the_true_features_recovers_them_all():
     assert r.evaluation.explained_variance == pytest.approx(1.0, abs=1e-4)
     assert r.shrinkage == pytest.approx(1.0, abs=1e-2)
     assert r.evaluation.l0 == pytest.approx(r.true_l0)
+    trainer_view, = SyntheticEvaluator(features, n_tokens=2048, batch_tokens=1024)([sae])  # what the trainer logs
+    assert trainer_view.explained_variance == pytest.approx(1.0, abs=1e-4) and trainer_view.n_tokens == 2048
+    assert trainer_view.l0 == pytest.approx(r.true_l0, rel=0.1) and math.isnan(trainer_view.ce_loss_recovered)
     shuffled = torch.randperm(24, generator=torch.Generator().manual_seed(0))  # a permutation is the same dictionary
     assert recovery(relu_dictionary(features.directions[shuffled].T, features.directions[shuffled], 1e-3), features,
                     n_tokens=4096, batch_tokens=1024).matched_recall == 1.0
