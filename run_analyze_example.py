@@ -99,7 +99,7 @@ def main(cfg: AnalysisConfig, *, model_given: bool = True, evaluation_tokens: in
         if evaluation_tokens > 0 and not config.get("metrics"):
             model = load_language_model(cfg.model, resolve_device(cfg.device))
             result = evaluate_imported(imported, model, cfg.dataset, n_tokens=evaluation_tokens,
-                                       batch_size=cfg.model_batch_size, cache_dir=cfg.model.cache_dir)
+                                       batch_size=cfg.model_batch_size)
             print(f"Evaluated on {result.n_tokens:,} tokens of {cfg.dataset.path}: L0 {result.l0:.1f}, explained "
                   f"variance {result.explained_variance:.4f}, CE loss recovered {result.ce_loss_recovered:.4f}.")
     elif not Path(cfg.dictionary_path).expanduser().exists():

@@ -92,8 +92,13 @@ def main(cfg: Annotated[TrainingConfig, tyro.conf.arg(name="")]) -> None:
     result = train(cfg)
     if not is_main_process():  # under torchrun, rank 0 prints the summary
         return
-    print(f"\nTrained {len(result.dictionary_paths)} dictionar{'y' if len(result.dictionary_paths) == 1 else 'ies'} "
-          f"in {result.steps} steps on {result.tokens:,} tokens:")
+    count = f"{len(result.dictionary_paths)} dictionar{'y' if len(result.dictionary_paths) == 1 else 'ies'}"
+    if result.finished_before:  # the same command after the run finished: nothing trained again
+        print(f"\n{cfg.exp_name} already finished with this configuration ({count}, {result.steps} steps on "
+              f"{result.tokens:,} tokens); nothing was trained again:")
+    else:
+        where = f" (resumed at step {result.started_at_step})" if result.started_at_step else ""
+        print(f"\nTrained {count} in {result.steps} steps on {result.tokens:,} tokens{where}:")
     for name, path in result.dictionary_paths.items():
         metrics = result.final_metrics[name]
         print(f"  {path}\n    " + ", ".join(

@@ -38,7 +38,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import (ActivationSource, AnalysisConfig, LanguageModelConfig, SAEConfig, SparseAutoencoder,  # noqa: E402
+from core import (ActivationSource, AnalysisConfig, LanguageModelConfig, SAEConfig, SparseAutoencoder, create_dictionary,  # noqa: E402
                   TokenBatches, load_dictionary, load_language_model)
 from core.analysis import accumulate_features, logit_lens, write_feature_store  # noqa: E402
 from core.config import resolve_device  # noqa: E402
@@ -77,7 +77,7 @@ def main(args: Args) -> None:
         sae, which = load_dictionary(DEMO_DICTIONARY, device=device), f"trained ({DEMO_DICTIONARY})"
     else:
         torch.manual_seed(0)
-        sae = SparseAutoencoder(SAEConfig(architecture="topk", expansion_factor=8, k=32), model.d_model,
+        sae = create_dictionary(SAEConfig(architecture="topk", expansion_factor=8, k=32), model.d_model,
                                 hook_name=HOOK, model_name=model.name, device=device)
         which = "freshly initialized topk, k=32"
     sae.eval()

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from core import (ActivationStoreConfig, DatasetConfig, DictionaryConfig, LanguageModelConfig, LoggingConfig,  # noqa
-                  SAEConfig, Trainer, TrainerConfig, TrainingConfig, load_language_model, train)
+                  SAEConfig, Trainer, TrainerConfig, build_trainer, TrainingConfig, load_language_model, train)
 from core.config import resolve_device  # noqa: E402
 from benchmarks.timing import raw_forward, time_training_loop  # noqa: E402
 from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
@@ -65,7 +65,7 @@ def correctness(model, model_dir: Path, work: Path, device: str, quick: bool) ->
     whole = train(config(model_dir, work, "whole", device, tokens=steps * sizes["batch"], **sizes), model=model)
     parted_cfg = config(model_dir, work, "parted", device, tokens=steps * sizes["batch"], checkpoint_every_steps=5,
                         **sizes)
-    trainer = Trainer(parted_cfg, model=model)
+    trainer = build_trainer(parted_cfg, model=model)
     while trainer.step < 7:  # stopped after step 7: the newest checkpoint is step 5
         trainer.train_step(trainer.buffer.next_batch(), metrics=False)
         if trainer.step % 5 == 0:
@@ -90,7 +90,7 @@ def speed(model, model_dir: Path, work: Path, device: str, quick: bool) -> None:
     cfg = config(model_dir, work, "speed", device, d_sae=d_sae, batch=batch, tokens=10 ** 9, model_batch=model_batch)
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(cfg, model=model)
+    trainer = build_trainer(cfg, model=model)
     training = tokens // batch * batch / time_training_loop(trainer, tokens)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if str(device).startswith("cuda") else float("nan")
     print(f"2. speed at {HOOK}: raw truncated forward {forward:,.0f} tok/s; training a {d_sae:,}-latent topk "
@@ -99,7 +99,7 @@ def speed(model, model_dir: Path, work: Path, device: str, quick: bool) -> None:
     del trainer
 
     def loop_seconds(c: TrainingConfig) -> float:
-        return time_training_loop(Trainer(c, model=model), tokens)
+        return time_training_loop(build_trainer(c, model=model), tokens)
 
     sweep = tuple(DictionaryConfig(name=f"k{k}", sae=replace(cfg.sae, k=k)) for k in (16, 32, 64, 128))
     together = loop_seconds(replace(cfg, exp_name="one-pass", dictionaries=sweep))

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core import (ActivationStoreConfig, DatasetConfig, LanguageModelConfig, LoggingConfig, PackedSequences,  # noqa
-                  SAEConfig, Trainer, TrainerConfig, TrainingConfig, load_language_model)
+                  SAEConfig, Trainer, TrainerConfig, build_trainer, TrainingConfig, load_language_model)
 from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_post"
@@ -48,7 +48,7 @@ def config(model_dir: Path, results: Path, name: str, tokens: int) -> TrainingCo
 
 def train_to(cfg: TrainingConfig, model) -> Trainer:
     """Train every step, then checkpoint: the state a stop at the end of the run leaves."""
-    trainer = Trainer(cfg, model=model)
+    trainer = build_trainer(cfg, model=model)
     while trainer.step < trainer.total_steps:
         trainer.train_step(trainer.buffer.next_batch())
     trainer.save_checkpoint()
@@ -59,7 +59,7 @@ def time_resume(cfg: TrainingConfig, model, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        Trainer(cfg, model=model)
+        build_trainer(cfg, model=model)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -49,7 +49,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import SAEConfig  # noqa: E402
-from core.sae import CrossLayerTranscoder, SparseAutoencoder  # noqa: E402
+from core.sae import CrossLayerTranscoder, SparseAutoencoder, create_dictionary  # noqa: E402
 from core.sae.sparse import rows_of, scatter_add_rows  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def timed(fn, device: str) -> float:
 class Step:
     """`Trainer.train_step`'s work on one dictionary (without its data and logging)."""
 
-    def __init__(self, sae: SparseAutoencoder | CrossLayerTranscoder, dead_mask: torch.Tensor,
+    def __init__(self, sae: "SparseAutoencoder | CrossLayerTranscoder", dead_mask: torch.Tensor,
                  target: torch.Tensor | None = None):
         self.sae, self.dead_mask = sae, dead_mask
         self.kwargs = {} if target is None else {"target": target}
@@ -132,7 +132,7 @@ def main() -> None:
 
     for architecture in args.architectures:
         cfg = SAEConfig(architecture=architecture, d_sae=d_sae, k=k)
-        sae = SparseAutoencoder(cfg, d_in, hook_name="bench", model_name="bench", device=device, dtype=dtype)
+        sae = create_dictionary(cfg, d_in, hook_name="bench", model_name="bench", device=device, dtype=dtype)
         W_enc, out = sae.W_enc.detach().clone(), torch.empty(B, d_sae, device=device, dtype=dtype)
         compare(architecture, sae, Step, x, dead_mask, lambda: torch.matmul(x, W_enc, out=out),
                 "dense product x @ W_enc", product_flop, args)

@@ -57,14 +57,14 @@ def build_store(results_dir: Path, run: str = "synthetic-4608", *, d_sae: int = 
 
     from core.annotations import Annotations
     from core.config import SAEConfig
-    from core.sae import SparseAutoencoder
+    from core.sae import SparseAutoencoder, create_dictionary
     from core.store import FeatureStoreWriter, SampleArrays
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     folders = {}
     for name in ("a", "b"):
-        sae = SparseAutoencoder(SAEConfig(architecture="topk", d_sae=d_sae, k=32), D_IN,
+        sae = create_dictionary(SAEConfig(architecture="topk", d_sae=d_sae, k=32), D_IN,
                                 hook_name="blocks.3.hook_resid_post", model_name="SmolLM2-135M-Instruct")
         folders[name] = sae.save(results_dir / run / "dictionaries" / name, metrics={"l0": 32.0})
     path = folders["a"] / "analysis" / "default" / "features.sqlite"

@@ -55,10 +55,10 @@ def random_dictionary(results: Path, model_cfg, *, d_in: int, hook: str, d_sae: 
     import torch
 
     from core.config import SAEConfig
-    from core.sae import SparseAutoencoder
+    from core.sae import create_dictionary
 
     torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(architecture="topk", d_sae=d_sae, k=32), d_in, hook_name=hook,
+    sae = create_dictionary(SAEConfig(architecture="topk", d_sae=d_sae, k=32), d_in, hook_name=hook,
                             model_name=model_cfg.name)
     sae.save(results / "steering-bench" / "dictionaries" / "dict", extra={"model": model_cfg.to_dict()})
     return "steering-bench:dict"

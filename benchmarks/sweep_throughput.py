@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from core import (ActivationStoreConfig, DatasetConfig, DictionaryConfig, LanguageModelConfig, LoggingConfig,  # noqa
-                  SAEConfig, Trainer, TrainerConfig, TrainingConfig, load_language_model)
+                  SAEConfig, Trainer, TrainerConfig, build_trainer, TrainingConfig, load_language_model)
 from core.config import resolve_device  # noqa: E402
 from benchmarks.timing import time_training_loop  # noqa: E402
 
@@ -57,11 +57,11 @@ def base_config(results: Path, name: str, tokens: int, device: str) -> TrainingC
 def compare(name: str, dictionaries: tuple[DictionaryConfig, ...], work: Path, model, tokens: int,
             device: str) -> float:
     one_pass = replace(base_config(work, f"{name}-one-pass", tokens, device), dictionaries=dictionaries)
-    together = time_training_loop(Trainer(one_pass, model=model), tokens)
+    together = time_training_loop(build_trainer(one_pass, model=model), tokens)
     separately = 0.0
     for d in one_pass.dictionary_configs():
         single = replace(base_config(work, f"{name}-{d.name}", tokens, device), dictionaries=(d,))
-        separately += time_training_loop(Trainer(single, model=model), tokens)
+        separately += time_training_loop(build_trainer(single, model=model), tokens)
     ratio = separately / together
     print(f"{name}: one pass {together:.1f} s ({tokens / together:,.0f} tok/s for all 4), 4 single runs "
           f"{separately:.1f} s ({tokens / separately:,.0f} tok/s) -> one pass is {ratio:.2f}x faster "

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from core import (ActivationStoreConfig, CacheConfig, DatasetConfig, LanguageModelConfig, LoggingConfig,  # noqa
-                  SAEConfig, Trainer, TrainerConfig, TrainingConfig, cache_activations,
+                  SAEConfig, Trainer, TrainerConfig, build_trainer, TrainingConfig, cache_activations,
                   load_language_model)
 from core.config import resolve_device  # noqa: E402
 from benchmarks.timing import raw_forward, time_training_loop  # noqa: E402
@@ -41,7 +41,7 @@ MODEL_BATCH = 16
 
 def training(cfg: TrainingConfig, model, tokens: int) -> float:
     """Tokens/s of the trainer's loop in its steady state."""
-    return tokens // BATCH * BATCH / time_training_loop(Trainer(cfg, model=model), tokens)
+    return tokens // BATCH * BATCH / time_training_loop(build_trainer(cfg, model=model), tokens)
 
 
 def main() -> None:

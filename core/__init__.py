@@ -32,9 +32,9 @@ from .evaluations import (AbsorptionConfig, CoreEvalConfig, EvaluationConfig, Sp
 from .formats import evaluate_imported, export_circuit_tracer, export_saelens, export_sparsify, import_dictionary
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
 from .sae import (CrossLayerTranscoder, DictionaryLoadError, ReplacementModel, SparseAutoencoder, SparseFeatureActs,
-                  TranscoderSet, load_dictionary, replacement_model_memory)
+                  TranscoderSet, create_dictionary, load_dictionary, replacement_model_memory)
 from .steering import SteeringResult, steer
 from .store import FeatureStore, FeatureStoreWriter, FeatureUnavailable, StoreError
-from .training import Trainer, TrainingInterrupted, TrainingResult, train
+from .training import Trainer, TrainingInterrupted, TrainingResult, build_trainer, train
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -12,28 +12,42 @@ same tokens in the same rows — refills itself when half empty, and serves shuf
 plus at most one model batch of activations waiting for the next refill. A transcoder's in-hook and
 out-hook rows stay paired because every hook's rows move with one permutation.
 
-Any source works that yields `{hook: [n, d_hook]}` batches in a deterministic order and can say
-where it is (`position()`); `core.cache.CachedActivations` reads a cache written by
-`core.cache.cache_activations` this way.
+Any `ActivationStream` works: it yields `{hook: [n, d_hook]}` batches in a deterministic order, can
+move past a batch without computing it (`skip()`, what the other ranks of a torchrun job do while
+one computes it) and can say where it is (`position()`, saved in checkpoints; its constructor takes
+it back). `ActivationSource` runs the model, `core.cache.CachedActivations` reads a cache written
+by `core.cache.cache_activations`, and `ShardedActivations` shares any of them among ranks.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Protocol
+from typing import Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 
-from .lm import LanguageModel, stop_layer_for
+from .distributed import Distributed
+from .hooks import stop_layer_for
+from .lm import LanguageModel
 
 
+@runtime_checkable
 class ActivationStream(Protocol):
     """What `ActivationBuffer` reads: batches of every hook's activations for the same tokens."""
 
     hooks: tuple[str, ...]
+    """The hooks of every batch, in this order."""
 
-    def __next__(self) -> dict[str, torch.Tensor]: ...
+    def __next__(self) -> dict[str, torch.Tensor]:
+        """The next batch {hook: [n_tokens, d_hook]} (the same tokens in every hook's rows)."""
+        ...
 
-    def position(self) -> dict: ...
+    def skip(self) -> None:
+        """Move past the next batch without producing it (another rank of a torchrun job does)."""
+        ...
+
+    def position(self) -> dict:
+        """Where the stream is, as plain containers and tensors (for `torch.save(weights_only)`)."""
+        ...
 
 
 def stop_layer_for_hooks(hooks) -> Optional[int]:
@@ -90,7 +104,7 @@ class ShardedActivations:
     process would yield, in the same order, having computed 1/world_size of them, and every rank's
     `source` is at the same position afterwards."""
 
-    def __init__(self, source, dist):
+    def __init__(self, source: ActivationStream, dist: Distributed):
         self.source, self.dist = source, dist
         self.hooks = source.hooks
 
@@ -98,13 +112,11 @@ class ShardedActivations:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        mine = None
-        for r in range(self.dist.world_size):
-            if r == self.dist.rank:
-                mine = next(self.source)
-            else:
-                self.source.skip()
-        return self.dist.all_gather_rows(mine)
+        return self.dist.all_gather_rows(self.dist.take_turns(lambda: next(self.source), self.source.skip))
+
+    def skip(self) -> None:
+        for _ in range(self.dist.world_size):
+            self.source.skip()
 
     def position(self) -> dict:
         return self.source.position()
@@ -118,7 +130,7 @@ class ActivationBuffer:
     depends only on the order of the rows the source yields, not on how they are batched.
     """
 
-    def __init__(self, source, *, widths: dict[str, int], buffer_tokens: int, batch_size: int,
+    def __init__(self, source: ActivationStream, *, widths: dict[str, int], buffer_tokens: int, batch_size: int,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0):
         if batch_size > buffer_tokens // 2:
             raise ValueError(f"batch_size {batch_size} must be at most half of buffer_tokens {buffer_tokens}.")

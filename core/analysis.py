@@ -69,7 +69,7 @@ from .activations import ActivationSource
 from .config import AnalysisConfig, resolve_device
 from .errors import ConfigError
 from .layout import ANALYSIS_CONFIG_FILENAME, STORE_FILENAME, analysis_folder, analyzed_dictionary
-from .data import TokenBatches
+from .data import held_out_and_batches
 from .distributed import SINGLE_PROCESS, Distributed, init_distributed, rank_device
 from .lm import LanguageModel, check_model_matches, is_residual_hook, load_language_model
 from .sae import SparseAutoencoder, SparseFeatureActs, is_foreign, load_dictionary
@@ -291,21 +291,30 @@ def accumulate_features(model: LanguageModel, sae: SparseAutoencoder, token_batc
     batches = iter(token_batches)
     try:
         while analyzed < total:
-            round_ = [b for b in (next(batches, None) for _ in range(dist.world_size)) if b is not None]
+            round_: list[tuple[Tensor, Tensor]] = []  # (tokens, analyzed positions) of every rank's batch
+
+            def read() -> Optional[Tensor]:
+                """Every rank reads every batch of the round and knows its analyzed positions."""
+                nonlocal analyzed
+                tokens = next(batches, None)
+                if tokens is not None:
+                    mask = _first_tokens(model.token_mask(tokens), total - analyzed)
+                    analyzed += int(mask.sum())
+                    round_.append((tokens, mask))
+                return tokens
+
+            def encode() -> Optional[SparseFeatureActs]:
+                tokens = read()
+                if tokens is None:
+                    return None
+                acts = source.activations_of(tokens.to(device))[sae.hook_name].to(sae.device)
+                return sae.encode_sparse(acts, rows=round_[-1][1].to(acts.device))
+
+            encoded = dist.gather_objects(dist.take_turns(encode, read))
             if not round_:
                 break
-            masks = []
-            for tokens in round_:  # every rank knows every batch's analyzed positions
-                masks.append(_first_tokens(model.token_mask(tokens), total - analyzed))
-                analyzed += int(masks[-1].sum())
-            mine = None
-            if dist.rank < len(round_):
-                tokens = round_[dist.rank].to(device)
-                acts = source.activations_of(tokens)[sae.hook_name].to(sae.device)
-                mine = sae.encode_sparse(acts, rows=masks[dist.rank].to(acts.device))
-            encoded = dist.gather_objects(mine)
             if dist.is_main:
-                for tokens, mask, feature_acts in zip(round_, masks, encoded):
+                for (tokens, mask), feature_acts in zip(round_, encoded):
                     n_before = records.n_tokens
                     records.update(tokens, feature_acts, mask)
                     bar.update(records.n_tokens - n_before)
@@ -440,9 +449,7 @@ def analyze(cfg: AnalysisConfig, *, model: Optional[LanguageModel] = None,
     check_model_matches(model, model_name=sae.model_name, hook_name=sae.hook_name, d_in=sae.d_in)
     sae = sae.to(model.device).eval()
 
-    token_batches = TokenBatches(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
-                                 separator_token_id=model.separator_token_id, batch_size=cfg.model_batch_size,
-                                 cache_dir=cfg.model.cache_dir)
+    _, token_batches = held_out_and_batches(cfg.dataset, model, batch_size=cfg.model_batch_size)
     records = accumulate_features(model, sae, token_batches, cfg, dist=dist)
     if dist.is_main:  # rank 0 writes the store; the other ranks only encoded their share
         output_hook = sae.hook_out or sae.hook_name  # decoder directions live in a transcoder's out-hook space

@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 
 from .activations import ActivationSource
 from .config import CacheConfig, resolve_device, torch_dtype
-from .data import TokenBatches, held_out_sequences
+from .data import held_out_and_batches
 from .errors import CacheError
 from .distributed import Distributed, init_distributed, rank_device
 from .files import atomic_write
@@ -148,9 +148,12 @@ def cache_activations(cfg: CacheConfig, *, model: Optional[LanguageModel] = None
     model = model if model is not None else load_language_model(cfg.model, device)
     shapes = {hook: model.hook_shape(hook) for hook in cfg.hooks}
     dtype = torch_dtype(cfg.store_dtype)
-    held = held_out_sequences(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
-                              separator_token_id=model.separator_token_id, n_sequences=cfg.eval_sequences,
-                              cache_dir=cfg.model.cache_dir)
+    position = None
+    if manifest is not None and manifest["shards"]:
+        position = torch.load(folder / _writer_state_name(len(manifest["shards"])), map_location="cpu",
+                              weights_only=True)["data"]
+    held, token_batches = held_out_and_batches(cfg.dataset, model, batch_size=cfg.model_batch_size,
+                                               held_out=cfg.eval_sequences, seed=cfg.seed, position=position)
     if dist.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / EVAL_FILENAME, lambda p: save_file(
@@ -166,36 +169,36 @@ def cache_activations(cfg: CacheConfig, *, model: Optional[LanguageModel] = None
                     "config": cfg.to_dict()}
         if dist.is_main:
             _write_manifest(folder, manifest)
-    position = None
-    if manifest["shards"]:
-        position = torch.load(folder / _writer_state_name(len(manifest["shards"])), map_location="cpu",
-                              weights_only=True)["data"]
-    token_batches = TokenBatches(cfg.dataset, model.tokenizer, bos_token_id=model.bos_token_id,
-                                 separator_token_id=model.separator_token_id, batch_size=cfg.model_batch_size,
-                                 cache_dir=cfg.model.cache_dir, first_document=held.n_documents, seed=cfg.seed,
-                                 position=position)
     source = ActivationSource(model, cfg.hooks, token_batches)
     bar = tqdm(total=cfg.total_tokens, initial=manifest["total_tokens"], unit="tok", unit_scale=True,
                desc=f"cache {folder.name}", disable=not progress or not dist.is_main, dynamic_ncols=True)
     started = time.perf_counter()
     tokens, masks, acts = [], [], {hook: [] for hook in cfg.hooks}  # this rank's rows since the last commit
     pending = 0  # every rank's rows since the last commit
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank reads every batch and counts its text tokens (the rounds stay in step)."""
+        nonlocal pending
+        batch = next(token_batches)
+        mask = model.token_mask(batch)
+        # Exactly total_tokens text tokens: the last batch's positions beyond are not cached.
+        flat = mask.flatten()
+        mask = (flat & (flat.cumsum(0) <= cfg.total_tokens - manifest["total_tokens"] - pending)).view_as(mask)
+        pending += int(mask.sum())
+        bar.update(int(mask.sum()))
+        return batch, mask
+
+    def cache_next_batch() -> None:
+        batch, mask = next_batch()
+        hook_acts = source.activations_of(batch)
+        for hook in cfg.hooks:
+            acts[hook].append(hook_acts[hook][mask.to(hook_acts[hook].device)].to("cpu", dtype))
+        tokens.append(batch.to(torch.int32))
+        masks.append(mask.cpu())
+
     try:
         while manifest["total_tokens"] + pending < cfg.total_tokens:
-            for r in range(dist.world_size):  # a round: one batch per rank
-                batch = next(token_batches)
-                mask = model.token_mask(batch)
-                # Exactly total_tokens text tokens: the last batch's positions beyond are not cached.
-                flat = mask.flatten()
-                mask = (flat & (flat.cumsum(0) <= cfg.total_tokens - manifest["total_tokens"] - pending)).view_as(mask)
-                pending += int(mask.sum())
-                if r == dist.rank:
-                    hook_acts = source.activations_of(batch)
-                    for hook in cfg.hooks:
-                        acts[hook].append(hook_acts[hook][mask.to(hook_acts[hook].device)].to("cpu", dtype))
-                    tokens.append(batch.to(torch.int32))
-                    masks.append(mask.cpu())
-                bar.update(int(mask.sum()))
+            dist.take_turns(cache_next_batch, next_batch)  # a round: one batch per rank
             if pending >= cfg.shard_tokens * dist.world_size or manifest["total_tokens"] + pending >= cfg.total_tokens:
                 _commit_shards(folder, manifest, tokens, masks, acts, token_batches.position(), dist)
                 tokens, masks, acts, pending = [], [], {hook: [] for hook in cfg.hooks}, 0

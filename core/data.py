@@ -32,7 +32,7 @@ import sys
 import sysconfig
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ import torch
 from .config import BUILTIN_CORPUS, DatasetConfig
 from .errors import ConfigError, DatasetError
 from .files import atomic_write
+
+if TYPE_CHECKING:
+    from .lm import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +205,7 @@ def held_out_sequences(cfg: DatasetConfig, tokenizer, *, bos_token_id: int, sepa
     n_documents = 0
 
     def pack(batch: list) -> bool:
-        nonlocal pending, n_documents
+        nonlocal n_documents
         for ids in _token_lists(batch, cfg, tokenizer, bos_token_id):
             n_documents += 1
             pending.extend(ids)
@@ -411,3 +414,17 @@ class TokenBatches:
 
     def __next__(self) -> torch.Tensor:
         return torch.tensor([next(self.sequences) for _ in range(self.batch_size)], dtype=torch.long)
+
+
+def held_out_and_batches(dataset: DatasetConfig, model: "LanguageModel", *, batch_size: int, held_out: int = 0,
+                         seed: int = 0, position: Optional[dict] = None) -> tuple[Optional[HeldOut], TokenBatches]:
+    """The model's token stream of `dataset`: its first `held_out` packed sequences (the evaluation's
+    text; None when 0) and the batches of `batch_size` sequences after them, continuing from
+    `position` when given. The one place that cuts the held-out text and starts training after it,
+    for the trainer, the activation cache, the analyzer and the evaluation of imported dictionaries."""
+    tokens = dict(bos_token_id=model.bos_token_id, separator_token_id=model.separator_token_id,
+                  cache_dir=model.config.cache_dir)
+    held = held_out_sequences(dataset, model.tokenizer, n_sequences=held_out, **tokens) if held_out else None
+    batches = TokenBatches(dataset, model.tokenizer, batch_size=batch_size, seed=seed, position=position,
+                           first_document=held.n_documents if held else 0, **tokens)
+    return held, batches

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -40,6 +40,8 @@ import torch.distributed as dist
 from .errors import DistributedError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -114,6 +116,19 @@ class Distributed:
         box = [obj if self.is_main else None]
         self._check("broadcast_object_list", dist.broadcast_object_list, box, src=0)
         return box[0]
+
+    def take_turns(self, produce: Callable[[], T], skip: Callable[[], None]) -> Optional[T]:
+        """One round of the ranks walking one stream: rank r produces the r-th of the next world_size
+        items and skips the others, so every rank ends the round at the same place having done 1/world_size
+        of the work. Returns this rank's item (`produce()`'s; a single process produces every item).
+        The trainer's activations, the cache writer and the analyzer share work this way."""
+        mine = None
+        for r in range(self.world_size):
+            if r == self.rank:
+                mine = produce()
+            else:
+                skip()
+        return mine
 
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any rank."""

@@ -12,7 +12,7 @@ entropy over text positions: clean, with the reconstruction, with the activation
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -383,3 +383,28 @@ def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *
              dense_threshold: float = 0.1) -> EvalResult:
     """Evaluate one dictionary (see `evaluate_dictionaries`)."""
     return evaluate_dictionaries(model, [sae], token_batches, dense_threshold=dense_threshold)[0]
+
+
+class Evaluator(Protocol):
+    """What the trainer evaluates its dictionaries with (it does not know where the data comes from)."""
+
+    def __call__(self, saes: Sequence, *, final: bool) -> list[EvalResult]:
+        """One `EvalResult` per dictionary of `saes`; the final evaluation may use more data."""
+        ...
+
+
+class HeldOutEvaluation:
+    """Evaluation on the language model with fixed held-out token batches (the dataset's first
+    documents, which training never reads): a periodic evaluation on the first `periodic_batches`,
+    the final one on all of them."""
+
+    def __init__(self, model: LanguageModel, batches: Sequence[torch.Tensor], *, periodic_batches: int,
+                 dense_threshold: float = 0.1):
+        self.model = model
+        self.batches = list(batches)
+        self.periodic_batches = periodic_batches
+        self.dense_threshold = dense_threshold
+
+    def __call__(self, saes: Sequence, *, final: bool) -> list[EvalResult]:
+        batches = self.batches if final else self.batches[:self.periodic_batches]
+        return evaluate_dictionaries(self.model, saes, batches, dense_threshold=self.dense_threshold)

@@ -1,4 +1,15 @@
-"""A run folder and its metrics log: the one writer and reader of `metrics.jsonl`.
+"""A run folder (`RunFolder`: its config, metrics log and checkpoints) and `MetricsLog`, the one
+writer and reader of `metrics.jsonl`.
+
+`RunFolder` owns what a training run keeps in `<results>/<run>/` (paths from `core.layout`):
+
+- `config.json`, the run's full TrainingConfig (`saved_config`, written by `begin`);
+- `metrics.jsonl` (`metrics`, below), truncated to a resumed checkpoint's step by `begin`;
+- `checkpoints/step_<n>/`, each written into a hidden temporary folder, synced and renamed into
+  place (`write_checkpoint`), older ones pruned only after that; `checkpoints()` lists the complete
+  ones; a reader of a checkpoint's files turns any failure into one `ConfigError` sentence.
+
+Nothing is written until `begin`, which the trainer calls when it starts (on rank 0 only).
 
 `metrics.jsonl` holds one JSON object per line:
 
@@ -19,10 +30,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
-from .files import atomic_write
-from .layout import METRICS_FILENAME
+from .config import TrainingConfig
+from .errors import ConfigError
+from .files import atomic_write, publish, remove_tree, temp_sibling
+from .layout import CHECKPOINTS_FOLDER, METRICS_FILENAME, RUN_CONFIG_FILENAME, finished_dictionaries
 
 DICTIONARY_KEY = "dictionary"
 """The dictionary a record belongs to (absent in runs of one dictionary from before multi-dictionary training)."""
@@ -112,4 +125,98 @@ class MetricsLog:
         return out, offset
 
 
-__all__ = ["DICTIONARY_KEY", "EVAL_KEY", "FINAL_EVAL_KEY", "MetricsLog", "RecordKind", "parse_record", "record_kind"]
+CHECKPOINT_PREFIX = "step_"
+CHECKPOINT_STATE = "state.json"
+"""A checkpoint's summary (step, tokens, data position numbers, dictionaries, world size)."""
+TRAINER_STATE = "trainer_state.pt"
+"""A checkpoint's buffer, RNG and data position (torch.save of tensors and plain containers)."""
+CHECKPOINT_FILES = (TRAINER_STATE, CHECKPOINT_STATE)
+"""The files that make a checkpoint folder complete (besides dictionaries/<name>/{sae.safetensors, optimizer.pt})."""
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step of a checkpoint folder `step_<n>`."""
+    return int(Path(checkpoint).name[len(CHECKPOINT_PREFIX):])
+
+
+class RunFolder:
+    """`<results>/<run>/`: a training run's config, metrics log and checkpoints (module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.metrics = MetricsLog(self.path / METRICS_FILENAME)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / RUN_CONFIG_FILENAME
+
+    @property
+    def checkpoints_folder(self) -> Path:
+        return self.path / CHECKPOINTS_FOLDER
+
+    # ---------------------------------------------------------------- reading
+
+    def saved_config(self) -> Optional[TrainingConfig]:
+        """The config the run was started with (None before it started)."""
+        return TrainingConfig.load_json(self.config_path) if self.config_path.is_file() else None
+
+    def finished_dictionaries(self) -> list[Path]:
+        return finished_dictionaries(self.path)
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        folder = self.checkpoints_folder
+        if not folder.is_dir():
+            return []
+        found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+                 and p.name[len(CHECKPOINT_PREFIX):].isdigit() and all((p / f).is_file() for f in CHECKPOINT_FILES)]
+        return sorted(found, key=checkpoint_step)
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    @staticmethod
+    def read_checkpoint_file(checkpoint: Path, name: str, read: Callable[[Path], Any], *, what: str = "") -> Any:
+        """`read(checkpoint / name)`; any failure is one ConfigError saying to delete the checkpoint."""
+        try:
+            return read(checkpoint / name)
+        except Exception as e:
+            raise ConfigError(f"Checkpoint {checkpoint} is unreadable{what} ({type(e).__name__}: {str(e)[:200]}); "
+                              f"delete that folder to resume from an earlier one.") from e
+
+    def checkpoint_state(self, checkpoint: Path) -> dict:
+        """The checkpoint's state.json."""
+        return self.read_checkpoint_file(checkpoint, CHECKPOINT_STATE, lambda p: json.loads(p.read_text()))
+
+    # ---------------------------------------------------------------- writing
+
+    def begin(self, cfg: TrainingConfig, resume_step: Optional[int]) -> None:
+        """Prepare the folder for a run starting (or resuming at `resume_step`): throw away checkpoints
+        a killed run was still writing, save the config, and drop the metrics logged after the
+        checkpoint (all of them for a new run), which this run logs again."""
+        for leftover in self.checkpoints_folder.glob(f".{CHECKPOINT_PREFIX}*.tmp") if self.checkpoints_folder.is_dir() \
+                else ():
+            remove_tree(leftover)
+        self.path.mkdir(parents=True, exist_ok=True)
+        cfg.save_json(self.config_path)
+        self.metrics.truncate_after(resume_step or 0)
+
+    def write_checkpoint(self, step: int, fill: Callable[[Path], None], *, keep: int) -> Path:
+        """Write checkpoint `step_<step>` durably: `fill(folder)` writes its files into a hidden
+        temporary folder, which is synced and renamed into place; then all but the newest `keep`
+        checkpoints are pruned."""
+        target = self.checkpoints_folder / f"{CHECKPOINT_PREFIX}{step}"
+        tmp = temp_sibling(target, folder=True)
+        try:
+            fill(tmp)
+            publish(tmp, target)
+        finally:
+            if tmp.exists():
+                remove_tree(tmp)
+        for old in self.checkpoints()[:-keep]:
+            remove_tree(old)
+        return target
+
+
+__all__ = ["CHECKPOINT_FILES", "CHECKPOINT_STATE", "TRAINER_STATE", "RunFolder", "checkpoint_step", "DICTIONARY_KEY", "EVAL_KEY", "FINAL_EVAL_KEY", "MetricsLog", "RecordKind", "parse_record", "record_kind"]

@@ -45,29 +45,26 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .activations import ActivationBuffer, ActivationSource, ShardedActivations, expected_norm_scale
+from .activations import ActivationBuffer, ActivationSource, ActivationStream, ShardedActivations, expected_norm_scale
 from .cache import CachedActivations, cached_eval_sequences, check_cache_matches, read_manifest
 from .config import DictionaryConfig, OptimizerConfig, TrainingConfig, resolve_device, torch_dtype
-from .data import TokenBatches, held_out_sequences
-from .errors import ConfigError, TrainingInterrupted
+from .data import held_out_and_batches
 from .distributed import SINGLE_PROCESS, Distributed, init_distributed, rank_device
-from .evals import EvalResult, FeatureActivityTracker, evaluate_dictionaries, explained_variance
-from .files import publish, remove_tree, temp_sibling
-from .layout import (CHECKPOINTS_FOLDER, DICTIONARIES_FOLDER, RUN_CONFIG_FILENAME, dictionary_folder,
-                     finished_dictionaries)
-from .runs import EVAL_KEY, FINAL_EVAL_KEY, MetricsLog
+from .errors import ConfigError, TrainingInterrupted
+from .evals import EvalResult, Evaluator, FeatureActivityTracker, HeldOutEvaluation, explained_variance
+from .layout import DICTIONARIES_FOLDER, DICTIONARY_CONFIG_FILENAME, dictionary_folder
 from .lm import LanguageModel, load_language_model
-from .sae import SparseAutoencoder
+from .runs import CHECKPOINT_STATE, DICTIONARY_KEY, EVAL_KEY, FINAL_EVAL_KEY, TRAINER_STATE, RunFolder
+from .sae import SparseAutoencoder, create_dictionary
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILES = ("trainer_state.pt", "state.json")
 THRESHOLD_CALIBRATION_BATCHES = 8
 """Training batches (from the shuffle buffer, not consumed) on which a batchtopk dictionary's
 inference threshold is set from the final encoder before it is saved."""
@@ -82,6 +79,11 @@ class TrainingResult(NamedTuple):
     """Optimizer steps taken in total (every dictionary takes one per batch)."""
     tokens: int
     """Training tokens seen in total."""
+    started_at_step: int = 0
+    """The step this process started training at: 0 for a new run, the checkpoint's step for a resumed
+    one, `steps` for a run that was already finished (nothing trained again)."""
+    finished_before: bool = False
+    """True when the run was already finished with the same configuration and this call only read it."""
 
     def _only(self) -> str:
         if len(self.dictionary_paths) != 1:
@@ -170,7 +172,7 @@ class DictionaryTrainer:
         # Every dictionary starts from the seed alone, as it would in a run of its own.
         with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
             torch.manual_seed(seed)
-            self.sae = SparseAutoencoder(spec.sae, widths[spec.hook_name], hook_name=spec.hook_name,
+            self.sae = create_dictionary(spec.sae, widths[spec.hook_name], hook_name=spec.hook_name,
                                          model_name=model_name, device=device, dtype=dtype,
                                          **({} if spec.hook_out is None else
                                             {"hook_out": spec.hook_out, "d_out": widths[spec.hook_out]}))
@@ -194,16 +196,11 @@ class DictionaryTrainer:
     def initialize(self, sample: dict[str, torch.Tensor]) -> None:
         """Normalization constant(s) and decoder bias from a sample {hook: [n, d]} of raw activations."""
         x = sample[self.spec.hook_name].float()
+        normalization = self.sae.normalization
         if self.spec.sae.normalize_activations == "expected_average_only_in":
-            self.sae.normalization_scale = expected_norm_scale(x)
-            if self.spec.hook_out is not None:
-                self.sae.output_normalization_scale = expected_norm_scale(sample[self.spec.hook_out].float())
-        target = sample[self.output_hook].float() * float(self._output_scale)
-        self.sae.initialize_decoder_bias(target)
-
-    @property
-    def _output_scale(self) -> torch.Tensor:
-        return self.sae.output_normalization_scale  # an SAE's is its normalization_scale
+            normalization.set_scales(expected_norm_scale(x), None if self.spec.hook_out is None else
+                                     expected_norm_scale(sample[self.spec.hook_out].float()))
+        self.sae.initialize_decoder_bias(normalization.normalize_target(sample[self.output_hook].float()))
 
     def _local(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's slice of a global batch (all of it in a single process)."""
@@ -226,10 +223,10 @@ class DictionaryTrainer:
         """One optimizer step on raw activations batch {hook: [batch, d]}; returns its metrics when
         asked (reading them waits for the device, so the trainer asks only on logging steps)."""
         sae = self.sae
-        x = self._local(batch[self.spec.hook_name]).to(sae.device, sae.dtype) * sae.normalization_scale
+        x = sae.normalization.normalize_input(self._local(batch[self.spec.hook_name]).to(sae.device, sae.dtype))
         target = None
         if self.spec.hook_out is not None:
-            target = self._local(batch[self.spec.hook_out]).to(sae.device, sae.dtype) * self._output_scale
+            target = sae.normalization.normalize_target(self._local(batch[self.spec.hook_out]).to(sae.device, sae.dtype))
         lr = learning_rate(step, self.total_steps, self.spec.optimizer)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -263,7 +260,7 @@ class DictionaryTrainer:
         """batchtopk: set the inference threshold from the final encoder (THRESHOLD_CALIBRATION_BATCHES)."""
         if not getattr(self.sae, "has_inference_threshold", self.spec.sae.architecture == "batchtopk"):
             return
-        x = sample[self.spec.hook_name].float() * self.sae.normalization_scale
+        x = self.sae.normalization.normalize_input(sample[self.spec.hook_name].float())
         threshold = self.sae.calibrate_threshold(x.split(batch_size))
         log.info("%s: inference threshold set to %.4g on %d buffered activations.", self.name, threshold, len(x))
 
@@ -275,93 +272,81 @@ class DictionaryTrainer:
         self.tracker.load_state_dict(state["tracker"])
 
 
+class TrainingProgress:
+    """Progress of a run in tokens: tokens/s and ETA averaged over the whole run (this process's part
+    of it), so that they move smoothly although steps come in bursts (each refill of the shuffle
+    buffer runs the model for many batches at once). `clock` is injectable for tests."""
+
+    def __init__(self, total_tokens: int, start_tokens: int, *, clock=time.perf_counter):
+        self.total_tokens, self.start_tokens = total_tokens, start_tokens
+        self.clock = clock
+        self.started = clock()
+        self.tokens = start_tokens
+
+    def update(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.tokens - self.start_tokens) / max(self.clock() - self.started, 1e-9)
+
+    @property
+    def eta_s(self) -> Optional[float]:
+        """Seconds left at the run's average rate; None before the first step."""
+        rate = self.tokens_per_s
+        return None if rate <= 0 else max(self.total_tokens - self.tokens, 0) / rate
+
+    def describe(self) -> str:
+        eta = self.eta_s
+        eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+        return f"{self.tokens:,}/{self.total_tokens:,} tok, {self.tokens_per_s:,.0f} tok/s, ETA {eta_text}"
+
+
 class Trainer:
-    """Trains every dictionary of a run as configured; `Trainer(cfg).run()` does everything."""
+    """Trains dictionaries on the batches it is handed: each step, every dictionary takes one
+    optimizer step on the next batch; periodic evaluations, metrics, checkpoints; at the end the
+    calibration of inference thresholds, the final evaluation and the saved dictionaries.
 
-    def __init__(self, cfg: TrainingConfig, model: Optional[LanguageModel] = None):
-        self.cfg = cfg.validate()
-        self.specs = cfg.dictionary_configs()
-        self.run_dir = cfg.run_dir
-        self.dist = init_distributed(cfg.device, cfg.distributed.collective_timeout_s)
-        self.dist.check_same("training config", cfg.to_dict())
-        self.device = resolve_device(rank_device(cfg.device, self.dist))
-        self.data_parallel = self.dist.active and cfg.distributed.strategy == "data_parallel"
-        if self.data_parallel and cfg.activations.train_batch_size % self.dist.world_size:
-            raise ConfigError(f"activations.train_batch_size ({cfg.activations.train_batch_size}) is global and must "
-                              f"divide by the {self.dist.world_size} ranks of this torchrun job; make it a multiple "
-                              f"of {self.dist.world_size}.")
+    It is handed its parts and knows nothing of where activations come from (the language model, an
+    activation cache, synthetic data) or how many processes share the work: `build_trainer` assembles
+    them from a `TrainingConfig`. Constructing it touches no file; `run()` starts writing to the run
+    folder (rank 0 only)."""
+
+    def __init__(self, cfg: TrainingConfig, *, dictionaries: list[DictionaryTrainer], batches: ActivationBuffer,
+                 evaluator: Evaluator, run: RunFolder, dist: Distributed = SINGLE_PROCESS,
+                 specs: Optional[list[DictionaryConfig]] = None,
+                 make_dictionary: Optional[Callable[[DictionaryConfig], DictionaryTrainer]] = None,
+                 data_position: Callable[[], dict] = dict, first_training_document: int = 0):
+        """`cfg` gives the schedule (lengths, cadences, logging) and what the saved dictionaries record;
+        `dictionaries` are the ones this process trains (all of them, or in a torchrun job spreading
+        dictionaries over ranks, this rank's), `specs` every dictionary of the run in order (default:
+        those of `dictionaries`), `make_dictionary` builds one from its spec (rank 0 uses it to save the
+        dictionaries other ranks trained), `data_position` says where the batches' source is (saved
+        in checkpoints), `first_training_document` where training text starts (recorded)."""
+        self.cfg = cfg
+        self.dictionaries = dictionaries
+        self.buffer = batches
+        self.evaluator = evaluator
+        self.run_folder = run
+        self.dist = dist
+        self.specs = specs if specs is not None else [d.spec for d in dictionaries]
+        self.make_dictionary = make_dictionary
+        self.data_position = data_position
+        self.first_training_document = first_training_document
+        self.data_parallel = dist.active and cfg.distributed.strategy == "data_parallel"
         self.total_steps = cfg.trainer.total_training_tokens // cfg.activations.train_batch_size
-        if self.total_steps < 1:
-            raise ConfigError("trainer.total_training_tokens is smaller than one activations.train_batch_size.")
-        checkpoint = self._agreed_checkpoint()
-        self._seed(cfg.seed)
-        self.model = model if model is not None else load_language_model(cfg.model, self.device)
-        self.hooks = tuple(dict.fromkeys(h for spec in self.specs for h in spec.hooks))
-        widths = {hook: self.model.hook_width(hook) for hook in self.hooks}  # refuses unknown / non-per-token hooks
-        state, trainer_state = self._read_checkpoint(checkpoint) if checkpoint else ({}, {})
-
-        act_cfg, m = cfg.activations, self.model
-        n_eval = 2 * cfg.trainer.eval_batches * act_cfg.model_batch_size
-        if act_cfg.cache_path is None:
-            # The evaluation sequences are the dataset's first documents; training starts after them.
-            held_out = held_out_sequences(cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
-                                          separator_token_id=m.separator_token_id, cache_dir=cfg.model.cache_dir,
-                                          n_sequences=n_eval)
-            eval_sequences = torch.tensor(held_out.sequences, dtype=torch.long)
-            self.first_training_document = held_out.n_documents
-            self.token_batches = TokenBatches(cfg.dataset, m.tokenizer, bos_token_id=m.bos_token_id,
-                                              separator_token_id=m.separator_token_id,
-                                              batch_size=act_cfg.model_batch_size, cache_dir=cfg.model.cache_dir,
-                                              first_document=held_out.n_documents, seed=cfg.seed,
-                                              position=trainer_state.get("data"))
-            self.source = ActivationSource(self.model, self.hooks, self.token_batches)
-        else:
-            # Activations from a cache; its held-out sequences (never cached) are the evaluation's.
-            manifest = read_manifest(act_cfg.cache_path)
-            check_cache_matches(manifest, Path(act_cfg.cache_path), model_name=cfg.model.name, widths=widths,
-                                store_dtype=act_cfg.store_dtype)
-            eval_sequences = cached_eval_sequences(act_cfg.cache_path)
-            if len(eval_sequences) < n_eval:
-                raise ConfigError(f"The activation cache at {act_cfg.cache_path} keeps {len(eval_sequences)} held-out "
-                                  f"sequences, fewer than the {n_eval} the evaluations need; lower "
-                                  f"trainer.eval_batches or activations.model_batch_size.")
-            eval_sequences = eval_sequences[:n_eval]
-            self.first_training_document = manifest["first_document"]
-            self.source = CachedActivations(act_cfg.cache_path, self.hooks, shuffle_shards=act_cfg.cache_shuffle_shards,
-                                            seed=cfg.seed, position=trainer_state.get("data"))
-        if self.dist.active:  # each rank runs every world_size-th batch; all ranks hold every row
-            self.source = ShardedActivations(self.source, self.dist)
-        self.eval_batches = list(eval_sequences.split(act_cfg.model_batch_size))
-        self.buffer = ActivationBuffer(self.source, widths=widths, buffer_tokens=act_cfg.buffer_tokens,
-                                       batch_size=act_cfg.train_batch_size, dtype=torch_dtype(act_cfg.store_dtype),
-                                       device=self.device, seed=cfg.seed)
-        self.widths = widths
-        self.dictionaries = [self._dictionary_trainer(spec) for spec in self._local_specs()]
         self.step = 0
         self.tokens_seen = 0
-        if checkpoint:
-            self._restore(checkpoint, state, trainer_state)
-        else:
-            sample = {h: t.float() for h, t in self.buffer.peek(max(s.sae.decoder_bias_init_samples
-                                                                    for s in self.specs)).items()}
-            for d in self.dictionaries:
-                d.initialize({h: t[:d.spec.sae.decoder_bias_init_samples] for h, t in sample.items()})
+        self.started_at_step = 0
+        self.initialized = False
+        """Whether the dictionaries' normalization and decoder bias were set (from data, or a checkpoint)."""
+        self.begun = False
+        """Whether `begin` prepared the run folder."""
         self.wandb_run = None
-        log.info("Training %d dictionar%s on %s (buffer: %.0f MB).", len(self.dictionaries),
-                 "y" if len(self.dictionaries) == 1 else "ies", ", ".join(self.hooks), self.buffer.memory_bytes / 1e6)
 
-    def _local_specs(self) -> list[DictionaryConfig]:
-        """The dictionaries this rank trains: all of them, or (spread over ranks) every world_size-th."""
-        if self.dist.active and not self.data_parallel:
-            return self.specs[self.dist.rank::self.dist.world_size]
-        return self.specs
-
-    def _dictionary_trainer(self, spec: DictionaryConfig) -> DictionaryTrainer:
-        cfg = self.cfg
-        return DictionaryTrainer(spec, widths=self.widths, model_name=cfg.model.name, total_steps=self.total_steps,
-                                 total_training_tokens=cfg.trainer.total_training_tokens, trainer_cfg=cfg.trainer,
-                                 device=self.device, dtype=torch_dtype(cfg.dtype), seed=cfg.seed,
-                                 dist=self.dist if self.data_parallel else SINGLE_PROCESS)
+    @property
+    def run_dir(self) -> Path:
+        return self.run_folder.path
 
     @property
     def sae(self) -> SparseAutoencoder:
@@ -370,57 +355,35 @@ class Trainer:
             raise ValueError("This run trains several dictionaries; use trainer.dictionaries.")
         return self.dictionaries[0].sae
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ starting
 
-    def _seed(self, seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+    def initialize(self) -> None:
+        """Normalization constants and decoder biases of new dictionaries, from a sample of the buffer."""
+        sample = {h: t.float() for h, t in self.buffer.peek(max(s.sae.decoder_bias_init_samples
+                                                               for s in self.specs)).items()}
+        for d in self.dictionaries:
+            d.initialize({h: t[:d.spec.sae.decoder_bias_init_samples] for h, t in sample.items()})
+        self.initialized = True
 
-    def _agreed_checkpoint(self) -> Optional[Path]:
-        """Rank 0 prepares the run folder (`_prepare_run_dir`); every rank gets its answer: the
-        checkpoint to resume from, or the same ConfigError."""
-        outcome = None
-        if self.dist.is_main:
-            try:
-                checkpoint = self._prepare_run_dir()
-                outcome = ("resume", str(checkpoint) if checkpoint else None)
-            except ConfigError as e:
-                outcome = ("error", str(e))
-        outcome = self.dist.broadcast_object(outcome)
-        if outcome[0] == "error":
-            raise ConfigError(outcome[1])
-        return Path(outcome[1]) if outcome[1] else None
-
-    def _prepare_run_dir(self) -> Optional[Path]:
-        """Check what is on disk already; return the checkpoint to resume from, if any. Never
-        overwrites a finished dictionary or the checkpoints of another configuration."""
-        run_dir = self.run_dir
-        checkpoint = latest_checkpoint(run_dir)
-        if finished_dictionaries(run_dir):
-            raise ConfigError(f"{run_dir} already holds trained dictionaries; choose a new exp_name or move that "
-                              f"folder away.")
-        saved_config = run_dir / RUN_CONFIG_FILENAME
-        if checkpoint is not None:
-            if not self.cfg.resume:
-                raise ConfigError(f"{run_dir} has checkpoints ({checkpoint.name}) and resume=False; set resume=True to "
-                                  f"continue that run, or choose a new exp_name.")
-            previous = TrainingConfig.load_json(saved_config) if saved_config.is_file() else None
-            if previous is not None:
-                for part in ("model", "dataset", "activations"):
-                    if getattr(previous, part) != getattr(self.cfg, part):
-                        raise ConfigError(f"Cannot resume {run_dir}: its `{part}` config differs from this run's; "
-                                          f"restore it or choose a new exp_name.")
-                _check_same_dictionaries(run_dir, previous.dictionary_configs(), self.specs)
-            log.info("Resuming %s from %s.", run_dir, checkpoint)
-        # Checkpoints a killed run was still writing (hidden temporary folders) are thrown away.
-        for leftover in (run_dir / CHECKPOINTS_FOLDER).glob(".step_*.tmp") if (run_dir / CHECKPOINTS_FOLDER).is_dir() else ():
-            remove_tree(leftover)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg.save_json(saved_config)
-        # Lines logged after the checkpoint (all of them without one) are logged again by this run.
-        MetricsLog.of_run(run_dir).truncate_after(int(checkpoint.name[len("step_"):]) if checkpoint else 0)
-        return checkpoint
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from `checkpoint` (its data position was given to the batches' source already):
+        every dictionary's weights, Adam moments and activity tracker, the buffer, the RNG, the step."""
+        state = self.run_folder.checkpoint_state(checkpoint)
+        # weights_only: tensors and plain containers only, never arbitrary pickled objects; on the CPU
+        # (generator states must stay there), moved where they belong below.
+        trainer_state = load_trainer_state(self.run_folder, checkpoint)
+        for d in self.dictionaries:
+            folder = checkpoint / DICTIONARIES_FOLDER / d.name
+            what = f" for dictionary {d.name!r}"
+            d.sae.load_state_dict(self.run_folder.read_checkpoint_file(
+                folder, "sae.safetensors", lambda p: load_file(p, device="cpu"), what=what))
+            d.load_state_dict(self.run_folder.read_checkpoint_file(
+                folder, "optimizer.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True), what=what))
+        self.buffer.load_state_dict(trainer_state["buffer"])
+        torch.set_rng_state(trainer_state["torch_rng"])
+        self.step = self.started_at_step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.initialized = True
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -436,72 +399,33 @@ class Trainer:
         return [by_name[spec.name] for spec in self.specs]
 
     def save_checkpoint(self) -> Path:
-        """Write a resumable checkpoint durably (a hidden temporary folder, synced, then renamed)
-        and prune the oldest ones beyond `keep_checkpoints`. Rank 0 writes; every rank returns
-        once it is written."""
-        target = self.run_dir / CHECKPOINTS_FOLDER / f"step_{self.step}"
+        """Write a resumable checkpoint durably and prune the oldest ones beyond `keep_checkpoints`
+        (`RunFolder.write_checkpoint`). Rank 0 writes; every rank returns once it is written."""
+        self.begin()
         states = self._on_main([(d.name, {k: v.detach().cpu() for k, v in d.sae.state_dict().items()},
                                  d.state_dict()) for d in self.dictionaries])
+        target = self.run_folder.checkpoints_folder / f"step_{self.step}"
         if self.dist.is_main:
-            self._write_checkpoint(target, states)
+            target = self.run_folder.write_checkpoint(self.step, lambda folder: self._fill_checkpoint(folder, states),
+                                                      keep=self.cfg.trainer.keep_checkpoints)
         self.dist.barrier()
         return target
 
-    def _write_checkpoint(self, target: Path, states: list) -> None:
-        tmp = temp_sibling(target, folder=True)
-        try:
-            for name, sae_state, trainer_state in states:
-                folder = tmp / DICTIONARIES_FOLDER / name
-                folder.mkdir(parents=True)
-                save_file({k: v.contiguous() for k, v in sae_state.items()}, folder / "sae.safetensors")
-                torch.save(trainer_state, folder / "optimizer.pt")
-            position = self.source.position()
-            torch.save({"buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state(), "data": position},
-                       tmp / "trainer_state.pt")
-            state = {"step": self.step, "tokens_seen": self.tokens_seen,
-                     **{k: v for k, v in position.items() if type(v) is int},  # epoch, sequences served, ...
-                     "first_training_document": self.first_training_document,
-                     "buffer_tokens_generated": self.buffer.tokens_generated,
-                     "dictionaries": [name for name, _, _ in states], "world_size": self.dist.world_size}
-            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-            publish(tmp, target)
-        finally:
-            if tmp.exists():
-                remove_tree(tmp)
-        for old in list_checkpoints(self.run_dir)[:-self.cfg.trainer.keep_checkpoints]:
-            remove_tree(old)
-
-    @staticmethod
-    def _read_checkpoint(checkpoint: Path) -> tuple[dict, dict]:
-        """(state.json, trainer_state.pt) of a checkpoint; everything is loaded on the CPU (generator
-        states must stay there) and moved where it belongs by `_restore`."""
-        try:
-            state = json.loads((checkpoint / "state.json").read_text())
-            # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-            trainer_state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ConfigError(f"Checkpoint {checkpoint} is unreadable ({type(e).__name__}: {str(e)[:200]}); delete "
-                              f"that folder to resume from an earlier one.") from e
-        if "data" not in trainer_state or "dictionaries" not in state:
-            raise ConfigError(f"Checkpoint {checkpoint} was written by an older version of the trainer (it has no "
-                              f"epoch-aware data position or dictionary list) and cannot be resumed exactly; start a "
-                              f"new exp_name.")
-        return state, trainer_state
-
-    def _restore(self, checkpoint: Path, state: dict, trainer_state: dict) -> None:
-        for d in self.dictionaries:
-            folder = checkpoint / DICTIONARIES_FOLDER / d.name
-            try:
-                d.sae.load_state_dict(load_file(folder / "sae.safetensors", device="cpu"))
-                d.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-            except Exception as e:
-                raise ConfigError(f"Checkpoint {checkpoint} is unreadable for dictionary {d.name!r} "
-                                  f"({type(e).__name__}: {str(e)[:200]}); delete that folder to resume from an "
-                                  f"earlier one.") from e
-        self.buffer.load_state_dict(trainer_state["buffer"])
-        torch.set_rng_state(trainer_state["torch_rng"])
-        self.step = int(state["step"])
-        self.tokens_seen = int(state["tokens_seen"])
+    def _fill_checkpoint(self, folder: Path, states: list) -> None:
+        for name, sae_state, trainer_state in states:
+            inner = folder / DICTIONARIES_FOLDER / name
+            inner.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in sae_state.items()}, inner / "sae.safetensors")
+            torch.save(trainer_state, inner / "optimizer.pt")
+        position = self.data_position()
+        torch.save({"buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state(), "data": position},
+                   folder / TRAINER_STATE)
+        state = {"step": self.step, "tokens_seen": self.tokens_seen,
+                 **{k: v for k, v in position.items() if type(v) is int},  # epoch, sequences served, ...
+                 "first_training_document": self.first_training_document,
+                 "buffer_tokens_generated": self.buffer.tokens_generated,
+                 "dictionaries": [name for name, _, _ in states], "world_size": self.dist.world_size}
+        (folder / CHECKPOINT_STATE).write_text(json.dumps(state, indent=2) + "\n")
 
     # ------------------------------------------------------------------ logging
 
@@ -510,11 +434,11 @@ class Trainer:
         if not self.dist.is_main or not records:
             return
         records = [{"step": self.step, "tokens": self.tokens_seen, **r} for r in records]
-        MetricsLog.of_run(self.run_dir).append(records)
+        self.run_folder.metrics.append(records)
         if self.wandb_run is not None:
             flat = {}
             for r in records:
-                prefix = f"{r['dictionary']}/" if "dictionary" in r else ""
+                prefix = f"{r[DICTIONARY_KEY]}/" if DICTIONARY_KEY in r else ""
                 for key, value in r.items():
                     if isinstance(value, dict):
                         flat.update({f"{prefix}{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
@@ -537,19 +461,20 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def evaluate(self, final: bool = False) -> Optional[list[tuple[str, EvalResult]]]:
-        """(name, evaluation) of every dictionary on the held-out sequences (twice as many at the
-        end), on rank 0 (None on other ranks; data-parallel ranks wait while rank 0 evaluates)."""
-        batches = self.eval_batches if final else self.eval_batches[: self.cfg.trainer.eval_batches]
+        """(name, evaluation) of every dictionary (the final evaluation on more data), on rank 0 (None
+        on other ranks; data-parallel ranks wait while rank 0 evaluates)."""
         local = []
         if self.dist.is_main or not self.data_parallel:
-            results = evaluate_dictionaries(self.model, [d.sae for d in self.dictionaries], batches,
-                                            dense_threshold=self.cfg.trainer.dense_feature_threshold)
+            results = self.evaluator([d.sae for d in self.dictionaries], final=final)
             local = [(d.name, r) for d, r in zip(self.dictionaries, results)]
         return self._on_main(local)
 
     def train_step(self, batch: dict[str, torch.Tensor], *, metrics: bool = True) -> Optional[list[dict]]:
         """One optimizer step of every dictionary on raw activations {hook: [batch, d]}; their
         metrics when asked."""
+        if not self.initialized:
+            raise ValueError("The dictionaries are not initialized: call initialize() (or restore() a checkpoint) "
+                             "before the first train_step; build_trainer and run() do.")
         out = [d.step(batch, self.step, metrics=metrics) for d in self.dictionaries]
         self.step += 1
         self.tokens_seen += len(next(iter(batch.values())))
@@ -576,7 +501,7 @@ class Trainer:
         for (name, state), spec in zip(states, self.specs):
             sae = local.get(name)
             if sae is None:  # trained on another rank
-                sae = self._dictionary_trainer(spec).sae
+                sae = self.make_dictionary(spec).sae
                 sae.load_state_dict(state)
             final = results[name]
             sae.save(paths[name], metrics=final.to_dict(), extra={
@@ -587,14 +512,30 @@ class Trainer:
                      paths[name], final.l0, final.explained_variance, final.ce_loss_recovered)
         return paths
 
+    def begin(self) -> None:
+        """Prepare the run folder (rank 0): the config saved, checkpoints a killed run was writing
+        thrown away, the metrics logged after the resumed checkpoint dropped. `run` calls it first."""
+        if not self.begun:
+            if self.dist.is_main:
+                self.run_folder.begin(self.cfg, self.step if self.started_at_step else None)
+            self.dist.barrier()
+            self.begun = True
+
     def run(self) -> TrainingResult:
+        """Train to the end (or to a stop signal), evaluate, save; rank 0 writes the run folder."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        self.begin()
         self._start_wandb()
-        progress = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=cfg.exp_name, dynamic_ncols=True,
-                        disable=not cfg.logging.progress_bar or not self.dist.is_main)
-        started, start_tokens = time.perf_counter(), self.tokens_seen
+        if not self.initialized:
+            self.initialize()
+        total_tokens = self.total_steps * cfg.activations.train_batch_size
+        progress = TrainingProgress(total_tokens, self.tokens_seen)
+        bar = tqdm(total=total_tokens, initial=self.tokens_seen, desc=cfg.exp_name, dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+                   disable=not cfg.logging.progress_bar or not self.dist.is_main)
+        metrics_postfix = ""
         for d in self.dictionaries:
             d.sae.train()
         with StopSignals() as stop:
@@ -603,27 +544,29 @@ class Trainer:
                 while self.step < self.total_steps and not stopping:
                     logging_step = (self.step + 1) % cfg.logging.log_every_steps == 0 \
                         or self.step + 1 == self.total_steps
+                    before = self.tokens_seen
                     metrics = self.train_step(self.buffer.next_batch(), metrics=logging_step)
-                    progress.update(1)
+                    progress.update(self.tokens_seen)
+                    bar.update(self.tokens_seen - before)
                     if logging_step:
-                        tokens_per_s = (self.tokens_seen - start_tokens) / max(time.perf_counter() - started, 1e-9)
-                        records = self._on_main([(d.name, {"dictionary": d.name, **m, **d.tracker.stats(),
+                        tokens_per_s = progress.tokens_per_s
+                        records = self._on_main([(d.name, {DICTIONARY_KEY: d.name, **m, **d.tracker.stats(),
                                                            "tokens_per_s": tokens_per_s})
                                                  for d, m in zip(self.dictionaries, metrics)])
                         if records:
                             self._log([record for _, record in records])
                             first = records[0][1]
-                            progress.set_postfix(tok_s=f"{tokens_per_s:,.0f}", L0=f"{first['l0']:.1f}",
-                                                 EV=f"{first['explained_variance']:.3f}", refresh=False)
+                            metrics_postfix = f", L0 {first['l0']:.1f}, EV {first['explained_variance']:.3f}"
+                        bar.set_postfix_str(progress.describe() + metrics_postfix, refresh=False)
                     if self.step % cfg.trainer.eval_every_steps == 0 and self.step < self.total_steps:
                         results = self.evaluate()
-                        self._log(results and [{"dictionary": name, EVAL_KEY: r.scalars()} for name, r in results])
+                        self._log(results and [{DICTIONARY_KEY: name, EVAL_KEY: r.scalars()} for name, r in results])
                     if cfg.trainer.checkpoint_every_steps and self.step % cfg.trainer.checkpoint_every_steps == 0 \
                             and self.step < self.total_steps:
                         self.save_checkpoint()
                     stopping = self._stop_requested(stop, logging_step)
             finally:
-                progress.close()
+                bar.close()
             if stopping:
                 checkpoint = self.save_checkpoint()
                 if self.wandb_run is not None:
@@ -633,7 +576,7 @@ class Trainer:
             for d in self.dictionaries:
                 d.calibrate_threshold(sample, cfg.activations.train_batch_size)
             finals = self.evaluate(final=True)
-            self._log(finals and [{"dictionary": name, FINAL_EVAL_KEY: r.scalars()} for name, r in finals])
+            self._log(finals and [{DICTIONARY_KEY: name, FINAL_EVAL_KEY: r.scalars()} for name, r in finals])
             paths = self._saved_dictionaries(finals)
         if self.wandb_run is not None:
             self.wandb_run.summary.update({f"{name}/final/{k}": v for name, r in finals
@@ -641,7 +584,53 @@ class Trainer:
             self.wandb_run.finish()
         final_metrics = self.dist.broadcast_object(finals and {name: r.to_dict() for name, r in finals})
         self.dist.barrier()  # every rank returns once the dictionaries are on disk
-        return TrainingResult(paths, final_metrics, self.step, self.tokens_seen)
+        return TrainingResult(paths, final_metrics, self.step, self.tokens_seen, started_at_step=self.started_at_step)
+
+
+def load_trainer_state(run: RunFolder, checkpoint: Path) -> dict:
+    """A checkpoint's buffer, RNG and data position (on the CPU); ConfigError for a damaged or too old one."""
+    state = run.read_checkpoint_file(checkpoint, TRAINER_STATE,
+                                     lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    if "data" not in state or "dictionaries" not in run.checkpoint_state(checkpoint):
+        raise ConfigError(f"Checkpoint {checkpoint} was written by an older version of the trainer (it has no "
+                          f"epoch-aware data position or dictionary list) and cannot be resumed exactly; start a "
+                          f"new exp_name.")
+    return state
+
+
+# ---------------------------------------------------------------------- assembling a trainer
+
+
+def comparable_config(cfg: TrainingConfig) -> dict:
+    """What must be equal for two runs to be the same run: everything but where and how it runs
+    (`resume`, `device`, `logging`, the collective timeout)."""
+    data = cfg.to_dict()
+    for key in ("resume", "device", "logging"):
+        data.pop(key, None)
+    data.get("distributed", {}).pop("collective_timeout_s", None)
+    return json.loads(json.dumps(data))
+
+
+def finished_run(cfg: TrainingConfig) -> Optional[TrainingResult]:
+    """The result of run `cfg.exp_name` when it already finished with this configuration (a rerun of
+    a finished job is then a no-op); None when it has not finished. A finished run of another
+    configuration is a ConfigError: finished dictionaries are never overwritten."""
+    run = RunFolder(cfg.run_dir)
+    folders = run.finished_dictionaries()
+    if not folders:
+        return None
+    saved = run.saved_config()
+    specs = cfg.dictionary_configs()
+    names = {spec.name: dictionary_folder(run.path, spec.name) for spec in specs}
+    if saved is None or comparable_config(saved) != comparable_config(cfg) \
+            or sorted(map(str, folders)) != sorted(str(p) for p in names.values()):
+        raise ConfigError(f"{run.path} already holds trained dictionaries; choose a new exp_name or move that "
+                          f"folder away.")
+    configs = {name: json.loads((folder / DICTIONARY_CONFIG_FILENAME).read_text()) for name, folder in names.items()}
+    first = next(iter(configs.values()))
+    steps = int(first.get("training_steps", 0))
+    return TrainingResult(names, {name: c.get("metrics") or {} for name, c in configs.items()}, steps,
+                          int(first.get("training_tokens", 0)), started_at_step=steps, finished_before=True)
 
 
 def _check_same_dictionaries(run_dir: Path, saved: list[DictionaryConfig], now: list[DictionaryConfig]) -> None:
@@ -658,21 +647,148 @@ def _check_same_dictionaries(run_dir: Path, saved: list[DictionaryConfig], now: 
                                   f"than this run's; restore it or choose a new exp_name.")
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    folder = Path(run_dir) / CHECKPOINTS_FOLDER
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()
-             and all((p / f).is_file() for f in CHECKPOINT_FILES)]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+def checkpoint_to_resume(run: RunFolder, cfg: TrainingConfig) -> Optional[Path]:
+    """The checkpoint a run of `cfg` continues from (None: a new run), after checking what is on
+    disk: a finished run or the checkpoints of another configuration are refused. Reads only."""
+    if run.finished_dictionaries():
+        raise ConfigError(f"{run.path} already holds trained dictionaries; choose a new exp_name or move that "
+                          f"folder away.")
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        return None
+    if not cfg.resume:
+        raise ConfigError(f"{run.path} has checkpoints ({checkpoint.name}) and resume=False; set resume=True to "
+                          f"continue that run, or choose a new exp_name.")
+    previous = run.saved_config()
+    if previous is not None:
+        for part in ("model", "dataset", "activations"):
+            if getattr(previous, part) != getattr(cfg, part):
+                raise ConfigError(f"Cannot resume {run.path}: its `{part}` config differs from this run's; "
+                                  f"restore it or choose a new exp_name.")
+        _check_same_dictionaries(run.path, previous.dictionary_configs(), cfg.dictionary_configs())
+    log.info("Resuming %s from %s.", run.path, checkpoint)
+    return checkpoint
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+def _agreed(dist: Distributed, decide: Callable[[], Optional[Path]]) -> Optional[Path]:
+    """Rank 0's answer of `decide()` on every rank: a path, None, or the same ConfigError."""
+    outcome = None
+    if dist.is_main:
+        try:
+            found = decide()
+            outcome = ("ok", str(found) if found else None)
+        except ConfigError as e:
+            outcome = ("error", str(e))
+    outcome = dist.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise ConfigError(outcome[1])
+    return Path(outcome[1]) if outcome[1] else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def activation_stream(cfg: TrainingConfig, model: LanguageModel, hooks: tuple[str, ...], widths: dict[str, int],
+                      position: Optional[dict]) -> tuple[ActivationStream, torch.Tensor, int]:
+    """(the training activations, the held-out evaluation sequences [n, context_size], the first
+    training document) of `cfg`: the model run on the dataset after its held-out start, or an
+    activation cache (with the held-out sequences it keeps), continuing from `position`."""
+    act_cfg = cfg.activations
+    n_eval = 2 * cfg.trainer.eval_batches * act_cfg.model_batch_size
+    if act_cfg.cache_path is None:
+        held, token_batches = held_out_and_batches(cfg.dataset, model, batch_size=act_cfg.model_batch_size,
+                                                   held_out=n_eval, seed=cfg.seed, position=position)
+        return (ActivationSource(model, hooks, token_batches), torch.tensor(held.sequences, dtype=torch.long),
+                held.n_documents)
+    # Activations from a cache; its held-out sequences (never cached) are the evaluation's.
+    manifest = read_manifest(act_cfg.cache_path)
+    check_cache_matches(manifest, Path(act_cfg.cache_path), model_name=cfg.model.name, widths=widths,
+                        store_dtype=act_cfg.store_dtype)
+    eval_sequences = cached_eval_sequences(act_cfg.cache_path)
+    if len(eval_sequences) < n_eval:
+        raise ConfigError(f"The activation cache at {act_cfg.cache_path} keeps {len(eval_sequences)} held-out "
+                          f"sequences, fewer than the {n_eval} the evaluations need; lower "
+                          f"trainer.eval_batches or activations.model_batch_size.")
+    source = CachedActivations(act_cfg.cache_path, hooks, shuffle_shards=act_cfg.cache_shuffle_shards, seed=cfg.seed,
+                               position=position)
+    return source, eval_sequences[:n_eval], manifest["first_document"]
+
+
+def build_trainer(cfg: TrainingConfig, model: Optional[LanguageModel] = None) -> Trainer:
+    """Assemble the trainer of `cfg`: the distributed context, the run folder and the checkpoint to
+    resume from, the language model, the activation stream (model or cache) sharded over ranks and
+    its shuffle buffer, the held-out evaluation, and the dictionaries this rank trains. Reads files,
+    writes none; ConfigError for a finished run or checkpoints of another configuration."""
+    cfg = cfg.validate()
+    specs = cfg.dictionary_configs()
+    dist = init_distributed(cfg.device, cfg.distributed.collective_timeout_s)
+    dist.check_same("training config", cfg.to_dict())
+    device = resolve_device(rank_device(cfg.device, dist))
+    data_parallel = dist.active and cfg.distributed.strategy == "data_parallel"
+    if data_parallel and cfg.activations.train_batch_size % dist.world_size:
+        raise ConfigError(f"activations.train_batch_size ({cfg.activations.train_batch_size}) is global and must "
+                          f"divide by the {dist.world_size} ranks of this torchrun job; make it a multiple "
+                          f"of {dist.world_size}.")
+    total_steps = cfg.trainer.total_training_tokens // cfg.activations.train_batch_size
+    if total_steps < 1:
+        raise ConfigError("trainer.total_training_tokens is smaller than one activations.train_batch_size.")
+    run = RunFolder(cfg.run_dir)
+    checkpoint = _agreed(dist, lambda: checkpoint_to_resume(run, cfg))
+    seed_everything(cfg.seed)
+    model = model if model is not None else load_language_model(cfg.model, device)
+    hooks = tuple(dict.fromkeys(h for spec in specs for h in spec.hooks))
+    widths = {hook: model.hook_width(hook) for hook in hooks}  # refuses unknown / non-per-token hooks
+    position = load_trainer_state(run, checkpoint)["data"] if checkpoint else None
+    source, eval_sequences, first_document = activation_stream(cfg, model, hooks, widths, position)
+    if dist.active:  # each rank runs every world_size-th batch; all ranks hold every row
+        source = ShardedActivations(source, dist)
+    act_cfg = cfg.activations
+    buffer = ActivationBuffer(source, widths=widths, buffer_tokens=act_cfg.buffer_tokens,
+                              batch_size=act_cfg.train_batch_size, dtype=torch_dtype(act_cfg.store_dtype),
+                              device=device, seed=cfg.seed)
+    evaluator = HeldOutEvaluation(model, eval_sequences.split(act_cfg.model_batch_size),
+                                  periodic_batches=cfg.trainer.eval_batches,
+                                  dense_threshold=cfg.trainer.dense_feature_threshold)
+
+    def make_dictionary(spec: DictionaryConfig) -> DictionaryTrainer:
+        return DictionaryTrainer(spec, widths=widths, model_name=cfg.model.name, total_steps=total_steps,
+                                 total_training_tokens=cfg.trainer.total_training_tokens, trainer_cfg=cfg.trainer,
+                                 device=device, dtype=torch_dtype(cfg.dtype), seed=cfg.seed,
+                                 dist=dist if data_parallel else SINGLE_PROCESS)
+
+    # Spread over the ranks of a torchrun job, a rank trains every world_size-th dictionary.
+    local = specs[dist.rank::dist.world_size] if dist.active and not data_parallel else specs
+    trainer = Trainer(cfg, dictionaries=[make_dictionary(spec) for spec in local], batches=buffer,
+                      evaluator=evaluator, run=run, dist=dist, specs=specs, make_dictionary=make_dictionary,
+                      data_position=source.position, first_training_document=first_document)
+    if checkpoint:
+        trainer.restore(checkpoint)
+    else:  # before the first batch is taken, as a run of its own would
+        trainer.initialize()
+    log.info("Training %d dictionar%s on %s (buffer: %.0f MB).", len(trainer.dictionaries),
+             "y" if len(trainer.dictionaries) == 1 else "ies", ", ".join(hooks), buffer.memory_bytes / 1e6)
+    return trainer
 
 
 def train(cfg: TrainingConfig, model: Optional[LanguageModel] = None) -> TrainingResult:
-    """Train every dictionary of `cfg` and return where each was saved with its final metrics."""
-    return Trainer(cfg, model=model).run()
+    """Train every dictionary of `cfg` and return where each was saved with its final metrics. Run
+    again after it finished, with the same configuration, it trains nothing and returns the same."""
+    cfg = cfg.validate()
+    dist = init_distributed(cfg.device, cfg.distributed.collective_timeout_s)
+    done = dist.broadcast_object(_finished_or_error(cfg) if dist.is_main else None)
+    if done is not None:
+        if isinstance(done, str):
+            raise ConfigError(done)
+        return done
+    return build_trainer(cfg, model=model).run()
+
+
+def _finished_or_error(cfg: TrainingConfig):
+    """`finished_run(cfg)`, or its ConfigError's message (a value every rank can receive)."""
+    try:
+        return finished_run(cfg)
+    except ConfigError as e:
+        return str(e)

@@ -25,14 +25,14 @@ def build_rule_dictionary(model_dir: Path, folder: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core import SAEConfig, SparseAutoencoder
+    from core import SAEConfig, create_dictionary
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     embeddings = AutoModelForCausalLM.from_pretrained(model_dir).get_input_embeddings().weight.detach()
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in RULE_TOKENS]
     assert all(len(i) == 1 for i in ids), ids
     rows = embeddings[[i[0] for i in ids]]  # [d_sae, d_model]
-    sae = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=len(RULE_TOKENS)), rows.shape[1],
+    sae = create_dictionary(SAEConfig(architecture="relu", d_sae=len(RULE_TOKENS)), rows.shape[1],
                             hook_name="hook_embed", model_name=str(model_dir))
     with torch.no_grad():
         sae.W_enc.copy_((rows / (rows.norm(dim=1, keepdim=True) ** 2)).T)

@@ -16,7 +16,7 @@ import torch
 from core import (ActivationSource, AnalysisConfig, ConfigError, DictionaryLoadError, FeatureStore, HookNameError,
                   SAEConfig, SparseAutoencoder, TokenBatches, analyze, encode_text, load_dictionary)
 from core.analysis import FeatureRecords
-from core.sae import SparseFeatureActs
+from core.sae import SparseFeatureActs, create_dictionary
 from core.store import FeatureStoreWriter
 from tests.conftest import ROOT, tiny_analysis_config
 
@@ -357,7 +357,7 @@ def test_encode_text_zeroes_special_tokens(tiny_model, sae):
 
 def test_non_residual_hook_has_no_logit_lens(tiny_model, tiny_gpt2_dir, tmp_path):
     hook = "blocks.0.mlp.hook_post"  # [.., d_mlp = 256], not in the residual-stream basis
-    fresh = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=32), 256, hook_name=hook,
+    fresh = create_dictionary(SAEConfig(architecture="relu", d_sae=32), 256, hook_name=hook,
                               model_name=str(tiny_gpt2_dir))
     dictionary = fresh.save(tmp_path / "mlp" / "dictionary")
     folder = analyze(tiny_analysis_config(dictionary, tiny_gpt2_dir, total_analyzing_tokens=200), model=tiny_model)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from core import CacheConfig, CachedActivations, CacheError, DatasetConfig, LanguageModelConfig, cache_activations, \
     read_manifest, train
 from core.cache import cached_eval_sequences
-from core.training import Trainer
+from core.training import build_trainer
 from tests.conftest import ROOT, TINY_HOOK, tiny_training_config
 
 MLP_HOOK = "blocks.1.mlp.hook_post"
@@ -109,7 +109,7 @@ def test_a_cache_that_does_not_match_the_run_is_refused(change, words, cache, ti
     cfg.activations.cache_path = str(cache)
     change(cfg)
     with pytest.raises((CacheError, ConfigError)) as err:
-        Trainer(cfg, model=tiny_model)
+        build_trainer(cfg, model=tiny_model)
     for word in words:
         assert word in str(err.value)
 
@@ -126,7 +126,7 @@ def test_a_cache_of_another_width_is_refused(cache, tiny_gpt2_dir, tiny_model, t
     cfg.trainer.eval_batches = 1
     cfg.activations.cache_path = str(other)
     with pytest.raises(CacheError, match="holds 128 values per token.*the model has 64"):
-        Trainer(cfg, model=tiny_model)
+        build_trainer(cfg, model=tiny_model)
 
 
 def test_a_killed_writer_is_refused_then_finished_to_the_same_cache(cache, tiny_gpt2_dir, tiny_model, tmp_path):
@@ -151,7 +151,7 @@ def test_a_killed_writer_is_refused_then_finished_to_the_same_cache(cache, tiny_
     cfg.trainer.eval_batches = 1
     cfg.activations.cache_path = str(folder)
     with pytest.raises(CacheError, match="incomplete.*Run cache_activations again with the same config"):
-        Trainer(cfg, model=tiny_model)
+        build_trainer(cfg, model=tiny_model)
 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -24,7 +24,7 @@ from core.config import SAEConfig
 from core.errors import DictionaryFormatError, DictionaryLoadError
 from core.formats import export_circuit_tracer, export_saelens, import_dictionary
 from core.formats.__main__ import main as formats_command
-from core.sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, load_dictionary
+from core.sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, create_dictionary, load_dictionary
 from tests.conftest import venv_python
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,11 +164,11 @@ def randomized(model, seed: int):
 def transcoder(layer: int, architecture: str, d_model: int, seed: int) -> SparseAutoencoder:
     torch.manual_seed(seed)
     cfg = SAEConfig(architecture=architecture, d_sae=96, k=8, skip_connection=True)
-    sae = randomized(SparseAutoencoder(cfg, d_model, hook_name=f"blocks.{layer}.ln2.hook_normalized",
+    sae = randomized(create_dictionary(cfg, d_model, hook_name=f"blocks.{layer}.ln2.hook_normalized",
                                        hook_out=f"blocks.{layer}.hook_mlp_out", d_out=d_model, model_name="gpt2"), seed)
     if sae.has_inference_threshold:
         sae.threshold.fill_(0.3)
-    sae.normalization_scale, sae.output_normalization_scale = 1.3, 0.7
+    sae.normalization.set_scales(1.3, 0.7)
     return sae
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from core.config import ConfigError, SAEConfig
 from core.errors import DictionaryLoadError
-from core.sae import (CrossLayerTranscoder, ReplacementModel, SparseAutoencoder, TranscoderSet, load_dictionary,
+from core.sae import (CrossLayerTranscoder, ReplacementModel, SparseAutoencoder, TranscoderSet, create_dictionary, load_dictionary,
                       replacement_model_memory)
 from core.sae.replacement import layer_loss_weights
 
@@ -141,7 +141,7 @@ def test_a_one_layer_clt_trains_to_the_weights_of_a_transcoder(architecture, aux
     overrides = dict(architecture=architecture, d_sae=D_SAE, k=K, aux_k=aux_k, skip_connection=True,
                      **({**JUMPRELU, "l0_coefficient": 0.0} if architecture == "jumprelu" else {}))
     torch.manual_seed(0)
-    transcoder = SparseAutoencoder(SAEConfig(**overrides), D, hook_name="blocks.3.ln2.hook_normalized",
+    transcoder = create_dictionary(SAEConfig(**overrides), D, hook_name="blocks.3.ln2.hook_normalized",
                                    hook_out="blocks.3.hook_mlp_out", d_out=D, model_name="m", dtype=torch.float64)
     torch.manual_seed(0)
     clt = CrossLayerTranscoder(SAEConfig(**overrides), D, layers=(3,), model_name="m", dtype=torch.float64,
@@ -300,7 +300,7 @@ def member(layer: int, architecture: str = "topk", seed: int = 0, **overrides) -
     torch.manual_seed(seed + layer)
     cfg = SAEConfig(**{"architecture": architecture, "d_sae": D_SAE, "k": K, "skip_connection": True,
                        **(JUMPRELU if architecture == "jumprelu" else {}), **overrides})
-    sae = SparseAutoencoder(cfg, D, hook_name=f"blocks.{layer}.ln2.hook_normalized",
+    sae = create_dictionary(cfg, D, hook_name=f"blocks.{layer}.ln2.hook_normalized",
                             hook_out=f"blocks.{layer}.hook_mlp_out", d_out=D, model_name="m", dtype=torch.float64)
     perturb(sae, seed=layer)
     return sae
@@ -333,7 +333,7 @@ def test_transcoder_set_is_its_members_as_one_replacement_model():
     with pytest.raises(ValueError, match=r"reads blocks.1.ln2.hook_normalized and predicts blocks.1.hook_mlp_out; both "
                                          r"hooks must belong to block 2"):
         TranscoderSet({2: member(1)})
-    sae = SparseAutoencoder(SAEConfig(d_sae=D_SAE, k=K), D, hook_name="blocks.1.hook_resid_post", model_name="m")
+    sae = create_dictionary(SAEConfig(d_sae=D_SAE, k=K), D, hook_name="blocks.1.hook_resid_post", model_name="m")
     with pytest.raises(ValueError, match=r"the member of layer 1 is not a transcoder"):
         TranscoderSet([sae])
 
@@ -342,7 +342,7 @@ def test_transcoder_set_folder_loads_whole_and_member_by_member(tmp_path):
     members = [member(1, "topk"), member(2, "jumprelu"), member(4, "batchtopk")]
     members[2].threshold.fill_(0.2)
     for m in members:
-        m.normalization_scale, m.output_normalization_scale = 1.5, 0.5
+        m.normalization.set_scales(1.5, 0.5)
     transcoders = TranscoderSet(members)
     folder = transcoders.save(tmp_path / "set", metrics={"explained_variance": 0.5}, member_metrics={2: {"l0": 3.0}})
     config = json.loads((folder / "config.json").read_text())

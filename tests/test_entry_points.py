@@ -44,14 +44,25 @@ def test_copied_scripts_run_from_the_root_and_from_exp(copied_scripts, tiny_gpt2
         assert "--model.name" in proc.stdout
 
     results = tmp_path / "results"
-    proc = run([train_copy.name, "smollm2", "--exp-name", "copied", "--results-dir", str(results),
-                "--model.name", str(tiny_gpt2_dir), "--activations.hook-name", TINY_HOOK,
-                "--activations.buffer-tokens", "2048", "--activations.train-batch-size", "256",
-                "--trainer.total-training-tokens", "2560", "--trainer.eval-batches", "1",
-                "--dataset.context-size", "64", "--logging.no-progress-bar"], EXP)
+    train_command = [train_copy.name, "smollm2", "--exp-name", "copied", "--results-dir", str(results),
+                     "--model.name", str(tiny_gpt2_dir), "--activations.hook-name", TINY_HOOK,
+                     "--activations.buffer-tokens", "2048", "--activations.train-batch-size", "256",
+                     "--trainer.total-training-tokens", "2560", "--trainer.eval-batches", "1",
+                     "--dataset.context-size", "64", "--logging.no-progress-bar"]
+    proc = run(train_command, EXP)
     assert proc.returncode == 0, proc.stderr[-3000:]
     dictionary = results / "copied" / "dictionaries" / TINY_HOOK
     assert json.loads((dictionary / "config.json").read_text())["training_steps"] == 10
+
+    # A scheduler retrying the finished job: the same command succeeds, trains nothing, touches nothing.
+    written = {p: p.stat().st_mtime_ns for p in (results / "copied").rglob("*") if p.is_file()}
+    again = run(train_command, EXP)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished with this configuration" in again.stdout and "explained_variance" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in (results / "copied").rglob("*") if p.is_file()} == written
+    # Another configuration under the same name is still refused, with the same sentence.
+    other = run([*train_command, "--sae.k", "8"], EXP)
+    assert other.returncode == 2 and "already holds trained dictionaries; choose a new exp_name" in other.stderr
 
     proc = run([analyze_copy.name, "--dictionary-path", str(dictionary), "--model.name", str(tiny_gpt2_dir),
                 "--total-analyzing-tokens", "2000", "--dataset.context-size", "64"], EXP)

@@ -25,6 +25,7 @@ from core import (AnalysisConfig, ConfigError, DatasetConfig, DictionaryFormatEr
                   evaluate_imported, export_saelens, export_sparsify, import_dictionary, load_dictionary,
                   load_language_model)
 from core import formats
+from core.sae import ResidualCentering, TokenStandardization, create_dictionary
 from tests.conftest import ROOT, TINY_HOOK, tiny_analysis_config, venv_python
 
 FOREIGN = ROOT / "tests" / "data" / "foreign"
@@ -204,7 +205,7 @@ def test_a_dictionary_of_a_centered_model_runs_exactly_on_raw_activations():
     centered = expected["x"]
     assert centered.mean(-1).abs().max() < 1e-6
     sae = load_dictionary(folder)
-    assert sae.residual_centering and "center_writing_weights" in sae.saved_config["source"]["conversions"][0]
+    assert isinstance(sae.normalization, ResidualCentering) and "center_writing_weights" in sae.saved_config["source"]["conversions"][0]
     offsets = 5.0 * torch.randn(centered.shape[0], 1, generator=torch.Generator().manual_seed(3))
     raw = centered + offsets
     with torch.no_grad():
@@ -216,7 +217,7 @@ def test_a_dictionary_of_a_centered_model_runs_exactly_on_raw_activations():
     # The imported copy keeps it; a training step refuses it; sparsify cannot hold it.
     with tempfile.TemporaryDirectory() as tmp:
         copy = load_dictionary(import_dictionary(folder, tmp))
-        assert copy.residual_centering and json.loads((Path(tmp) / "imported" / "dictionaries" / "centered" /
+        assert isinstance(copy.normalization, ResidualCentering) and json.loads((Path(tmp) / "imported" / "dictionaries" / "centered" /
                                                         "config.json").read_text())["residual_centering"] is True
         torch.testing.assert_close(copy(raw), sae(raw), rtol=0, atol=0)
         with pytest.raises(DictionaryFormatError, match="residual_centering"):
@@ -229,7 +230,7 @@ def test_a_layer_norm_dictionary_standardizes_each_token_and_restores_it(tiny_gp
     """SAELens's normalize_activations "layer_norm" (OpenAI's GPT-2 SAEs): the fixture SAELens wrote and
     ran on activations with a mean loads with its outputs (test above); here what the flag means."""
     sae = load_dictionary(FOREIGN / "saelens" / "layer_norm")
-    assert sae.input_layer_norm and not sae.residual_centering
+    assert isinstance(sae.normalization, TokenStandardization)
     x = load_file(str(FOREIGN / "saelens" / "layer_norm" / "expected.safetensors"))["x"]
     assert x.mean() > 2  # a mean to remove and restore
     with torch.no_grad():
@@ -244,7 +245,7 @@ def test_a_layer_norm_dictionary_standardizes_each_token_and_restores_it(tiny_gp
         sae.training_forward(x)
     # On a model: an OpenAI-style (layer_norm) dictionary at the tiny GPT-2's width evaluates like any other.
     e2e = load_dictionary(FOREIGN / "saelens" / "topk_e2e", model_name=str(tiny_gpt2_dir))
-    e2e.input_layer_norm = True
+    e2e.normalization = TokenStandardization()
     tokens = torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(1))
     result = evaluate(tiny_model, e2e, iter([tokens]))
     assert result.l0 == pytest.approx(8.0) and math.isfinite(result.ce_loss_recovered)
@@ -254,7 +255,7 @@ def test_a_layer_norm_dictionary_standardizes_each_token_and_restores_it(tiny_gp
 def test_an_imported_normalization_flag_in_a_config_is_checked(flag, tmp_path, tiny_dictionary):
     copy = import_dictionary(FOREIGN / "saelens" / ("centered" if flag == "residual_centering" else "layer_norm"),
                              tmp_path)
-    assert getattr(load_dictionary(copy), flag) is True
+    assert load_dictionary(copy).normalization.kind == flag
     edit_json(copy / "config.json", **{flag: "yes"})
     with pytest.raises(DictionaryLoadError, match=f"has {flag} 'yes'; it is true only for an SAE imported from"):
         load_dictionary(copy)
@@ -263,7 +264,7 @@ def test_an_imported_normalization_flag_in_a_config_is_checked(flag, tmp_path, t
     edit_json(transcoder / "config.json", **{flag: True})
     with pytest.raises(DictionaryLoadError, match=f"has {flag} True"):
         load_dictionary(transcoder)
-    assert getattr(load_dictionary(tiny_dictionary), flag) is False  # absent: trained here
+    assert load_dictionary(tiny_dictionary).normalization.kind == "scaling"  # absent: trained here
 
 
 def test_centering_is_folded_only_where_it_is_exact(tmp_path):
@@ -278,7 +279,7 @@ def test_centering_is_folded_only_where_it_is_exact(tmp_path):
     edit_json(standard / "cfg.json", metadata__hook_name="blocks.0.ln1.hook_normalized",
               metadata__model_from_pretrained_kwargs={"center_writing_weights": True})
     sae = load_dictionary(standard)
-    assert not sae.residual_centering and sae.saved_config["source"]["conversions"] == []
+    assert not isinstance(sae.normalization, ResidualCentering) and sae.saved_config["source"]["conversions"] == []
     torch.testing.assert_close(sae.W_enc, load_dictionary(FOREIGN / "saelens" / "standard").W_enc, rtol=0, atol=0)
 
 
@@ -294,7 +295,7 @@ def test_a_centered_model_and_the_raw_one_give_the_same_features_and_losses(tmp_
     plain = load_dictionary(folder, model_name=str(tiny_gpt2_dir))  # the dictionary as SAELens computes it
     edit_json(folder / "cfg.json", metadata__model_from_pretrained_kwargs={"center_writing_weights": True})
     ours = load_dictionary(folder, model_name=str(tiny_gpt2_dir))
-    assert ours.residual_centering and not plain.residual_centering
+    assert isinstance(ours.normalization, ResidualCentering) and not isinstance(plain.normalization, ResidualCentering)
 
     tokens = torch.randint(0, 500, (4, 32), generator=torch.Generator().manual_seed(0))
     raw_acts = tiny_model.bridge.run_with_cache(tokens, names_filter=[TINY_HOOK])[1][TINY_HOOK]
@@ -454,10 +455,11 @@ HUB_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
 from core import DictionaryLoadError, load_dictionary
+from core.sae import ResidualCentering
 try:
     sae = load_dictionary({name!r})
     print("LOADED", sae.architecture, sae.model_name, sae.hook_name, sae.saved_config["source"]["repo_id"],
-          *(["centered"] if sae.residual_centering else []))
+          *(["centered"] if isinstance(sae.normalization, ResidualCentering) else []))
 except DictionaryLoadError as e:
     print("ERROR", e)
 """
@@ -504,9 +506,10 @@ def test_hub_names_load_from_the_hugging_face_cache(tmp_path):
     line = run_with_hub_cache("saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre", cache)
     assert line == "LOADED relu gpt2 blocks.0.hook_resid_pre jbloom/GPT2-Small-SAEs-Reformatted centered", line
     found = load_dictionary(folder)
-    assert found.residual_centering and found.saved_config["source"]["release"] == "gpt2-small-res-jb"
+    assert isinstance(found.normalization, ResidualCentering) and found.saved_config["source"]["release"] == "gpt2-small-res-jb"
     # Without the registry's word, the same folder elsewhere is read as its cfg.json says: not centered.
-    assert not load_dictionary(copy_fixture("saelens/legacy_keys", tmp_path / "elsewhere")).residual_centering
+    assert not isinstance(load_dictionary(copy_fixture("saelens/legacy_keys", tmp_path / "elsewhere")).normalization,
+                          ResidualCentering)
 
 
 # ------------------------------------------------------------------ export, read by the real packages
@@ -523,7 +526,7 @@ def trained_like(architecture: str, *, d_out: int | None = None, skip: bool = Fa
     """A dictionary with every parameter random and a normalization constant that save folds in."""
     torch.manual_seed(seed)
     cfg = SAEConfig(architecture=architecture, d_sae=32, k=4, skip_connection=skip)
-    sae = SparseAutoencoder(cfg, 16, hook_name=hook, model_name="gpt2", d_out=d_out,
+    sae = create_dictionary(cfg, 16, hook_name=hook, model_name="gpt2", d_out=d_out,
                             hook_out="blocks.0.hook_mlp_out" if d_out else None)
     with torch.no_grad():
         for p in sae.parameters():
@@ -532,9 +535,7 @@ def trained_like(architecture: str, *, d_out: int | None = None, skip: bool = Fa
             sae.log_threshold.copy_(torch.log(torch.rand(32) * 0.5 + 0.05))
         if sae.has_inference_threshold:
             sae.threshold.fill_(0.3)
-    sae.normalization_scale = 1.7
-    if d_out:
-        sae.output_normalization_scale = 0.6
+    sae.normalization.set_scales(1.7, 0.6 if d_out else None)
     return sae
 
 

@@ -10,7 +10,7 @@ import torch
 import core.sae as sae_module
 from core.config import ARCHITECTURES, SAEConfig
 from core.kernels import batch_top_k, positive_entries, row_dots, scatter_add_rows, top_k_rows, update_token_index
-from core.sae import SparseAutoencoder, SparseFeatureActs
+from core.sae import SparseAutoencoder, create_dictionary, SparseFeatureActs
 
 
 def reference_top_k(row: np.ndarray, k: int) -> set[int]:
@@ -127,7 +127,7 @@ def test_positive_entries_and_sparse_round_trip():
 
 def _sae(architecture: str, d_in: int = 32, d_sae: int = 300, k: int = 12) -> SparseAutoencoder:
     torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(architecture=architecture, d_sae=d_sae, k=k), d_in,
+    sae = create_dictionary(SAEConfig(architecture=architecture, d_sae=d_sae, k=k), d_in,
                             hook_name="blocks.0.hook_resid_post", model_name="test")
     with torch.no_grad():
         for p in sae.parameters():

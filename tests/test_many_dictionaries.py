@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from core import load_dictionary, train
 from core.config import DictionaryConfig, OptimizerConfig
-from core.training import Trainer, latest_checkpoint
+from core.runs import RunFolder
+from core.training import build_trainer
 from tests.conftest import TINY_HOOK, tiny_training_config
 
 HOOK_1 = "blocks.1.hook_resid_post"
@@ -78,13 +79,15 @@ def test_a_run_of_several_dictionaries_resumes_exactly(tiny_gpt2_dir, tiny_model
         return cfg
 
     reference = train(config("whole"), model=tiny_model)
-    trainer = Trainer(config("parted"), model=tiny_model)
+    trainer = build_trainer(config("parted"), model=tiny_model)
     while trainer.step < 13:  # "crash" after step 13: the newest checkpoint is step 10
         trainer.train_step(trainer.buffer.next_batch())
         if trainer.step % 10 == 0:
             trainer.save_checkpoint()
-    assert latest_checkpoint(tmp_path / "parted").name == "step_10"
-    assert sorted(p.name for p in (latest_checkpoint(tmp_path / "parted") / "dictionaries").iterdir()) == ["a", "b"]
+    checkpoint = RunFolder(tmp_path / "parted").latest_checkpoint()
+    assert checkpoint.name == "step_10"
+    assert sorted(p.name for p in (checkpoint / "dictionaries").iterdir()) == ["a", "b"]
     resumed = train(config("parted"), model=tiny_model)
+    assert resumed.started_at_step == 10  # resumed, not started over
     for name in ("a", "b"):
         assert_same_dictionary(resumed.dictionary_paths[name], reference.dictionary_paths[name])

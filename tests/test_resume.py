@@ -62,16 +62,23 @@ def logged_step(run_dir: Path) -> int:
 
 
 def newest_checkpoint_state(run_dir: Path) -> dict:
-    from core.training import latest_checkpoint
+    from core.runs import RunFolder
 
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = RunFolder(run_dir).latest_checkpoint()
     return json.loads((checkpoint / "state.json").read_text()) if checkpoint else {"step": 0, "epoch": 0}
 
 
-def wait_for_step(proc: subprocess.Popen, run_dir: Path, target: int) -> bool:
-    """Wait until the child has logged `target` steps; False when it exited first."""
+def started_at(line: str, proc: subprocess.Popen) -> int:
+    """The step a child says it started training at (`TRAINING from step <n>`)."""
+    assert line.startswith("TRAINING from step "), (line, proc.stderr.read()[-3000:])
+    return int(line.split()[-1])
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, target: int, resumed_at: int) -> bool:
+    """Wait until the child has logged `target` steps; False when it exited first. The child must
+    have started at step `resumed_at`, the newest checkpoint's (what tells a resume from a restart)."""
     # Its trainer is built (and stale metrics of the killed run dropped) before it says TRAINING.
-    assert proc.stdout.readline().strip() == "TRAINING", proc.stderr.read()[-3000:]
+    assert started_at(proc.stdout.readline(), proc) == resumed_at
     deadline = time.monotonic() + CHILD_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -119,7 +126,7 @@ def test_killed_and_stopped_at_random_moments_resumes_to_the_same_dictionary(tin
     # folder, then once more per pruned checkpoint: a kill before one of a process's first 16
     # checkpoint fsyncs lands inside a write, between a rename and the pruning, or in the pruning.
     plan = [("fsync", n) for n in rng.sample(range(1, 17), 3)]
-    plan += [("SIGTERM", None), ("SIGINT", None)] + [("SIGKILL", None)] * 5
+    plan += [("SIGTERM", None), ("SIGINT", None)] + [("SIGKILL", None)] * 7
     rng.shuffle(plan)
 
     resumed_from, interruptions = [], []
@@ -130,10 +137,11 @@ def test_killed_and_stopped_at_random_moments_resumes_to_the_same_dictionary(tin
             proc = start(config_path, KILL_AT_CHECKPOINT_FSYNC=fsync_index)
             proc.wait(timeout=CHILD_TIMEOUT)
             assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
+            assert started_at(proc.stdout.readline(), proc) == before["step"]
         else:
             proc = start(config_path)
             target = before["step"] + rng.randint(1, 3 * CHECKPOINT_EVERY)
-            assert wait_for_step(proc, run_dir, target), f"the run ended before step {target}"
+            assert wait_for_step(proc, run_dir, target, before["step"]), f"the run ended before step {target}"
             time.sleep(rng.uniform(0, 0.05))  # somewhere inside a step
             proc.send_signal(getattr(signal, action))
             proc.wait(timeout=CHILD_TIMEOUT)
@@ -145,13 +153,15 @@ def test_killed_and_stopped_at_random_moments_resumes_to_the_same_dictionary(tin
                 assert f"{action} received: stopped at step" in stderr and "Traceback" not in stderr
                 assert newest_checkpoint_state(run_dir)["step"] >= target
         interruptions.append(action)
+    last = newest_checkpoint_state(run_dir)
     proc = start(config_path)
     out, err = proc.communicate(timeout=CHILD_TIMEOUT)
     assert proc.returncode == 0 and "DONE" in out, err[-3000:]
+    assert started_at(out.splitlines()[0], proc) == last["step"] > 0
 
     print("resumed at steps", [state["step"] for state in resumed_from], "epochs",
           [state["epoch"] for state in resumed_from])
-    assert len(interruptions) >= 10
+    assert len(interruptions) == 12  # what the docs say: a dozen
     assert max(state["epoch"] for state in resumed_from) >= 1  # some resumptions came after the data wrapped
     assert newest_checkpoint_state(run_dir)["epoch"] >= 2  # the corpus wrapped at least twice
 

@@ -17,6 +17,7 @@ from core.sae import (
     DictionaryLoadError,
     SAEOutput,
     SparseAutoencoder,
+    create_dictionary,
     geometric_median,
     load_dictionary,
 )
@@ -27,7 +28,7 @@ D_IN, D_SAE, K = 16, 64, 4
 def make_sae(architecture: str = "topk", seed: int = 0, **overrides) -> SparseAutoencoder:
     torch.manual_seed(seed)
     cfg = SAEConfig(architecture=architecture, d_sae=D_SAE, k=K, **overrides)
-    return SparseAutoencoder(cfg, D_IN, hook_name="blocks.1.hook_resid_post", model_name="tiny-gpt2")
+    return create_dictionary(cfg, D_IN, hook_name="blocks.1.hook_resid_post", model_name="tiny-gpt2")
 
 
 class SparseData:
@@ -124,7 +125,7 @@ def test_topk_keeps_exactly_k_largest_per_token():
     sae = make_sae("topk")
     x = SparseData().batch(64)
     out = sae.training_forward(x)
-    feature_acts = sae.encode(x)  # the rule on raw inputs (normalization_scale 1)
+    feature_acts = sae.encode(x)  # the rule on raw inputs (normalization scale 1)
     assert ((feature_acts != 0).sum(-1) == K).all()
     assert out.l0.item() == K
     # The kept latents are the k largest pre-activations, with their values unchanged.
@@ -377,9 +378,9 @@ def test_encode_decode_apply_normalization_scale(architecture):
     perturb(sae)
     if sae.has_inference_threshold:
         sae.threshold.fill_(0.3)
-    sae.normalization_scale = 2.5  # the trainer assigns a plain float
-    assert isinstance(sae.normalization_scale, torch.Tensor) and sae.normalization_scale.item() == 2.5
-    assert "normalization_scale" in sae.state_dict()
+    sae.normalization.set_scales(2.5)  # the trainer sets the constant from data
+    assert sae.normalization.scales() == (2.5, 2.5)  # an SAE's output is its input: one constant
+    assert "normalization.input_scale" in sae.state_dict() and "normalization.output_scale" not in sae.state_dict()
     x = SparseData().batch(16)
     acts = sae.encode(x)
     assert torch.allclose(acts, sae._activate(sae._pre_acts(2.5 * x)))
@@ -396,11 +397,11 @@ def test_fold_normalization_preserves_raw_outputs(architecture):
     perturb(sae)
     if sae.has_inference_threshold:
         sae.threshold.fill_(0.3)
-    sae.normalization_scale = 3.0
+    sae.normalization.set_scales(3.0)
     x = SparseData().batch(32) * 10  # "raw" activations with a large norm
     acts_before, recon_before = sae.encode(x), sae(x)
     sae.fold_normalization()
-    assert sae.normalization_scale.item() == 1.0
+    assert sae.normalization.scales() == (1.0, 1.0)
     assert torch.allclose(sae.encode(x), acts_before, atol=1e-4)
     assert torch.allclose(sae(x), recon_before, atol=1e-4)
 
@@ -431,7 +432,7 @@ def test_save_load_round_trip_is_exact(tmp_path, architecture):
 
 def test_saved_config_contents(tmp_path):
     sae = make_sae("jumprelu")
-    sae.normalization_scale = 1.75
+    sae.normalization.set_scales(1.75)
     sae.save(tmp_path, metrics={"l0": torch.tensor(3.5), "fvu": 0.1},
              extra={"dataset": "wikitext", "context_size": 128, "training_tokens": 10_000})
     config = json.loads((tmp_path / "config.json").read_text())
@@ -455,16 +456,16 @@ def test_save_folds_normalization_into_copy(tmp_path, architecture):
     perturb(sae)
     if sae.has_inference_threshold:
         sae.threshold.fill_(0.3)
-    sae.normalization_scale = 4.0
+    sae.normalization.set_scales(4.0)
     state_before = {name: t.clone() for name, t in sae.state_dict().items()}
     sae.save(tmp_path)
     # The live SAE keeps training in normalized space: nothing changed.
     for name, tensor in sae.state_dict().items():
         assert torch.equal(tensor, state_before[name]), name
-    assert sae.normalization_scale.item() == 4.0
+    assert sae.normalization.scales() == (4.0, 4.0)
 
     loaded = load_dictionary(tmp_path)
-    assert loaded.normalization_scale.item() == 1.0
+    assert loaded.normalization.scales() == (1.0, 1.0)
     assert loaded.saved_config["normalization_scale"] == 4.0
     x = SparseData().batch(32) * 8
     assert torch.allclose(loaded.encode(x), sae.encode(x), atol=1e-4)
@@ -626,10 +627,10 @@ def test_load_invalid_sae_config(tmp_path):
 
 def test_construction_validates_config():
     with pytest.raises(ConfigError, match="sae.k"):
-        SparseAutoencoder(SAEConfig(architecture="topk", d_sae=8, k=9), D_IN, hook_name="h", model_name="m")
+        create_dictionary(SAEConfig(architecture="topk", d_sae=8, k=9), D_IN, hook_name="h", model_name="m")
     with pytest.raises(ConfigError, match="architecture"):
-        SparseAutoencoder(SAEConfig(architecture="gated"), D_IN, hook_name="h", model_name="m")
-    sae = SparseAutoencoder(SAEConfig(expansion_factor=4), 12, hook_name="h", model_name="m")
+        create_dictionary(SAEConfig(architecture="gated"), D_IN, hook_name="h", model_name="m")
+    sae = create_dictionary(SAEConfig(expansion_factor=4), 12, hook_name="h", model_name="m")
     assert sae.d_sae == 48 and sae.W_enc.shape == (12, 48) and sae.W_dec.shape == (48, 12)
     assert not hasattr(sae, "threshold") and not hasattr(sae, "log_threshold")
     assert math.isclose(make_sae("jumprelu").log_threshold.exp()[0].item(), 0.001, rel_tol=1e-6)

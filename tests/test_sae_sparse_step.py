@@ -11,7 +11,7 @@ import torch
 import core.sae.sparse as sparse_module
 from core.config import ConfigError, SAEConfig
 from core.evals import DEAD_MASK_REFRESH_STEPS, FeatureActivityTracker
-from core.sae import MatryoshkaBatchTopKSAE, SparseAutoencoder, load_dictionary
+from core.sae import MatryoshkaBatchTopKSAE, SparseAutoencoder, create_dictionary, load_dictionary
 
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
 D_IN, D_OUT, D_SAE, K = 32, 24, 256, 8
@@ -21,7 +21,7 @@ def make(architecture: str, *, transcoder: bool = False, dtype=torch.float64, se
     torch.manual_seed(seed)
     cfg = SAEConfig(architecture=architecture, d_sae=D_SAE, k=K, skip_connection=transcoder, **overrides)
     extra = dict(hook_out="blocks.0.hook_mlp_out", d_out=D_OUT) if transcoder else {}
-    return SparseAutoencoder(cfg, D_IN, hook_name="blocks.0.ln2.hook_normalized", model_name="m", dtype=dtype,
+    return create_dictionary(cfg, D_IN, hook_name="blocks.0.ln2.hook_normalized", model_name="m", dtype=dtype,
                              **extra)
 
 
@@ -119,7 +119,7 @@ def test_kernels_split_over_threads_give_the_dense_gradients(architecture):
     try:
         torch.manual_seed(0)
         cfg = SAEConfig(architecture=architecture, d_sae=2048, k=16)
-        sae = SparseAutoencoder(cfg, D_IN, hook_name="h", model_name="m", dtype=torch.float64)
+        sae = create_dictionary(cfg, D_IN, hook_name="h", model_name="m", dtype=torch.float64)
         dense = dense_twin(sae)
         x = torch.randn(2048, D_IN, dtype=torch.float64)
         dead = torch.arange(2048) % 10 == 0
@@ -224,7 +224,7 @@ def test_matryoshka_widths_default_and_validation():
     assert make("matryoshka_batchtopk").matryoshka_widths == (16, 64, 256)
     assert make("matryoshka_batchtopk", matryoshka_widths=(32, 256)).matryoshka_widths == (32, 256)
     with pytest.raises(ConfigError, match=r"matryoshka_widths ends at 128 but the dictionary has d_sae=256"):
-        SparseAutoencoder(SAEConfig(architecture="matryoshka_batchtopk", expansion_factor=8, matryoshka_widths=(32, 128)),
+        create_dictionary(SAEConfig(architecture="matryoshka_batchtopk", expansion_factor=8, matryoshka_widths=(32, 128)),
                           D_IN, hook_name="h", model_name="m")  # d_sae = 8 * 32
     with pytest.raises(ConfigError, match="increasing positive integers"):
         SAEConfig(architecture="matryoshka_batchtopk", matryoshka_widths=(64, 32, 256)).validate()

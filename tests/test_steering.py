@@ -211,10 +211,10 @@ def smollm2():
 @pytest.fixture(scope="module")
 def smollm2_sae():
     from core.config import OFFLINE_MODEL_NAME, SAEConfig
-    from core.sae import SparseAutoencoder
+    from core.sae import create_dictionary
 
     torch.manual_seed(0)
-    return SparseAutoencoder(SAEConfig(architecture="topk", d_sae=256, k=8), 576, hook_name="blocks.3.hook_resid_post",
+    return create_dictionary(SAEConfig(architecture="topk", d_sae=256, k=8), 576, hook_name="blocks.3.hook_resid_post",
                              model_name=OFFLINE_MODEL_NAME).eval()
 
 

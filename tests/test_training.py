@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from core import ConfigError, SAEConfig, SparseAutoencoder, TrainerConfig, load_dictionary, train
+from core import ConfigError, SAEConfig, SparseAutoencoder, create_dictionary, TrainerConfig, load_dictionary, train
 from core.evals import evaluate, explained_variance
-from core.training import Trainer, latest_checkpoint, learning_rate
+from core.runs import RunFolder
+from core.training import build_trainer, learning_rate
 from tests.conftest import TINY_HOOK, tiny_training_config
 
 
@@ -54,14 +55,16 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_gpt2_dir, tiny_mo
     reference = train(whole, model=tiny_model)
 
     part = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="parted", steps=24, checkpoint_every_steps=10)
-    trainer = Trainer(part, model=tiny_model)
+    trainer = build_trainer(part, model=tiny_model)
     while trainer.step < 13:  # "crash" after step 13: the newest checkpoint is step 10
         trainer.train_step(trainer.buffer.next_batch())
         if trainer.step % 10 == 0:
             trainer.save_checkpoint()
-    assert latest_checkpoint(tmp_path / "parted").name == "step_10"
+    assert RunFolder(tmp_path / "parted").latest_checkpoint().name == "step_10"
     resumed = train(part, model=tiny_model)
     assert resumed.steps == 24 and resumed.tokens == reference.tokens
+    # It continued from the checkpoint (a run that started over would end with the same weights too).
+    assert resumed.started_at_step == 10 and reference.started_at_step == 0
 
     a, b = load_dictionary(reference.dictionary_path), load_dictionary(resumed.dictionary_path)
     for name, tensor in a.state_dict().items():
@@ -74,37 +77,37 @@ def test_existing_results_are_never_overwritten(tiny_gpt2_dir, tiny_model, tiny_
     before = (tiny_dictionary / "sae.safetensors").read_bytes()
     cfg = tiny_training_config(tiny_gpt2_dir, tiny_results_dir, exp_name="tiny-topk")
     with pytest.raises(ConfigError, match="already holds trained dictionaries"):
-        Trainer(cfg, model=tiny_model)
+        build_trainer(cfg, model=tiny_model)
     assert (tiny_dictionary / "sae.safetensors").read_bytes() == before
 
 
 def test_resume_refuses_a_different_config_and_resume_false(tiny_gpt2_dir, tiny_model, tmp_path):
     cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="c", steps=12, checkpoint_every_steps=5)
-    trainer = Trainer(cfg, model=tiny_model)
+    trainer = build_trainer(cfg, model=tiny_model)
     for _ in range(5):
         trainer.train_step(trainer.buffer.next_batch())
     trainer.save_checkpoint()
     changed = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="c", steps=12, checkpoint_every_steps=5)
     changed.sae.k = 4
     with pytest.raises(ConfigError, match="has a different `sae` config"):
-        Trainer(changed, model=tiny_model)
+        build_trainer(changed, model=tiny_model)
     fresh = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="c", steps=12)
     fresh.resume = False
     with pytest.raises(ConfigError, match="resume=False"):
-        Trainer(fresh, model=tiny_model)
+        build_trainer(fresh, model=tiny_model)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tiny_gpt2_dir, tiny_model, tmp_path):
     cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="corrupt", steps=12)
-    trainer = Trainer(cfg, model=tiny_model)
+    trainer = build_trainer(cfg, model=tiny_model)
     trainer.train_step(trainer.buffer.next_batch())
     path = trainer.save_checkpoint()
     (path / "dictionaries" / TINY_HOOK / "sae.safetensors").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match=f"unreadable for dictionary '{TINY_HOOK}'.*delete that folder"):
-        Trainer(cfg, model=tiny_model)
+        build_trainer(cfg, model=tiny_model)
     (path / "trainer_state.pt").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="unreadable.*delete that folder"):
-        Trainer(cfg, model=tiny_model)
+        build_trainer(cfg, model=tiny_model)
 
 
 def test_unknown_hook_name_fails_before_training(tiny_gpt2_dir, tiny_model, tmp_path):
@@ -113,7 +116,7 @@ def test_unknown_hook_name_fails_before_training(tiny_gpt2_dir, tiny_model, tmp_
     cfg = tiny_training_config(tiny_gpt2_dir, tmp_path)
     cfg.activations.hook_name = "blocks.0.hook_resid_postt"
     with pytest.raises(HookNameError, match="blocks.0.hook_resid_post"):
-        Trainer(cfg, model=tiny_model)
+        build_trainer(cfg, model=tiny_model)
 
 
 def test_wandb_offline_logging(tiny_gpt2_dir, tiny_model, tmp_path, monkeypatch):
@@ -144,7 +147,7 @@ def test_evaluate_an_exact_dictionary_recovers_all_loss(hook, tiny_model, tiny_g
     """relu(x) - relu(-x) = x: an SAE with W_enc = [I, -I], W_dec = [I; -I] reconstructs perfectly,
     also on per-head activations (attn.hook_z, heads flattened, spliced back per head)."""
     d = tiny_model.hook_width(hook)
-    sae = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=2 * d), d, hook_name=hook,
+    sae = create_dictionary(SAEConfig(architecture="relu", d_sae=2 * d), d, hook_name=hook,
                             model_name=str(tiny_gpt2_dir))
     eye = torch.eye(d)
     with torch.no_grad():
@@ -203,7 +206,7 @@ def test_hooks_that_are_not_per_token_are_refused_before_any_compute(tiny_gpt2_d
     cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="pattern")
     cfg.activations.hook_name = "blocks.0.attn.hook_pattern"
     with pytest.raises(HookNameError, match=r"not one vector per token.*hook_resid_post"):
-        Trainer(cfg, model=tiny_model)
+        build_trainer(cfg, model=tiny_model)
     assert not (tmp_path / "pattern" / "checkpoints").exists()
 
 
@@ -231,7 +234,7 @@ def test_autocast_and_compiled_steps_keep_float32_weights_and_learn(tiny_gpt2_di
     cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="amp", steps=12, autocast_dtype="bfloat16",
                                compile=True)
     cfg.model = model_cfg
-    trainer = Trainer(cfg, model=load_language_model(model_cfg))
+    trainer = build_trainer(cfg, model=load_language_model(model_cfg))
     assert next(iter(trainer.buffer.peek(4).values())).dtype == torch.float32  # stored as configured
     result = trainer.run()
     sae = trainer.sae
@@ -257,3 +260,30 @@ def test_the_dead_mask_is_a_snapshot_refreshed_every_few_steps():
     again = FeatureActivityTracker(4, window_tokens=100, dead_tokens_threshold=30, dense_threshold=0.5)
     again.load_state_dict(tracker.state_dict())
     assert torch.equal(again.dead_mask, tracker.dead_mask) and again.updates == tracker.updates
+
+
+def test_progress_reports_tokens_per_second_and_eta_averaged_over_the_run():
+    """Steps come in bursts (every refill of the shuffle buffer runs the model for many batches at
+    once): the ETA must move smoothly, not swing with each burst."""
+    from core.training import TrainingProgress
+
+    now = [100.0]
+    progress = TrainingProgress(total_tokens=100 * 4096, start_tokens=0, clock=lambda: now[0])
+    assert progress.eta_s is None and "ETA ?" in progress.describe()
+    etas, predicted_totals = [], []
+    for step in range(1, 101):
+        now[0] += 5.0 if step % 10 == 1 else 0.2  # a slow step every 10 (the refill), fast ones between
+        progress.update(step * 4096)
+        if step >= 20:
+            etas.append(progress.eta_s)
+            predicted_totals.append(now[0] - 100.0 + progress.eta_s)
+    # The run takes 68 s: from the second refill on, elapsed + ETA stays near that, and the ETA never
+    # jumps by more than a third (an ETA from the last step's rate would swing 25-fold at every refill).
+    assert all(50 < total < 90 for total in predicted_totals), predicted_totals
+    assert max(b / a for a, b in zip(etas, etas[1:]) if a > 5) < 1.34
+    assert progress.tokens_per_s == pytest.approx(100 * 4096 / 68.0)
+    assert "409,600/409,600 tok" in progress.describe() and "ETA 00:00:00" in progress.describe()
+    resumed = TrainingProgress(total_tokens=100 * 4096, start_tokens=50 * 4096, clock=lambda: now[0])
+    now[0] += 10.0
+    resumed.update(60 * 4096)  # the rate counts this process's tokens only, not the checkpoint's
+    assert resumed.tokens_per_s == pytest.approx(10 * 4096 / 10.0) and resumed.eta_s == pytest.approx(40.0)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import core.sae as sae_module
 from core.config import ARCHITECTURES, ConfigError, SAEConfig
-from core.sae import DictionaryLoadError, SparseAutoencoder, load_dictionary
+from core.sae import DictionaryLoadError, SparseAutoencoder, create_dictionary, load_dictionary
 
 D_IN, D_OUT, D_SAE, K = 12, 20, 64, 4
 HOOK_IN, HOOK_OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
@@ -27,7 +27,7 @@ def make_transcoder(architecture: str = "topk", *, skip: bool = True, d_out: int
     torch.manual_seed(seed)
     cfg = SAEConfig(architecture=architecture, d_sae=D_SAE, k=K, skip_connection=skip,
                     **{**ARCH_KWARGS.get(architecture, {}), **overrides})
-    return SparseAutoencoder(cfg, D_IN, hook_name=HOOK_IN, hook_out=HOOK_OUT, d_out=d_out, model_name="tiny-gpt2")
+    return create_dictionary(cfg, D_IN, hook_name=HOOK_IN, hook_out=HOOK_OUT, d_out=d_out, model_name="tiny-gpt2")
 
 
 def perturb(sae, seed: int = 3) -> None:
@@ -77,24 +77,24 @@ def test_transcoder_shapes_init_and_encoder_input():
     assert torch.equal(tc.encode(x), (x @ tc.W_enc + tc.b_enc).relu())
     # No skip path unless asked for; an SAE has neither hook_out nor a separate output scale.
     assert make_transcoder("relu", skip=False).W_skip is None
-    sae = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=D_SAE), D_IN, hook_name=HOOK_IN, model_name="m")
+    sae = create_dictionary(SAEConfig(architecture="relu", d_sae=D_SAE), D_IN, hook_name=HOOK_IN, model_name="m")
     assert not sae.is_transcoder and sae.d_out == D_IN and sae.hook_out is None and sae.W_skip is None
-    assert sae.output_normalization_scale is sae.normalization_scale
-    assert "output_normalization_scale" not in sae.state_dict()
-    assert "output_normalization_scale" in tc.state_dict()
+    assert sae.normalization.tied and not tc.normalization.tied
+    assert "normalization.output_scale" not in sae.state_dict()
+    assert "normalization.output_scale" in tc.state_dict()
 
 
 def test_bad_transcoder_arguments_give_one_clear_error():
     cfg = SAEConfig(architecture="topk", d_sae=D_SAE, k=K)
     with pytest.raises(ValueError, match=r"d_out is 20 but an SAE reconstructs its input \(d_in=12\)"):
-        SparseAutoencoder(cfg, D_IN, hook_name=HOOK_IN, model_name="m", d_out=D_OUT)
+        create_dictionary(cfg, D_IN, hook_name=HOOK_IN, model_name="m", d_out=D_OUT)
     for bad in (0, -3, 2.5, "20"):
         with pytest.raises(ValueError, match="d_out must be a positive integer"):
-            SparseAutoencoder(cfg, D_IN, hook_name=HOOK_IN, model_name="m", hook_out=HOOK_OUT, d_out=bad)
+            create_dictionary(cfg, D_IN, hook_name=HOOK_IN, model_name="m", hook_out=HOOK_OUT, d_out=bad)
     with pytest.raises(ValueError, match="other than hook_name"):
-        SparseAutoencoder(cfg, D_IN, hook_name=HOOK_IN, model_name="m", hook_out=HOOK_IN)
+        create_dictionary(cfg, D_IN, hook_name=HOOK_IN, model_name="m", hook_out=HOOK_IN)
     with pytest.raises(ConfigError, match="skip_connection is for transcoders"):
-        SparseAutoencoder(SAEConfig(d_sae=D_SAE, skip_connection=True), D_IN, hook_name=HOOK_IN, model_name="m")
+        create_dictionary(SAEConfig(d_sae=D_SAE, skip_connection=True), D_IN, hook_name=HOOK_IN, model_name="m")
 
     tc = make_transcoder()
     x, y = MLPData().batch(8)
@@ -102,7 +102,7 @@ def test_bad_transcoder_arguments_give_one_clear_error():
         tc.training_forward(x)
     with pytest.raises(ValueError, match=r"\[8, 20\]; got \(8, 12\)"):
         tc.training_forward(x, target=x)
-    sae = SparseAutoencoder(cfg, D_IN, hook_name=HOOK_IN, model_name="m")
+    sae = create_dictionary(cfg, D_IN, hook_name=HOOK_IN, model_name="m")
     with pytest.raises(ValueError, match="pass target only to transcoders"):
         sae.training_forward(x, target=x)
     with pytest.raises(ValueError, match="decode needs the in-hook activations"):
@@ -110,8 +110,8 @@ def test_bad_transcoder_arguments_give_one_clear_error():
     with pytest.raises(ValueError, match=r"sample of target activations of shape \[n, 20\]"):
         tc.initialize_decoder_bias(x)
     with pytest.raises(ValueError, match="an SAE has one normalization constant"):
-        sae.output_normalization_scale = 2.0
-    sae.output_normalization_scale = 1.0  # the same value: allowed, so one code path serves both
+        sae.normalization.set_scales(1.0, 2.0)
+    sae.normalization.set_scales(1.0, 1.0)  # the same value: allowed, so one code path serves both
 
 
 # ------------------------------------------------------------------ training
@@ -166,8 +166,7 @@ def test_transcoder_loss_and_short_training_on_a_toy_mlp(architecture):
 def test_transcoder_save_load_round_trip_folds_both_scales(tmp_path, architecture):
     tc = make_transcoder(architecture)
     perturb(tc)
-    tc.normalization_scale = 2.5
-    tc.output_normalization_scale = 0.5
+    tc.normalization.set_scales(2.5, 0.5)
     x = MLPData().batch(32)[0] * 3
     raw_before, acts_before = tc(x), tc.encode(x)
     # forward on raw activations: normalize the input, predict, undo the output's normalization.
@@ -186,13 +185,13 @@ def test_transcoder_save_load_round_trip_folds_both_scales(tmp_path, architectur
     loaded = load_dictionary(tmp_path / "tc")
     assert type(loaded) is type(tc) and loaded.is_transcoder and loaded.cfg == tc.cfg
     assert (loaded.hook_out, loaded.d_out) == (HOOK_OUT, D_OUT)
-    assert loaded.normalization_scale.item() == 1.0 and loaded.output_normalization_scale.item() == 1.0
+    assert loaded.normalization.scales() == (1.0, 1.0)
     assert torch.allclose(loaded(x), raw_before, atol=1e-5)
     assert torch.allclose(loaded.encode(x), acts_before, atol=1e-5)
     assert torch.allclose(loaded.decode(acts_before, x), raw_before, atol=1e-5)
 
     tc.fold_normalization()  # in place: the same raw outputs
-    assert tc.normalization_scale.item() == 1.0 and tc.output_normalization_scale.item() == 1.0
+    assert tc.normalization.scales() == (1.0, 1.0)
     assert torch.allclose(tc(x), raw_before, atol=1e-5)
 
 

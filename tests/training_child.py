@@ -23,7 +23,8 @@ import signal
 import sys
 from pathlib import Path
 
-from core import AnalysisConfig, Trainer, TrainingConfig, analyze
+from core import AnalysisConfig, TrainingConfig, analyze
+from core.training import build_trainer
 from core.cli import run_entry_point
 
 
@@ -75,8 +76,9 @@ def main() -> None:
     if analysis:
         run_entry_point(analyze, AnalysisConfig.load_json(path))
     else:
-        trainer = run_entry_point(Trainer, TrainingConfig.load_json(path))
-        print("TRAINING", flush=True)
+        trainer = run_entry_point(build_trainer, TrainingConfig.load_json(path))
+        run_entry_point(trainer.begin)  # the run folder prepared: stale metrics of a killed run dropped
+        print(f"TRAINING from step {trainer.step}", flush=True)
         run_entry_point(trainer.run)
     print("DONE", flush=True)
 

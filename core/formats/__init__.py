@@ -33,10 +33,10 @@ pre-activations):
   TransformerLens hooks (`h.6` / `layers.6` -> `blocks.6.hook_resid_post`, `h.6.mlp` ->
   `blocks.6.hook_mlp_out`, a transcoder's input `blocks.6.mlp.hook_in`, ...).
 - SAELens `normalize_activations: layer_norm` (an SAE): each token standardized before encoding and
-  restored after decoding, as SAELens does (`SparseAutoencoder.input_layer_norm`).
+  restored after decoding, as SAELens does (`core.sae.normalization.TokenStandardization`).
 - An SAE of a model with centered writing weights (`model_from_pretrained_kwargs.center_writing_weights`,
   at a hook that writes to the residual stream): SAELens saw P x, P = I - 11^T/d; P is folded into the
-  encoder and the reconstruction adds the mean back (`SparseAutoencoder.residual_centering`), so on raw
+  encoder and the reconstruction adds the mean back (`core.sae.normalization.ResidualCentering`), so on raw
   activations the features, the reconstruction error and the spliced-in CE loss are SAELens's.
 - Model names become what TransformerLens loads (`gpt2-small` -> `gpt2`, by TransformerLens's own
   alias table); Hugging Face repository ids and local folders stay as they are.
@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import DatasetConfig, LanguageModelConfig
-from ..data import TokenBatches
+from ..data import held_out_and_batches
 from ..evals import EvalResult, evaluate
 from ..lm import LanguageModel
 from ..errors import ConfigError, DictionaryFormatError, DictionaryLoadError
@@ -215,7 +215,7 @@ def import_dictionary(source: str | Path, results_dir: str | Path = "results", *
 
 
 def evaluate_imported(folder: str | Path, model: LanguageModel, dataset: DatasetConfig, *, n_tokens: int = 8192,
-                      batch_size: int = 16, cache_dir: str | Path = "~/.cache/gpt2_dictionary") -> EvalResult:
+                      batch_size: int = 16) -> EvalResult:
     """Evaluate an imported copy (`import_dictionary`) on about `n_tokens` tokens of `dataset` — L0,
     explained variance, CE loss recovered, KL, ... as a trained dictionary's final evaluation — and
     record them in its config.json ("metrics", with "evaluation" saying on what), written atomically,
@@ -229,8 +229,7 @@ def evaluate_imported(folder: str | Path, model: LanguageModel, dataset: Dataset
     if n_tokens < 1 or batch_size < 1:
         raise ConfigError(f"n_tokens and batch_size must be positive, not {n_tokens} and {batch_size}.")
     sae = load_dictionary(folder, device=model.device)
-    batches = TokenBatches(dataset, model.tokenizer, bos_token_id=model.bos_token_id,
-                           separator_token_id=model.separator_token_id, batch_size=batch_size, cache_dir=cache_dir)
+    _, batches = held_out_and_batches(dataset, model, batch_size=batch_size)
     n_batches = max(1, -(-n_tokens // (batch_size * dataset.context_size)))
     result = evaluate(model, sae, (b for _, b in zip(range(n_batches), batches)))
     config["metrics"] = result.to_dict()

@@ -1,9 +1,9 @@
 """What every dictionary shares: the affine encoder and decoder, transcoders, normalization
 folding, the decoder constraints, and writing the on-disk format.
 
-`SparseAutoencoder(cfg, d_in, ...)` returns the class of `cfg.architecture` (`ReLUSAE`,
-`JumpReLUSAE` in `dense.py`; `TopKSAE`, `BatchTopKSAE`, `MatryoshkaBatchTopKSAE` in `topk.py`);
-they differ only in the activation rule, the sparsity penalty and how they train.
+`create_dictionary(cfg, d_in, ...)` builds the class of `cfg.architecture` (`ReLUSAE`,
+`JumpReLUSAE` in `dense.py`; `TopKSAE`, `BatchTopKSAE`, `MatryoshkaBatchTopKSAE` in `topk.py`; each
+registers itself); they differ only in the activation rule, the sparsity penalty and how they train.
 
     SAE:         pre = (x - b_dec) @ W_enc + b_enc;  f = act(pre);  x_hat = f @ W_dec + b_dec
     transcoder:  pre = x @ W_enc + b_enc;            f = act(pre);  y_hat = f @ W_dec + b_dec [+ x @ W_skip]
@@ -13,11 +13,14 @@ A transcoder (`hook_out` set) reads the activations x of `hook_name` [d_in] and 
 `blocks.N.hook_mlp_out`. It does not subtract b_dec from its input (b_dec lives in the output
 space), and it may have a trained linear skip path W_skip [d_in, d_out] (`sae.skip_connection`).
 
-Two input spaces exist. The trainer feeds `training_forward` *normalized* activations
-(`x_raw * normalization_scale`, and for a transcoder the target `y_raw * output_normalization_scale`);
-`encode` / `decode` / `forward` take and return *raw* activations and apply the scales themselves.
-`save` folds the scales into the weights (W_enc * s_in, W_dec / s_out, b_dec / s_out,
-W_skip * s_in / s_out), so a loaded dictionary has scales 1 and works on raw activations.
+Two spaces exist. `sae.normalization` (`core.sae.normalization`) maps raw activations into the
+encoder's space on the way in and the reconstruction back on the way out: the trainer feeds
+`training_forward` *normalized* activations (`normalization.normalize_input(x_raw)`, and for a
+transcoder the target `normalization.normalize_target(y_raw)`); `encode` / `decode` / `forward`
+take and return *raw* activations and apply it themselves. A trained dictionary's normalization is
+a `Scaling` by constants, which `save` folds into the weights (W_enc * s_in, W_dec / s_out,
+b_dec / s_out, W_skip * s_in / s_out), so a loaded dictionary has scales 1 and works on raw
+activations; other libraries' dictionaries may bring one that cannot be folded (see that module).
 
 On disk (format_version 2; version 1 folders, SAEs only, still load): a folder with `config.json`
 (architecture, sizes, hook_name, hook_out, d_out, model name, the folded constants, metrics) and
@@ -39,6 +42,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, SAEConfig
 from ..files import publish, temp_sibling
 from ..layout import DICTIONARY_CONFIG_FILENAME, DICTIONARY_WEIGHTS_FILENAME
+from .normalization import IMPORTED_NORMALIZATIONS, Normalization, Scaling
 from .sparse import SparseFeatureActs
 
 FORMAT_VERSION = 2
@@ -55,10 +59,10 @@ stays in cache from the matmul to the top-k, where a whole batch's would go thro
 # Keys `save` writes itself; `extra` may not override them.
 _RESERVED_KEYS = ("format_version", "architecture", "d_in", "d_sae", "d_out", "hook_name", "hook_out",
                   "model_name", "dtype", "sae", "normalization_scale", "output_normalization_scale",
-                  "normalization_folded", "metrics", "residual_centering", "input_layer_norm")
-
-LAYER_NORM_EPS = 1e-5
-"""What `input_layer_norm` adds to each token's standard deviation before dividing by it (SAELens's)."""
+                  "normalization_folded", "metrics", *IMPORTED_NORMALIZATIONS)
+_LEGACY_STATE_KEYS = {"normalization_scale": "normalization.input_scale",
+                      "output_normalization_scale": "normalization.output_scale"}
+"""State-dict keys of checkpoints written before the normalization object, and what they are now."""
 
 
 class SAEOutput(NamedTuple):
@@ -122,7 +126,7 @@ class SparseAutoencoder(nn.Module):
     """A dictionary of `d_sae` latents on activations of width `d_in`: an SAE, or with `hook_out`
     a transcoder predicting the `d_out`-wide activations of another hook.
 
-    `SparseAutoencoder(cfg, d_in, hook_name=..., model_name=...)` constructs the subclass of
+    `create_dictionary(cfg, d_in, hook_name=..., model_name=...)` constructs the subclass of
     `cfg.architecture`; every subclass has this constructor.
     """
 
@@ -135,12 +139,6 @@ class SparseAutoencoder(nn.Module):
         if architecture is not None:
             cls.architecture = architecture
             SparseAutoencoder._classes[architecture] = cls
-
-    def __new__(cls, cfg: SAEConfig | None = None, *args: Any, **kwargs: Any) -> "SparseAutoencoder":
-        if cls is SparseAutoencoder and cfg is not None:  # (copy / pickle call __new__ without arguments)
-            cfg.validate()
-            cls = SparseAutoencoder._classes[cfg.architecture]
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -158,7 +156,7 @@ class SparseAutoencoder(nn.Module):
         cfg.validate()
         if cfg.architecture != self.architecture:
             raise ConfigError(f"sae.architecture is {cfg.architecture!r} but {type(self).__name__} implements "
-                              f"{self.architecture!r}; construct SparseAutoencoder(cfg, ...) instead.")
+                              f"{self.architecture!r}; construct it with create_dictionary(cfg, ...) instead.")
         _check_width("d_in", d_in)
         if hook_out is None:
             if d_out is not None and d_out != d_in:
@@ -183,18 +181,6 @@ class SparseAutoencoder(nn.Module):
         self.model_name = model_name
         self.saved_config: dict[str, Any] = {}
         """What config.json held when this dictionary was loaded ({} for a fresh one)."""
-        self.residual_centering = False
-        """True for an SAE imported from a model with centered writing weights (SAELens's
-        `center_writing_weights`), which saw the residual stream with its mean over d_model removed:
-        the import folds that projection into W_enc and b_enc, and the reconstruction adds the input's
-        mean back, so it runs exactly on this library's raw activations (see core.formats). Such a
-        dictionary is for inference only; dictionaries trained here never have it."""
-        self.input_layer_norm = False
-        """True for an SAE imported from SAELens with normalize_activations "layer_norm" (OpenAI's GPT-2
-        SAEs): each token's activation is standardized before encoding — less its mean over d_in,
-        divided by its standard deviation + LAYER_NORM_EPS — and the reconstruction is un-standardized
-        with the same token's statistics. Inference only, like `residual_centering`."""
-
         factory = dict(device=device, dtype=dtype)
         # Decoder rows are random unit vectors. The encoder starts as the decoder's transpose where
         # both act on the same space, else as random unit columns (the same scale of pre-activations).
@@ -211,31 +197,16 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_out, **factory))
         self.register_parameter("W_skip", nn.Parameter(torch.zeros(d_in, d_out, **factory))
                                 if cfg.skip_connection else None)  # [d_in, d_out]
-        self.register_buffer("normalization_scale", torch.tensor(1.0, **factory))
-        if self.is_transcoder:
-            self.register_buffer("output_normalization_scale", torch.tensor(1.0, **factory))
+        # An SAE's output is its input: one constant serves both ways.
+        self.normalization: Normalization = Scaling(tied=not self.is_transcoder, **factory)
 
-    # An SAE has one normalization constant: its output_normalization_scale is normalization_scale.
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "output_normalization_scale" and self.__dict__.get("hook_out") is None:
-            return self.__dict__["_buffers"]["normalization_scale"]
-        return super().__getattr__(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Let the trainer write `sae.normalization_scale = 3.2`; the buffer keeps its device/dtype.
-        if name in ("normalization_scale", "output_normalization_scale") and "normalization_scale" in self._buffers:
-            if name not in self._buffers:  # an SAE's output scale
-                if float(value) != float(self.normalization_scale):
-                    raise ValueError(f"an SAE has one normalization constant: set normalization_scale, not "
-                                     f"output_normalization_scale (got {float(value)} for it, while "
-                                     f"normalization_scale is {float(self.normalization_scale)}).")
-                return
-            if not isinstance(value, Tensor) or value.ndim == 0:
-                with torch.no_grad():
-                    self._buffers[name].fill_(float(value))
-                return
-        super().__setattr__(name, value)
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, also for checkpoints written before the normalization object (keys
+        `normalization_scale`, `output_normalization_scale`)."""
+        state_dict = {_LEGACY_STATE_KEYS.get(k, k): v for k, v in state_dict.items()}
+        if isinstance(self.normalization, Scaling) and self.normalization.tied:
+            state_dict.pop("normalization.output_scale", None)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def device(self) -> torch.device:
@@ -278,20 +249,9 @@ class SparseAutoencoder(nn.Module):
     def _with_skip(self, y: Tensor, x: Tensor) -> Tensor:
         return y if self.W_skip is None else y + x @ self.W_skip
 
-    def _token_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean, standard deviation) over d_in of each token of raw `x`, as `input_layer_norm` uses them."""
-        x = x.to(self.dtype)
-        mean = x.mean(-1, keepdim=True)
-        return mean, (x - mean).std(-1, keepdim=True)
-
     def _normalized_input(self, x: Tensor) -> Tensor:
-        """Raw activations -> what the encoder reads: times normalization_scale, standardized per token
-        first for an `input_layer_norm` dictionary."""
-        x = x.to(self.dtype)
-        if self.input_layer_norm:
-            mean, std = self._token_statistics(x)
-            x = (x - mean) / (std + LAYER_NORM_EPS)
-        return x * self.normalization_scale
+        """Raw activations -> what the encoder reads (`normalization.normalize_input`)."""
+        return self.normalization.normalize_input(x.to(self.dtype))
 
     def encode(self, x: Tensor) -> Tensor:
         """Raw activations [..., d_in] -> feature activations [..., d_sae] (inference rule).
@@ -378,29 +338,21 @@ class SparseAutoencoder(nn.Module):
     def decode(self, feature_acts: Tensor, x: Tensor | None = None) -> Tensor:
         """Feature activations [..., d_sae] -> reconstruction [..., d_out] in raw (output) space.
 
-        A transcoder with a skip connection also needs the raw in-hook activations `x` [..., d_in].
-        A dictionary with `residual_centering` adds the mean over d_model of `x` back when given `x`
-        (`forward` does); without it, decode gives the reconstruction of the centered activations.
-        An `input_layer_norm` one needs `x`: its reconstruction is un-standardized with x's statistics.
+        A transcoder with a skip connection also needs the raw in-hook activations `x` [..., d_in], as
+        does a normalization that restores each token's statistics (`TokenStandardization`); a
+        `ResidualCentering` dictionary adds the mean over d_model of `x` back when given `x` (`forward`
+        does), else it gives the reconstruction of the centered activations.
         """
         y = feature_acts.to(self.dtype) @ self.W_dec + self.b_dec
-        if self.input_layer_norm:
-            if x is None:
-                raise ValueError("this dictionary standardizes each token (input_layer_norm), so decode needs the "
-                                 "activations too: decode(feature_acts, x), or call it on x directly (forward).")
-            self._check_input(x)
-            mean, std = self._token_statistics(x)
-            return y * std + mean  # (imported: its normalization constants are 1)
         if self.W_skip is not None and x is None:
             raise ValueError("this transcoder has a skip connection, so decode needs the in-hook activations "
                              "too: decode(feature_acts, x), or call it on x directly (forward).")
-        if x is not None and (self.W_skip is not None or self.residual_centering):
+        if x is not None:
             self._check_input(x)
-            x = self._normalized_input(x)
-            y = self._with_skip(y, x)
-            if self.residual_centering:
-                y = y + x.mean(-1, keepdim=True)
-        return y / self.output_normalization_scale
+            x = x.to(self.dtype)
+            if self.W_skip is not None:
+                y = self._with_skip(y, self._normalized_input(x))
+        return self.normalization.restore(y, x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Raw activations [..., d_in] -> raw reconstruction [..., d_out] (a transcoder's prediction of
@@ -431,9 +383,10 @@ class SparseAutoencoder(nn.Module):
         marks latents that count as dead; the AuxK loss (top-k family) trains them to predict the
         residual.
         """
-        if self.residual_centering or self.input_layer_norm:
-            raise ValueError("this dictionary was imported with a normalization of another library (residual_centering "
-                             "or input_layer_norm), which this library uses for inference only; train a new one.")
+        if not self.normalization.trainable:
+            raise ValueError(f"this dictionary was imported with a normalization of another library "
+                             f"({self.normalization.kind}), which this library uses for inference only; train a new "
+                             f"one.")
         if x.ndim != 2:
             raise ValueError(f"training_forward expects activations of shape [batch, d_in], got {tuple(x.shape)}.")
         self._check_input(x)
@@ -510,13 +463,13 @@ class SparseAutoencoder(nn.Module):
     def _folded_tensors(self) -> dict[str, Tensor]:
         """The tensors to save, with the normalization constants folded in (self is not modified).
 
-        With s_in = normalization_scale and s_out = output_normalization_scale (the same for an SAE):
+        With (s_in, s_out) = normalization.scales() (the same for an SAE):
         act((s_in x - b_dec) W_enc + b_enc) = act((x - b_dec/s_in)(s_in W_enc) + b_enc) for an SAE,
         act((s_in x) W_enc + b_enc) = act(x (s_in W_enc) + b_enc) for a transcoder, and the raw
         output is f (W_dec / s_out) + b_dec / s_out + x (W_skip s_in / s_out). Pre-activations
         are unchanged, so the jumprelu and batch top-k thresholds need no change.
         """
-        s_in, s_out = self.normalization_scale, self.output_normalization_scale
+        s_in, s_out = self.normalization.scales()
         tensors = {name: t.detach().clone() for name, t in self._saved_tensors().items()}
         tensors["W_enc"] = self.W_enc.detach() * s_in
         tensors["W_dec"] = self.W_dec.detach() / s_out
@@ -542,9 +495,8 @@ class SparseAutoencoder(nn.Module):
         """
         for name, tensor in self._folded_tensors().items():
             getattr(self, name).copy_(tensor)
-        self.normalization_scale = 1.0
-        if self.is_transcoder:
-            self.output_normalization_scale = 1.0
+        if isinstance(self.normalization, Scaling):
+            self.normalization.set_scales(1.0, 1.0)
 
     def config_dict(self, *, metrics: dict | None = None, extra: dict | None = None) -> dict:
         """The contents of the config.json that `save` writes (the constants as folded at save)."""
@@ -563,11 +515,10 @@ class SparseAutoencoder(nn.Module):
             "model_name": self.model_name,
             "dtype": str(self.dtype).removeprefix("torch."),
             "sae": self.cfg.to_dict(),
-            "normalization_scale": float(self.normalization_scale),
-            **({"output_normalization_scale": float(self.output_normalization_scale)} if self.is_transcoder else {}),
+            "normalization_scale": self.normalization.scales()[0],
+            **({"output_normalization_scale": self.normalization.scales()[1]} if self.is_transcoder else {}),
             "normalization_folded": True,
-            **({"residual_centering": True} if self.residual_centering else {}),
-            **({"input_layer_norm": True} if self.input_layer_norm else {}),
+            **({self.normalization.kind: True} if self.normalization.kind in IMPORTED_NORMALIZATIONS else {}),
             "metrics": dict(metrics or {}),
             **extra,
         }
@@ -610,3 +561,10 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to config.json; pass numbers, strings, lists or dicts.")
+
+
+def create_dictionary(cfg: SAEConfig, d_in: int, **kwargs: Any) -> SparseAutoencoder:
+    """The dictionary of `cfg.architecture` on activations of width `d_in` (keyword arguments as
+    `SparseAutoencoder`'s: hook_name, model_name, d_out, hook_out, device, dtype)."""
+    cfg.validate()
+    return SparseAutoencoder._classes[cfg.architecture](cfg, d_in, **kwargs)

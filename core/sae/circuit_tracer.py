@@ -48,7 +48,7 @@ from torch import Tensor
 from ..config import SAEConfig
 from ..errors import DictionaryFormatError, DictionaryLoadError
 from ..files import publish, remove_tree, temp_sibling
-from .base import SparseAutoencoder
+from .base import create_dictionary
 from .clt import CrossLayerTranscoder
 from .foreign import check_tensors, model_name_for, read_weights, write_folder
 from .replacement import TranscoderSet
@@ -178,7 +178,7 @@ def _read_set(folder: Path, hook_in: str, hook_out: str, model: str, device, dty
         if jumprelu:
             _check_thresholds(folder, f"{path.name}'s {_THRESHOLD}", tensors[_THRESHOLD])
         cfg = SAEConfig(architecture="jumprelu" if jumprelu else "relu", d_sae=d_t, skip_connection="W_skip" in tensors)
-        sae = SparseAutoencoder(cfg, d_model, hook_name=hook_in.format(layer=layer), model_name=model, d_out=d_model,
+        sae = create_dictionary(cfg, d_model, hook_name=hook_in.format(layer=layer), model_name=model, d_out=d_model,
                                 hook_out=hook_out.format(layer=layer), device=device, dtype=dtype)
         with torch.no_grad():
             sae.W_enc.copy_(tensors["W_enc"].T)

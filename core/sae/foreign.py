@@ -22,7 +22,8 @@ from torch import Tensor
 from ..config import OFFLINE_MODEL_NAME, LanguageModelConfig, SAEConfig
 from ..errors import ConfigError, DictionaryLoadError
 from ..files import publish, temp_sibling
-from .base import CONFIG_FILENAME, SparseAutoencoder
+from .base import CONFIG_FILENAME, SparseAutoencoder, create_dictionary
+from .normalization import Normalization
 
 FOREIGN_CONFIG = "cfg.json"
 """The config file of SAELens and of sparsify folders."""
@@ -95,10 +96,10 @@ class ForeignDictionary:
     tensors: dict[str, Tensor]  # W_enc, b_enc, W_dec, b_dec, [W_skip], [threshold: absolute]
     source: dict = field(default_factory=dict)
     """Provenance: format, version, path, the original names, the conversions applied."""
-    residual_centering: bool = False
-    """Trained on a model with centered writing weights: the centering is folded into the encoder."""
-    input_layer_norm: bool = False
-    """SAELens's normalize_activations "layer_norm": each token standardized (SparseAutoencoder.input_layer_norm)."""
+    normalization: Optional[Normalization] = None
+    """What the dictionary does to raw activations besides its weights (`core.sae.normalization`): a
+    `ResidualCentering` (trained on a model with centered writing weights; the centering folded into
+    the encoder) or a `TokenStandardization` (SAELens's layer_norm); None: nothing."""
 
 
 
@@ -190,7 +191,7 @@ def build(foreign: ForeignDictionary, config: Path, device: str | torch.device, 
     cfg = SAEConfig(architecture=foreign.architecture, d_sae=foreign.d_sae, k=foreign.k or SAEConfig.k,
                     skip_connection=foreign.skip)
     try:
-        sae = SparseAutoencoder(cfg, foreign.d_in, hook_name=hook_name, model_name=model_name, d_out=foreign.d_out,
+        sae = create_dictionary(cfg, foreign.d_in, hook_name=hook_name, model_name=model_name, d_out=foreign.d_out,
                                 hook_out=hook_out, device=device, dtype=dtype)
     except (ConfigError, ValueError) as e:
         raise DictionaryLoadError(f"{config} describes a dictionary this library cannot build ({e}).") from e
@@ -200,8 +201,8 @@ def build(foreign: ForeignDictionary, config: Path, device: str | torch.device, 
             getattr(sae, name).copy_(t[name])
         if "threshold" in t:
             sae.set_threshold(t["threshold"].to(dtype))
-    sae.residual_centering = foreign.residual_centering
-    sae.input_layer_norm = foreign.input_layer_norm
+    if foreign.normalization is not None:
+        sae.normalization = foreign.normalization
     source = dict(foreign.source)
     if model_name != foreign.model_name or hook_name != foreign.hook_name or hook_out != foreign.hook_out:
         source["renamed"] = {"model_name": model_name, "hook_name": hook_name, "hook_out": hook_out}

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from ..config import ARCHITECTURES, SAEConfig
 from ..errors import ConfigError, DictionaryLoadError
-from .base import CONFIG_FILENAME, FORMAT_VERSION, WEIGHTS_FILENAME, SparseAutoencoder
+from .base import CONFIG_FILENAME, FORMAT_VERSION, WEIGHTS_FILENAME, SparseAutoencoder, create_dictionary
+from .normalization import IMPORTED_NORMALIZATIONS
 from .circuit_tracer import is_circuit_tracer_folder, read_circuit_tracer
 from .clt import CrossLayerTranscoder, load_cross_layer_transcoder
 from .foreign import FOREIGN_CONFIG, build, foreign_format, sparsify_run_folder_hint
@@ -113,7 +114,7 @@ def is_foreign(source: str | Path) -> bool:
     return folder.is_dir() and (foreign_format(folder) is not None or is_circuit_tracer_folder(folder))
 
 
-# The SparseAutoencoder flags of imported normalizations (config.json keys), and where they come from.
+# The config.json flags of imported normalizations (`core.sae.normalization`), and where they come from.
 _IMPORTED_NORMALIZATIONS = {"residual_centering": "a model with centered writing weights",
                             "input_layer_norm": "SAELens with normalize_activations \"layer_norm\""}
 
@@ -151,7 +152,7 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
         if cfg.architecture != architecture:
             raise ConfigError(f"sae.architecture is {cfg.architecture!r} but architecture is {architecture!r}")
         # Version 1 folders are SAEs: no hook_out, no d_out.
-        sae = SparseAutoencoder(cfg, data["d_in"], hook_name=data["hook_name"], model_name=data["model_name"],
+        sae = create_dictionary(cfg, data["d_in"], hook_name=data["hook_name"], model_name=data["model_name"],
                                 d_out=data.get("d_out"), hook_out=data.get("hook_out"), device=device, dtype=dtype)
     except (ConfigError, ValueError, TypeError) as e:
         raise DictionaryLoadError(f"{config_path} holds an invalid dictionary config ({e}); fix the file "
@@ -183,12 +184,18 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype) -
         raise DictionaryLoadError(f"{weights_path} does not match {config_path} (architecture {architecture}, "
                                   f"{sizes}): {'; '.join(problems)}. The files come from different dictionaries; "
                                   f"save the dictionary again.")
+    flags = []
     for flag, imported_from in _IMPORTED_NORMALIZATIONS.items():
         value = data.get(flag, False)
         if not isinstance(value, bool) or (value and sae.is_transcoder):
             raise DictionaryLoadError(f"{config_path} has {flag} {value!r}; it is true only for an SAE imported "
                                       f"from {imported_from}, else absent. Fix the file.")
-        setattr(sae, flag, value)
+        flags += [flag] if value else []
+    if len(flags) > 1:
+        raise DictionaryLoadError(f"{config_path} has both {' and '.join(flags)}; a dictionary has one normalization "
+                                  f"(no importer writes both). Fix the file.")
+    if flags:
+        sae.normalization = IMPORTED_NORMALIZATIONS[flags[0]]()
     with torch.no_grad():
         for name, target in sae._saved_tensors().items():
             target.copy_(tensors[name])

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..files import publish, temp_sibling
 from ..hooks import hook_layer
 from ..layout import DICTIONARY_CONFIG_FILENAME, transcoder_set_member
+from .normalization import Scaling
 from .base import SparseAutoencoder, _json_default
 from .sparse import SparseFeatureActs
 
@@ -204,7 +205,7 @@ class TranscoderSet(nn.Module):
             if hook_layer(member.hook_name) != layer or hook_layer(member.hook_out) != layer:
                 raise ValueError(f"the member given for layer {layer} reads {member.hook_name} and predicts "
                                  f"{member.hook_out}; both hooks must belong to block {layer}.")
-            if member.residual_centering or member.input_layer_norm:
+            if not isinstance(member.normalization, Scaling):
                 raise ValueError(f"the member of layer {layer} normalizes its input as an imported SAE does; a "
                                  f"transcoder set holds transcoders only.")
         self.layers = check_layers(sorted(members))
@@ -289,28 +290,28 @@ class TranscoderSet(nn.Module):
 
     def decode_layer(self, feature_acts: Tensor, layer: int) -> Tensor:
         m = self.member(layer)
-        return ((feature_acts.to(m.dtype) @ m.W_dec) / m.output_normalization_scale).unsqueeze(-2)
+        return m.normalization.restore(feature_acts.to(m.dtype) @ m.W_dec, None).unsqueeze(-2)
 
     def decoder_vectors(self, layer: int, features: Tensor) -> Tensor:
         m = self.member(layer)
-        return (m.W_dec[features] / m.output_normalization_scale).unsqueeze(1)
+        return m.normalization.restore(m.W_dec[features], None).unsqueeze(1)
 
     def encoder_vectors(self, layer: int, features: Tensor) -> Tensor:
         m = self.member(layer)
-        return (m.W_enc[:, features] * m.normalization_scale).T
+        return (m.W_enc[:, features] * m.normalization.scales()[0]).T
 
     def encoder_bias(self, layer: int) -> Tensor:
         return self.member(layer).b_enc
 
     def decoder_bias(self) -> Tensor:
-        return torch.stack([m.b_dec / m.output_normalization_scale for m in self])
+        return torch.stack([m.normalization.restore(m.b_dec, None) for m in self])
 
     def skip(self, x: Tensor) -> Tensor | None:
         self._check_stacked(x, self.d_in, "inputs")
         if all(m.W_skip is None for m in self):
             return None
         parts = [torch.zeros(*x.shape[:-2], self.d_out, dtype=m.dtype, device=x.device) if m.W_skip is None else
-                 (x[..., i, :].to(m.dtype) * m.normalization_scale) @ m.W_skip / m.output_normalization_scale
+                 m.normalization.restore(m.normalization.normalize_input(x[..., i, :].to(m.dtype)) @ m.W_skip, None)
                  for i, m in enumerate(self)]
         return torch.stack(parts, dim=-2)
 
@@ -369,8 +370,7 @@ class TranscoderSet(nn.Module):
                                  output_scales: Sequence[float] | Tensor) -> None:
         """The members' normalization constants, [L] each (the trainer's `expected_average_only_in`)."""
         for m, s_in, s_out in zip(self, torch.as_tensor(input_scales).tolist(), torch.as_tensor(output_scales).tolist()):
-            m.normalization_scale = s_in
-            m.output_normalization_scale = s_out
+            m.normalization.set_scales(s_in, s_out)
 
     def fold_normalization(self) -> None:
         for m in self:

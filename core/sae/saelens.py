@@ -20,6 +20,7 @@ from torch import Tensor
 from ..errors import DictionaryFormatError, DictionaryLoadError
 from ..hooks import is_residual_hook
 from .base import SparseAutoencoder
+from .normalization import ResidualCentering, TokenStandardization
 from .foreign import (FOREIGN_CONFIG, SAELENS_WEIGHTS, ForeignDictionary, check_tensors, positive_int, read_json,
                       read_weights, refuse, write_folder)
 
@@ -127,7 +128,7 @@ def _fold_residual_centering(t: dict[str, Tensor]) -> None:
     """SAELens's pre-activations on centered activations, (P x - b_dec) W_enc + b_enc with
     P = I - 11^T/d, as this library's on raw ones, (x - b_dec) W' + b' (float64, in place):
     W' = P W_enc (each column less its mean) and b' = b_enc - b_dec (I - P) W_enc
-    = b_enc - mean(b_dec) * (column sums of W_enc). `residual_centering` then adds the input's
+    = b_enc - mean(b_dec) * (column sums of W_enc). `ResidualCentering` then adds the input's
     mean back to the reconstruction."""
     w = t["W_enc"]
     t["b_enc"] = t["b_enc"] - t["b_dec"].mean() * w.sum(0)
@@ -245,7 +246,7 @@ def read_saelens(folder: Path, overrides: Optional[dict] = None) -> ForeignDicti
               "conversions": conversions}
     return ForeignDictionary(architecture=ours, d_in=d_in, d_sae=d_sae, d_out=d_out, k=k, skip=skip, hook_name=hook,
                     hook_out=flat.get("hook_name_out"), model_name=flat.get("model_name"), tensors=t, source=source,
-                    residual_centering=centering, input_layer_norm=layer_norm)
+                    normalization=ResidualCentering() if centering else TokenStandardization() if layer_norm else None)
 
 
 
@@ -289,11 +290,11 @@ def write_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
                 "dataset_path": config.get("dataset") if isinstance(config.get("dataset"), str) else None,
                 "sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None,
                 "exported_by": "gpt2-dictionary", "exported_from_architecture": arch}
-    if sae.residual_centering:  # SAELens then centers the model's writing weights, as the original did
+    if isinstance(sae.normalization, ResidualCentering):  # SAELens then centers the model's writing weights, as the original did
         metadata["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
     cfg = {"architecture": name, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": not sae.is_transcoder,
-           "normalize_activations": "layer_norm" if sae.input_layer_norm else "none",
+           "normalize_activations": "layer_norm" if isinstance(sae.normalization, TokenStandardization) else "none",
            "reshape_activations": "hook_z" if hook_z else "none",
            **({"k": sae.cfg.k, "rescale_acts_by_decoder_norm": False} if arch == "topk" else {}),
            **({"d_out": sae.d_out} if sae.is_transcoder else {}), "metadata": metadata}

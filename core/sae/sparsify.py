@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..errors import DictionaryFormatError
 from .base import SparseAutoencoder
+from .normalization import Scaling, TokenStandardization
 from .foreign import (FOREIGN_CONFIG, SPARSIFY_RUN_CONFIG, SPARSIFY_WEIGHTS, ForeignDictionary, check_tensors,
                       positive_int, read_json, read_weights, refuse, write_folder)
 
@@ -90,9 +91,9 @@ def write_sparsify(sae: SparseAutoencoder, folder: str | Path) -> Path:
     """Write a top-k `dictionary` as a sparsify folder (cfg.json + sae.safetensors) that sparsify's
     `SparseCoder.load_from_disk` reads with the same encode / decode. sparsify's per-hookpoint folder
     has no place for the model and hook names; name the folder after the hookpoint (e.g. `h.6`)."""
-    if sae.residual_centering or sae.input_layer_norm:
-        what = "standardizes each token (input_layer_norm)" if sae.input_layer_norm else (
-            "reads the residual stream of a model with centered writing weights (residual_centering)")
+    if not isinstance(sae.normalization, Scaling):
+        what = "standardizes each token (input_layer_norm)" if isinstance(sae.normalization, TokenStandardization) \
+            else "reads the residual stream of a model with centered writing weights (residual_centering)"
         raise DictionaryFormatError(f"this dictionary {what}, which a sparsify folder cannot say; export it to "
                                     f"SAELens instead.")
     if sae.architecture != "topk":
