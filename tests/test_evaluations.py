@@ -31,7 +31,7 @@ from core.evaluations import (SYNTHETIC_HOOK, AbsorptionConfig, CoreEvalConfig, 
 from core.evaluations.absorption import LETTERS, FirstLetterTask, word_absorption
 from core.evaluations.probing import mean_pooled
 from core.evaluations.saebench import OUTPUT_FIELDS
-from core.sae import SparseAutoencoder, load_dictionary
+from core.sae import SparseAutoencoder, create_dictionary, load_dictionary
 from tests.conftest import TINY_HOOK, tiny_training_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ D = 32
 def relu_dictionary(encoder: torch.Tensor, decoder: torch.Tensor, threshold: float = 0.0) -> SparseAutoencoder:
     """A relu SAE with the given encoder columns [d, n] and decoder rows [n, d], encoder biases
     -threshold, decoder bias 0."""
-    sae = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=decoder.shape[0]), decoder.shape[1],
+    sae = create_dictionary(SAEConfig(architecture="relu", d_sae=decoder.shape[0]), decoder.shape[1],
                             hook_name=TINY_HOOK, model_name="constructed")
     with torch.no_grad():
         sae.W_enc.copy_(encoder)
