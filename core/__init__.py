@@ -23,8 +23,12 @@ from .config import (AnalysisConfig, ActivationStoreConfig, CacheConfig, ConfigE
                      OFFLINE_MODEL_NAME, BUILTIN_CORPUS)
 from .data import (DatasetError, HeldOut, PackedSequences, TokenBatches, builtin_corpus_file, held_out_sequences,
                    load_text_dataset)
-from .evals import EvalResult, evaluate, evaluate_dictionaries, explained_variance, l0_norm, mean_squared_error
-from .errors import BackendError, DictionaryFormatError
+from .evals import (EvalDetails, EvalResult, evaluate, evaluate_dictionaries, evaluate_dictionaries_in_detail,
+                    explained_variance, l0_norm, mean_squared_error)
+from .errors import BackendError, DictionaryFormatError, EvaluationError
+from .evaluations import (AbsorptionConfig, CoreEvalConfig, EvaluationConfig, SparseProbingConfig, SyntheticActivations,
+                          SyntheticConfig, SyntheticEvaluator, SyntheticFeatures, read_eval_outputs, run_evaluations,
+                          synthetic_run)
 from .formats import evaluate_imported, export_circuit_tracer, export_saelens, export_sparsify, import_dictionary
 from .lm import HookNameError, LanguageModel, ModelLoadError, load_language_model
 from .sae import (CrossLayerTranscoder, DictionaryLoadError, ReplacementModel, SparseAutoencoder, SparseFeatureActs,

@@ -56,6 +56,11 @@ class BackendError(RuntimeError):
     retries, wrong URL, model or key, a local model that cannot load); the message says what to check."""
 
 
+class EvaluationError(ValueError):
+    """An evaluation cannot run as asked (too little data, a model that lacks what it measures); the
+    message says what to change."""
+
+
 class DistributedError(RuntimeError):
     """The ranks of a torchrun job cannot work together (a rank died or hung, configs differ)."""
 
@@ -70,10 +75,10 @@ class TrainingInterrupted(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    BackendError, CacheError, ConfigError, DatasetError, DictionaryFormatError, DictionaryLoadError, HookNameError,
-    ModelLoadError, StoreError, FileExistsError)
+    BackendError, CacheError, ConfigError, DatasetError, DictionaryFormatError, DictionaryLoadError, EvaluationError,
+    HookNameError, ModelLoadError, StoreError, FileExistsError)
 """Errors whose message says what is wrong and what to do; an entry point prints it and exits 2."""
 
 __all__ = ["AnnotationError", "BackendError", "CacheError", "ConfigError", "DatasetError", "DictionaryFormatError",
-           "DictionaryLoadError", "DistributedError", "FeatureUnavailable", "HookNameError", "ModelLoadError",
-           "StoreError", "TrainingInterrupted", "USER_ERRORS"]
+           "DictionaryLoadError", "DistributedError", "EvaluationError", "FeatureUnavailable", "HookNameError",
+           "ModelLoadError", "StoreError", "TrainingInterrupted", "USER_ERRORS"]

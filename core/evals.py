@@ -179,29 +179,94 @@ def _masked_next_token_stats(logits: torch.Tensor, tokens: torch.Tensor, pred_ma
     return ce, kl
 
 
-class _Sums:
-    """What an evaluation adds up for one dictionary, batch by batch."""
+@dataclass
+class EvalDetails:
+    """What SAEBench's core evaluation reports beyond `EvalResult`, from the same pass over the same
+    tokens (`evaluate_dictionaries_in_detail`); the definitions are SAEBench's
+    (sae_bench/evals/core/main.py: `get_sparsity_and_variance_metrics`, `get_recons_loss`)."""
 
-    def __init__(self, d_sae: int, d_out: int):
-        self.ce_recon = self.ce_zero = self.kl = self.l0 = 0.0
+    kl_divergence_zero_ablation: float
+    """Mean KL(clean next-token distribution || distribution with the output hook zero-ablated)."""
+    l1: float
+    """Mean sum of the feature activations per token."""
+    cosine_similarity: float
+    """Mean cosine similarity of a token's activation (target) and its reconstruction."""
+    l2_norm_in: float
+    """Mean L2 norm of the activations (targets)."""
+    l2_norm_out: float
+    """Mean L2 norm of the reconstructions."""
+    l2_ratio: float
+    """Mean over tokens of |reconstruction| / |activation| (an activation of norm < 1e-4 divides by 1)."""
+    relative_reconstruction_bias: float
+    """mean |x_hat|^2 / mean <x, x_hat> over all the tokens (Wright & Sharkey 2024, eq. 10; 1 = no
+    shrinkage; SAEBench takes the ratio per batch and averages the batches)."""
+    explained_variance_legacy: float
+    """Mean over tokens of 1 - |x - x_hat|^2 / |x - mean of x over its model batch|^2 (SAEBench's
+    earlier formula, kept for comparison with older results)."""
+    feature_density: list[float]
+    """Per latent: the fraction of tokens it fired on [d_sae]."""
+    consistent_activation_heuristic: list[float]
+    """Per latent: tokens it fired on / sequences it fired in (NaN for a latent that never fired) [d_sae]."""
+    n_sequences: int
+    """Sequences the tokens came from."""
+
+
+class EvalSums:
+    """What an evaluation adds up for one dictionary, batch by batch: reconstruction and sparsity
+    from `add_reconstruction`, the spliced-in and zero-ablated losses from the caller (`ce_recon`,
+    `ce_zero`, `kl`, `kl_zero`, summed over predictions). With `details`, also what `EvalDetails` holds.
+    An evaluation without a language model (synthetic activations) leaves the losses at 0 and gets
+    NaN for them."""
+
+    def __init__(self, d_sae: int, d_out: int, *, details: bool = False):
+        self.ce_recon = self.ce_zero = self.kl = self.kl_zero = self.l0 = 0.0
         self.n_tokens = 0
         self.fired = torch.zeros(d_sae, dtype=torch.long)
         self.squared_error = 0.0
         self.target_sum = torch.zeros(d_out, dtype=torch.float64)
         self.target_squares = 0.0
+        self.details = details
+        self.l1 = self.cosine = self.norm_in = self.norm_out = self.ratio = 0.0
+        self.hat_squares = self.dot = self.ev_legacy = 0.0
+        self.fired_sequences = torch.zeros(d_sae, dtype=torch.long)
+        self.n_sequences = 0
 
-    def add_reconstruction(self, target: torch.Tensor, target_hat: torch.Tensor, feats: torch.Tensor) -> None:
+    def add_reconstruction(self, target: torch.Tensor, target_hat: torch.Tensor, feats: torch.Tensor,
+                           sequence_index: Optional[torch.Tensor] = None) -> None:
+        """Add the tokens of a batch: targets and reconstructions [n, d_out], feature activations
+        [n, d_sae], and (for the details) the sequence of each token, 0..n_sequences-1 [n]."""
         target, target_hat = target.double().cpu(), target_hat.double().cpu()
+        active = (feats != 0).cpu()
         self.n_tokens += len(target)
-        self.squared_error += float((target - target_hat).pow(2).sum())
+        error = (target - target_hat).pow(2).sum(-1)  # [n]
+        self.squared_error += float(error.sum())
         self.target_sum += target.sum(0)
         self.target_squares += float(target.pow(2).sum())
-        self.l0 += float((feats != 0).sum())
-        self.fired += (feats != 0).sum(0).cpu()
+        self.l0 += float(active.sum())
+        self.fired += active.sum(0)
+        if not self.details:
+            return
+        norm_in, norm_out = target.norm(dim=-1), target_hat.norm(dim=-1)
+        self.l1 += float(feats.double().sum())
+        self.cosine += float(F.cosine_similarity(target, target_hat, dim=-1, eps=1e-12).sum())
+        self.norm_in += float(norm_in.sum())
+        self.norm_out += float(norm_out.sum())
+        self.ratio += float((norm_out / torch.where(norm_in.abs() < 1e-4, 1.0, norm_in)).sum())
+        self.hat_squares += float(norm_out.pow(2).sum())
+        self.dot += float((target * target_hat).sum())
+        spread = (target - target.mean(0)).pow(2).sum(-1)
+        self.ev_legacy += float((1 - error / spread).sum())
+        if sequence_index is None:
+            sequence_index = torch.arange(len(target))
+        n_sequences = int(sequence_index.max()) + 1 if len(sequence_index) else 0
+        per_sequence = torch.zeros(n_sequences, active.shape[1], dtype=torch.long)
+        per_sequence.index_add_(0, sequence_index.cpu(), active.long())
+        self.fired_sequences += (per_sequence > 0).sum(0)
+        self.n_sequences += n_sequences
 
-    def result(self, ce_clean: float, n_pred: float, dense_threshold: float) -> EvalResult:
+    def result(self, ce_clean: float = float("nan"), n_pred: float = 0.0, dense_threshold: float = 0.1) -> EvalResult:
         n = max(self.n_tokens, 1)
-        ce_recon, ce_zero = self.ce_recon / n_pred, self.ce_zero / n_pred
+        ce_recon, ce_zero = (self.ce_recon / n_pred, self.ce_zero / n_pred) if n_pred else (float("nan"),) * 2
         denominator = ce_zero - ce_clean
         density = self.fired.double() / n
         return EvalResult(
@@ -216,9 +281,21 @@ class _Sums:
             ce_loss_reconstructed=ce_recon,
             ce_loss_zero_ablation=ce_zero,
             ce_loss_recovered=(ce_zero - ce_recon) / denominator if abs(denominator) > 1e-9 else float("nan"),
-            kl_divergence=self.kl / n_pred,
+            kl_divergence=self.kl / n_pred if n_pred else float("nan"),
             feature_density_histogram=feature_density_histogram(density),
         )
+
+    def result_details(self, n_pred: float = 0.0) -> EvalDetails:
+        n = max(self.n_tokens, 1)
+        density = self.fired.double() / n
+        consistency = self.fired.double() / self.fired_sequences.double()  # 0 / 0: NaN for a latent never fired
+        return EvalDetails(
+            kl_divergence_zero_ablation=self.kl_zero / n_pred if n_pred else float("nan"),
+            l1=self.l1 / n, cosine_similarity=self.cosine / n, l2_norm_in=self.norm_in / n,
+            l2_norm_out=self.norm_out / n, l2_ratio=self.ratio / n,
+            relative_reconstruction_bias=self.hat_squares / self.dot if self.dot else float("nan"),
+            explained_variance_legacy=self.ev_legacy / n, feature_density=density.tolist(),
+            consistent_activation_heuristic=consistency.tolist(), n_sequences=self.n_sequences)
 
 
 def _splice(mask: torch.Tensor, replacement: torch.Tensor):
@@ -239,29 +316,47 @@ def evaluate_dictionaries(model: LanguageModel, saes: Sequence, token_batches: I
     dictionary, a forward with its reconstruction spliced in at its output hook (`hook_out` of a
     transcoder, else its hook), and one zero-ablated forward per output hook, shared by the
     dictionaries writing there. A transcoder is scored against its output hook's activations."""
+    sums, ce_clean, n_pred = _evaluation_sums(model, saes, token_batches, details=False, chunk_tokens=chunk_tokens)
+    return [acc.result(ce_clean, n_pred, dense_threshold) for acc in sums]
+
+
+@torch.no_grad()
+def evaluate_dictionaries_in_detail(model: LanguageModel, saes: Sequence, token_batches: Iterable[torch.Tensor], *,
+                                    dense_threshold: float = 0.1, chunk_tokens: int = EVAL_CHUNK_TOKENS
+                                    ) -> list[tuple[EvalResult, EvalDetails]]:
+    """`evaluate_dictionaries` and, from the same forwards, each dictionary's `EvalDetails` (what
+    SAEBench's core evaluation adds: KL of the zero ablation, shrinkage, L1, per-latent density)."""
+    sums, ce_clean, n_pred = _evaluation_sums(model, saes, token_batches, details=True, chunk_tokens=chunk_tokens)
+    return [(acc.result(ce_clean, n_pred, dense_threshold), acc.result_details(n_pred)) for acc in sums]
+
+
+def _evaluation_sums(model: LanguageModel, saes: Sequence, token_batches: Iterable[torch.Tensor], *, details: bool,
+                     chunk_tokens: int) -> tuple[list[EvalSums], float, float]:
+    """(each dictionary's sums, the mean clean CE loss, the number of predictions) over the batches."""
     saes = list(saes)
     outputs = [getattr(sae, "hook_out", None) or sae.hook_name for sae in saes]
     hooks = list(dict.fromkeys([sae.hook_name for sae in saes] + outputs))
     was_training = [sae.training for sae in saes]
     for sae in saes:
         sae.eval()
-    sums = [_Sums(sae.d_sae, getattr(sae, "d_out", sae.d_in)) for sae in saes]
+    sums = [EvalSums(sae.d_sae, getattr(sae, "d_out", sae.d_in), details=details) for sae in saes]
     ce_clean = n_pred = 0.0
     for tokens in token_batches:
         tokens = tokens.to(model.device)
         mask = model.token_mask(tokens)  # [b, s]
         pred_mask = mask[:, :-1] & mask[:, 1:]  # predictions made at text positions, of text tokens
         n_pred += float(pred_mask.sum())
+        sequence_index = mask.nonzero()[:, 0]  # [n] the sequence of each text token
         with model.autocast():
             logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
         ce_clean += _masked_next_token_stats(logits_clean, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
-        ce_zero: dict[str, float] = {}
+        zero_ablated: dict[str, tuple[float, float]] = {}
         for sae, hook_out, acc in zip(saes, outputs, sums):
             x = cache[sae.hook_name][mask].flatten(1).to(sae.dtype)  # [n, d_in]
             target = cache[hook_out][mask].flatten(1)
             feats = sae.encode(x)
             target_hat = sae(x)  # raw reconstruction (a transcoder's skip connection included)
-            acc.add_reconstruction(target, target_hat, feats)
+            acc.add_reconstruction(target, target_hat, feats, sequence_index)
             with model.autocast():
                 logits = model.bridge.run_with_hooks(tokens, return_type="logits",
                                                      fwd_hooks=[(hook_out, _splice(mask, target_hat))])
@@ -269,17 +364,19 @@ def evaluate_dictionaries(model: LanguageModel, saes: Sequence, token_batches: I
             acc.ce_recon += ce
             acc.kl += kl
             del logits
-            if hook_out not in ce_zero:
+            if hook_out not in zero_ablated:
                 with model.autocast():
                     logits = model.bridge.run_with_hooks(
                         tokens, return_type="logits", fwd_hooks=[(hook_out, _splice(mask, torch.zeros_like(target)))])
-                ce_zero[hook_out] = _masked_next_token_stats(logits, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
+                zero_ablated[hook_out] = _masked_next_token_stats(logits, tokens, pred_mask,
+                                                                  logits_clean if details else None, chunk_tokens)
                 del logits
-            acc.ce_zero += ce_zero[hook_out]
+            acc.ce_zero += zero_ablated[hook_out][0]
+            acc.kl_zero += zero_ablated[hook_out][1]
     for sae, mode in zip(saes, was_training):
         sae.train(mode)
     n_pred = max(n_pred, 1.0)
-    return [acc.result(ce_clean / n_pred, n_pred, dense_threshold) for acc in sums]
+    return sums, ce_clean / n_pred, n_pred
 
 
 def evaluate(model: LanguageModel, sae, token_batches: Iterable[torch.Tensor], *,

@@ -10,7 +10,8 @@
                 explanations.sqlite           its explanations and scores (auto-interpretation)
             annotations.sqlite                labels, notes, bookmarks (editable)
             graphs/<slug>.json                attribution graphs of prompts (replacement models)
-            evals/<eval_type>.json            evaluations in SAEBench's JSON shape
+            evals/<eval_type_id>/<run>_<name>_eval_results.json
+                                              evaluations in SAEBench's JSON shape and file names
         dictionary/                           (older runs of one dictionary: the dictionary itself;
         analysis/<analysis>/                   its analyses and annotations sit beside it, in the
         annotations.sqlite                     run folder)
@@ -40,6 +41,8 @@ ANNOTATIONS_FILENAME = "annotations.sqlite"
 EXPLANATIONS_FILENAME = "explanations.sqlite"
 GRAPHS_FOLDER = "graphs"
 EVALS_FOLDER = "evals"
+EVAL_RESULTS_SUFFIX = "_eval_results.json"
+"""SAEBench's result files are `<release>_<sae_id>_eval_results.json`; its tools find them by this suffix."""
 IMPORTED_RUN = "imported"
 """`core.formats.import_dictionary` writes converted copies to `<results>/imported/dictionaries/<name>/`."""
 
@@ -125,6 +128,19 @@ def graphs_folder(dictionary: str | Path) -> Path:
 def evals_folder(dictionary: str | Path) -> Path:
     """Evaluation results (SAEBench's JSON shape) of a dictionary: `<dictionary>/evals/`."""
     return dictionary_home(dictionary) / EVALS_FOLDER
+
+
+def eval_results_path(dictionary: str | Path, eval_type_id: str) -> Path:
+    """`<dictionary>/evals/<eval_type_id>/<run>_<name>_eval_results.json`: SAEBench's folder per eval
+    type and its file name for release <run> (the run folder's name) and id <name> (the dictionary's);
+    `dictionary_key` says what SAEBench's tools key the result by."""
+    return evals_folder(dictionary) / eval_type_id / f"{dictionary_key(dictionary)}{EVAL_RESULTS_SUFFIX}"
+
+
+def dictionary_key(dictionary: str | Path) -> str:
+    """`<run>_<name>` ("/" made "_", as SAEBench names files): a dictionary's key in SAEBench's tools."""
+    folder = Path(dictionary).expanduser().resolve()
+    return f"{run_of_dictionary(folder).name}_{folder.name}".replace("/", "_")
 
 
 def run_of_dictionary(dictionary: str | Path) -> Path:

@@ -9,7 +9,10 @@ own virtual environments, made here with pinned versions (torch 2.13.0, the CPU 
 this machine's disk):
 
     .venv-peers     sae-lens 6.54.12 and eai-sparsify 1.3.3 (also what test_formats.py's export test
-                    runs); it sees this project's installed packages and adds what they lack (~20 s)
+                    runs); it sees this project's installed packages and adds what they lack (~20 s);
+                    and sae-bench 0.6.0 without its dependencies (~2 s): tests/test_evaluations.py
+                    validates result files with its output classes, which need only pydantic (a full
+                    install would pull NumPy 1, torchvision and sae-probes)
     .venv-saelens5  sae-lens 5.11.0, for configs in SAELens's layout of before 6.0 (isolated: it needs
                     NumPy 1 and TransformerLens 2)
 
@@ -36,6 +39,9 @@ OUT = ROOT / "tests" / "data" / "foreign"
 PEERS_VENV = Path(os.environ.get("GPT2DICT_PEERS_VENV", ROOT / ".venv-peers"))
 SAELENS5_VENV = Path(os.environ.get("GPT2DICT_SAELENS5_VENV", ROOT / ".venv-saelens5"))
 PEERS_PACKAGES = ["sae-lens==6.54.12", "eai-sparsify==1.3.3"]
+PEERS_NO_DEPS_PACKAGES = {"sae_bench": "sae-bench==0.6.0"}
+"""Installed into .venv-peers without their dependencies (module name: requirement), also into an
+environment made before they were added."""
 SAELENS5_PACKAGES = ["sae-lens==5.11.0", "pyarrow<18"]  # (pyarrow 18+ needs NumPy 2, which sae-lens 5 excludes)
 TORCH = "torch==2.13.0"
 
@@ -65,6 +71,16 @@ def make_venv(venv: Path, packages: list[str], *, system_site_packages: bool) ->
         subprocess.run(pip + [TORCH], check=True)
     subprocess.run(pip + [TORCH] + packages, check=True)
     return python
+
+
+def install_without_dependencies(python: Path, packages: dict[str, str]) -> None:
+    """pip install --no-deps each requirement whose module `python` cannot find yet."""
+    missing = [requirement for module, requirement in packages.items()
+               if subprocess.run([str(python), "-c", f"import importlib.util, sys; "
+                                  f"sys.exit(importlib.util.find_spec({module!r}) is None)"]).returncode]
+    if missing:
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                        *missing], check=True)
 
 
 # ------------------------------------------------------------------ inside the environments
@@ -262,6 +278,7 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--inside":
         return inside(sys.argv[2])
     peers = make_venv(PEERS_VENV, PEERS_PACKAGES, system_site_packages=True)
+    install_without_dependencies(peers, PEERS_NO_DEPS_PACKAGES)
     if "--setup-only" in sys.argv:
         return
     saelens5 = make_venv(SAELENS5_VENV, SAELENS5_PACKAGES, system_site_packages=False)  # (NumPy 1, TransformerLens 2)
