@@ -8,6 +8,8 @@ Copy this file to `exp/`, edit the preset you start from, and run it:
     python run_train_example.py smollm2 --sweep sae.k=16,32,64 "hook_name=blocks.{2..5}.hook_resid_post"
     python run_train_example.py smollm2 --activations.cache-path results/activation-caches/smollm2-blocks3-5
     python run_train_example.py transcoder            # a transcoder of block 3's MLP, and an SAE beside it
+    python run_train_example.py transcoders           # a transcoder set replacing MLPs 0-5 (a replacement model)
+    python run_train_example.py clt                   # a cross-layer transcoder over MLPs 0-5
     torchrun --standalone --nproc-per-node 2 run_train_example.py smollm2   # data parallel over 2 processes
     python run_train_example.py --help                # every field, with its documentation
 
@@ -80,12 +82,42 @@ TRANSCODER_PRESET = replace(OFFLINE_PRESET, exp_name="smollm2-mlp3-transcoder", 
                      sae=replace(OFFLINE_PRESET.sae, skip_connection=True)),
     DictionaryConfig(name="resid3")))
 
-PRESETS = {"smollm2": OFFLINE_PRESET, "gpt2": GPT2_PRESET, "sweep": SWEEP_PRESET, "transcoder": TRANSCODER_PRESET}
+# Replacement models of the offline model's first six MLPs (blocks 0 to 5), one config line each: a
+# transcoder per MLP (reading the MLP's input, predicting its output), or one cross-layer transcoder
+# whose features write to their own layer and every later one. batchtopk (exportable to
+# circuit-tracer), 2,304 features per layer; about 10-15 minutes each on a 2-core CPU. The next step is
+# attribution graphs of prompts through them (run_attribution_example.py).
+_REPLACEMENT = replace(
+    OFFLINE_PRESET,
+    activations=ActivationStoreConfig(model_batch_size=16, buffer_tokens=32_768, train_batch_size=2048),
+    sae=SAEConfig(architecture="batchtopk", d_sae=2304, k=32, normalize_activations="expected_average_only_in",
+                  dead_tokens_threshold=100_000),
+    trainer=replace(OFFLINE_PRESET.trainer, total_training_tokens=600_000, eval_every_steps=100,
+                    checkpoint_every_steps=50))
+TRANSCODERS_PRESET = replace(_REPLACEMENT, exp_name="smollm2-transcoders-demo",
+                             dictionaries=(DictionaryConfig(name="transcoders", kind="transcoder_set", layers="0..5"),))
+CLT_PRESET = replace(_REPLACEMENT, exp_name="smollm2-clt-demo",
+                     dictionaries=(DictionaryConfig(name="clt", kind="clt", layers="0..5"),))
+
+# GPT-2 small's every MLP (blocks 0 to 11) as a cross-layer transcoder, OpenWebText: for a GPU
+# (its parameters and Adam state take about 6 GB at 6,144 features per layer; see docs/replacement-models.md).
+GPT2_CLT_PRESET = replace(
+    GPT2_PRESET, exp_name="gpt2-clt",
+    activations=ActivationStoreConfig(model_batch_size=64, buffer_tokens=2 ** 18, train_batch_size=4096),
+    sae=SAEConfig(architecture="batchtopk", expansion_factor=8, k=32, normalize_activations="expected_average_only_in"),
+    trainer=replace(GPT2_PRESET.trainer, total_training_tokens=200_000_000),
+    dictionaries=(DictionaryConfig(name="clt", kind="clt", layers="0..11"),))
+
+PRESETS = {"smollm2": OFFLINE_PRESET, "gpt2": GPT2_PRESET, "sweep": SWEEP_PRESET, "transcoder": TRANSCODER_PRESET,
+           "transcoders": TRANSCODERS_PRESET, "clt": CLT_PRESET, "gpt2-clt": GPT2_CLT_PRESET}
 Preset = tyro.extras.subcommand_type_from_defaults(
     PRESETS, descriptions={"smollm2": "offline default (SmolLM2-135M, built-in corpus, ~10 min on CPU)",
                            "gpt2": "GPT-2 small, OpenWebText, residual stream of block 6",
                            "sweep": "k x layer sweep on the offline model, six dictionaries from one pass",
-                           "transcoder": "a transcoder of block 3's MLP and an SAE beside it, one pass"})
+                           "transcoder": "a transcoder of block 3's MLP and an SAE beside it, one pass",
+                           "transcoders": "a transcoder set replacing the offline model's MLPs 0-5 (~10-15 min)",
+                           "clt": "a cross-layer transcoder over the offline model's MLPs 0-5 (~10-15 min)",
+                           "gpt2-clt": "a cross-layer transcoder over all 12 MLPs of GPT-2 small (GPU)"})
 
 
 def main(cfg: Annotated[TrainingConfig, tyro.conf.arg(name="")]) -> None:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional, Protocol, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .lm import LanguageModel
 from .sae import ReplacementModel
@@ -419,7 +420,7 @@ class _ReplacementSums:
     def __init__(self, replacement) -> None:
         L = len(replacement.layers)
         self.replacement = replacement
-        self.layers = [_Sums(replacement.d_sae, replacement.d_out) for _ in range(L)]
+        self.layers = [EvalSums(replacement.d_sae, replacement.d_out) for _ in range(L)]
         self.ce_replaced = self.ce_zero = self.kl = 0.0
         self.squared_norm = [0.0] * L
 

@@ -387,13 +387,15 @@ class Trainer:
                  evaluator: Evaluator, run: RunFolder, dist: Distributed = SINGLE_PROCESS,
                  specs: Optional[list[DictionaryConfig]] = None,
                  make_dictionary: Optional[Callable[[DictionaryConfig], DictionaryTrainer]] = None,
-                 data_position: Callable[[], dict] = dict, first_training_document: int = 0):
+                 data_position: Callable[[], dict] = dict, first_training_document: int = 0,
+                 saved_extra: Optional[dict] = None):
         """`cfg` gives the schedule (lengths, cadences, logging) and what the saved dictionaries record;
         `dictionaries` are the ones this process trains (all of them, or in a torchrun job spreading
         dictionaries over ranks, this rank's), `specs` every dictionary of the run in order (default:
         those of `dictionaries`), `make_dictionary` builds one from its spec (rank 0 uses it to save the
         dictionaries other ranks trained), `data_position` says where the batches' source is (saved
-        in checkpoints), `first_training_document` where training text starts (recorded)."""
+        in checkpoints), `first_training_document` where training text starts (recorded), `saved_extra`
+        what else the saved dictionaries' config.json record (e.g. a synthetic run's features)."""
         self.cfg = cfg
         self.dictionaries = dictionaries
         self.buffer = batches
@@ -404,6 +406,7 @@ class Trainer:
         self.make_dictionary = make_dictionary
         self.data_position = data_position
         self.first_training_document = first_training_document
+        self.saved_extra = dict(saved_extra or {})
         self.data_parallel = dist.active and cfg.distributed.strategy == "data_parallel"
         self.total_steps = cfg.trainer.total_training_tokens // cfg.activations.train_batch_size
         self.step = 0
@@ -584,7 +587,7 @@ class Trainer:
             sae.save(paths[name], metrics=final.to_dict(), **member_metrics, extra={
                 "name": name, "exp_name": cfg.exp_name, "model": cfg.model.to_dict(), "dataset": cfg.dataset.path,
                 "context_size": cfg.dataset.context_size, "optimizer": spec.optimizer.to_dict(),
-                "training_tokens": self.tokens_seen, "training_steps": self.step})
+                "training_tokens": self.tokens_seen, "training_steps": self.step, **self.saved_extra})
             log.info("Saved %s: L0 %.1f, explained variance %.3f, CE loss recovered %.3f.",
                      paths[name], final.l0, final.explained_variance, final.ce_loss_recovered)
         return paths

@@ -22,8 +22,8 @@ import core  # noqa: F401  (before torch: idle OpenMP threads then sleep, see co
 import pytest
 import torch
 import torch.nn.functional as F
-from core.config import ActivationStoreConfig, LoggingConfig, SAEConfig, TrainerConfig, TrainingConfig
-from core.errors import DatasetError, EvaluationError
+from core.config import ActivationStoreConfig, LanguageModelConfig, LoggingConfig, SAEConfig, TrainerConfig, TrainingConfig
+from core.errors import ConfigError, DatasetError, EvaluationError
 from core.evals import evaluate_dictionaries, evaluate_dictionaries_in_detail
 from core.evaluations import (SYNTHETIC_HOOK, AbsorptionConfig, CoreEvalConfig, EvaluationConfig, SparseProbingConfig,
                               SyntheticActivations, SyntheticConfig, SyntheticEvaluator, SyntheticFeatures, absorption,
@@ -241,8 +241,43 @@ def test_training_recovers_the_features_of_a_small_problem(tmp_path):
     written = read_eval_outputs(result.folder)["synthetic_recovery"]
     assert written["eval_result_metrics"]["recovery"]["fraction_recovered"] == result.recovery.fraction_recovered
     check_saebench_files([result.result_file])
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ConfigError, match="already holds trained dictionaries"):
         synthetic_run(SyntheticConfig(n_features=64, d_model=32), training)
+
+
+def test_a_synthetic_run_is_a_normal_run_that_resumes_exactly(tmp_path):
+    """The normal trainer, handed the synthetic stream and evaluator: metrics.jsonl, checkpoints, and a
+    run stopped after step 13 resumes at its step-10 checkpoint to the uninterrupted run's weights."""
+    from core.evaluations import synthetic_trainer
+    from core.runs import RunFolder
+
+    features = SyntheticFeatures.generate(SyntheticConfig(n_features=32, d_model=16, firing_probability=0.1))
+
+    def config(name: str) -> TrainingConfig:
+        return TrainingConfig(
+            exp_name=name, results_dir=str(tmp_path), seed=0, model=LanguageModelConfig(name="synthetic"),
+            activations=ActivationStoreConfig(hook_name=SYNTHETIC_HOOK, buffer_tokens=2048, train_batch_size=256),
+            sae=SAEConfig(architecture="topk", d_sae=64, k=4, decoder_bias_init_samples=512),
+            trainer=TrainerConfig(total_training_tokens=256 * 24, lr=1e-2, lr_warmup_steps=2, eval_every_steps=10,
+                                  checkpoint_every_steps=10),
+            logging=LoggingConfig(progress_bar=False, log_every_steps=5))
+
+    whole = synthetic_trainer(features, config("whole"), eval_tokens=2048).run()
+    trainer = synthetic_trainer(features, config("parted"), eval_tokens=2048)
+    while trainer.step < 13:
+        trainer.train_step(trainer.buffer.next_batch())
+        if trainer.step % 10 == 0:
+            trainer.save_checkpoint()
+    assert RunFolder(tmp_path / "parted").latest_checkpoint().name == "step_10"
+    resumed = synthetic_trainer(features, config("parted"), eval_tokens=2048).run()
+    assert resumed.started_at_step == 10 and resumed.steps == whole.steps == 24
+    a, b = (load_dictionary(r.dictionary_path) for r in (whole, resumed))
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(b.state_dict()[name], tensor), name
+    records = list(RunFolder(tmp_path / "whole").metrics.records())
+    assert [r["step"] for r in records if "eval" in r] == [10, 20] and "final_eval" in records[-1]
+    assert math.isnan(records[-1]["final_eval"]["ce_loss_recovered"])  # no language model to ask
+    assert a.saved_config["synthetic"]["n_features"] == 32
 
 
 # ------------------------------------------------------------------ the whole command on the tiny GPT-2

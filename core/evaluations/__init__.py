@@ -21,10 +21,10 @@ from .probing import BUILTIN_TASK, SparseProbingConfig, SparseProbingResult, spa
 from .runner import EVALS, EvaluationConfig, EvaluationRun, run_evaluations
 from .saebench import read_eval_outputs
 from .synthetic import (SYNTHETIC_HOOK, RecoveryResult, SyntheticActivations, SyntheticConfig, SyntheticEvaluator,
-                        SyntheticFeatures, recovery, synthetic_run, train_on_synthetic)
+                        SyntheticFeatures, recovery, synthetic_run, synthetic_trainer)
 
 __all__ = ["AbsorptionConfig", "AbsorptionResult", "BUILTIN_TASK", "CoreEvalConfig", "CoreEvalResult", "EVALS",
            "EvaluationConfig", "EvaluationRun", "RecoveryResult", "SYNTHETIC_HOOK", "SparseProbingConfig",
            "SparseProbingResult", "SyntheticActivations", "SyntheticConfig", "SyntheticEvaluator", "SyntheticFeatures",
            "absorption", "core_evaluation", "first_letter_task", "read_eval_outputs", "recovery", "run_evaluations",
-           "sparse_probing", "synthetic_run", "train_on_synthetic"]
+           "sparse_probing", "synthetic_run", "synthetic_trainer"]

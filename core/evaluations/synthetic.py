@@ -35,10 +35,10 @@ true directions,
 - what needs no ground truth, from `core.evals` (`EvalSums`): explained variance, MSE, L0, latents
   that never fired; and the true L0 and the shrinkage |x_hat| / |x|.
 
-**Training** (`train_on_synthetic`): the real per-dictionary trainer (`core.training.DictionaryTrainer`)
-over an `ActivationBuffer` of the stream. ADAPTER: the run-level `Trainer` still loads a language
-model; when `build_trainer` accepts an activation stream and an evaluator, this function becomes a
-call to it with `SyntheticActivations` and `SyntheticEvaluator`.
+**Training** (`synthetic_trainer`): the normal `core.training.Trainer`, handed the synthetic stream
+(through an `ActivationBuffer`) and `SyntheticEvaluator` instead of a language model, so a synthetic
+run has what any run has: metrics.jsonl, periodic evaluations, checkpoints and exact resumption (the
+stream's position is saved), its dictionaries saved with their final metrics.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -58,9 +58,9 @@ from scipy.optimize import linear_sum_assignment
 from ..activations import ActivationBuffer
 from ..config import ConfigError, TrainingConfig
 from ..evals import EvalResult, EvalSums
-from ..layout import dictionary_folder, finished_dictionaries
-from ..sae import SparseAutoencoder
-from ..training import THRESHOLD_CALIBRATION_BATCHES, DictionaryTrainer
+from ..runs import RunFolder
+from ..sae import load_dictionary
+from ..training import DictionaryTrainer, Trainer, checkpoint_to_resume, load_trainer_state, seed_everything
 from .saebench import EVAL_TYPE_SYNTHETIC, dictionary_config, eval_output, new_eval_id, write_eval_output
 
 log = logging.getLogger(__name__)
@@ -346,7 +346,8 @@ class SyntheticEvaluator:
         self.dense_threshold = dense_threshold
 
     @torch.no_grad()
-    def __call__(self, saes: Sequence) -> list[EvalResult]:
+    def __call__(self, saes: Sequence, *, final: bool = True) -> list[EvalResult]:
+        """`core.evals.Evaluator`: the same evaluation tokens for periodic and final evaluations."""
         stream = SyntheticActivations(self.features, batch_tokens=self.batch_tokens, stream="eval")
         sums = [EvalSums(sae.d_sae, sae.d_in) for sae in saes]
         modes = [sae.training for sae in saes]
@@ -363,40 +364,50 @@ class SyntheticEvaluator:
         return [acc.result(dense_threshold=self.dense_threshold) for acc in sums]
 
 
-def train_on_synthetic(features: SyntheticFeatures, cfg: TrainingConfig) -> list[SparseAutoencoder]:
-    """ADAPTER (module docstring): train every dictionary of `cfg` (their hook: `SYNTHETIC_HOOK`) on
-    the synthetic stream with the real per-dictionary trainer, as `Trainer.run` does without a model:
-    `cfg.activations` (buffer_tokens, train_batch_size), `cfg.trainer` and each dictionary's `sae` /
-    optimizer are used; checkpoints, logging and periodic evaluations are not."""
+SYNTHETIC_MODEL = "synthetic"
+"""The `model.name` of a synthetic run (there is no language model)."""
+
+
+def synthetic_trainer(features: SyntheticFeatures, cfg: TrainingConfig, *, eval_tokens: int = 16_384) -> Trainer:
+    """The trainer of every dictionary of `cfg` (each an SAE on hook `SYNTHETIC_HOOK`) on the
+    synthetic stream of `features`: the run folder `cfg.run_dir` (resumed from its newest checkpoint
+    when it has one, refused when it holds finished dictionaries or another configuration's
+    checkpoints), `cfg.activations`' buffer and batch size, `cfg.trainer`'s schedule, evaluations on
+    `eval_tokens` tokens of the evaluation stream."""
+    cfg = cfg.validate()
     specs = cfg.dictionary_configs()
     for spec in specs:
-        if spec.hook_name != SYNTHETIC_HOOK or spec.hook_out is not None:
+        if spec.is_replacement or spec.hook_name != SYNTHETIC_HOOK or spec.hook_out is not None:
             raise ConfigError(f"dictionary {spec.name!r} reads {spec.hook_name!r}; on synthetic activations every "
                               f"dictionary is an SAE on hook {SYNTHETIC_HOOK!r}.")
     act = cfg.activations
     total_steps = cfg.trainer.total_training_tokens // act.train_batch_size
     if total_steps < 1:
         raise ConfigError("trainer.total_training_tokens is smaller than one activations.train_batch_size.")
+    run = RunFolder(cfg.run_dir)
+    checkpoint = checkpoint_to_resume(run, cfg)
+    position = load_trainer_state(run, checkpoint)["data"] if checkpoint else None
     widths = {SYNTHETIC_HOOK: features.d_model}
-    stream = SyntheticActivations(features, batch_tokens=min(act.buffer_tokens // 2, 4096))
-    buffer = ActivationBuffer(stream, widths=widths, buffer_tokens=act.buffer_tokens,
-                              batch_size=act.train_batch_size, seed=cfg.seed)
-    trainers = [DictionaryTrainer(spec, widths=widths, model_name=SYNTHETIC_HOOK, total_steps=total_steps,
-                                  total_training_tokens=cfg.trainer.total_training_tokens, trainer_cfg=cfg.trainer,
-                                  device="cpu", dtype=torch.float32, seed=cfg.seed) for spec in specs]
-    sample = buffer.peek(max(spec.sae.decoder_bias_init_samples for spec in specs))
-    for t in trainers:
-        t.initialize({h: s[:t.spec.sae.decoder_bias_init_samples] for h, s in sample.items()})
-        t.sae.train()
-    for step in range(total_steps):
-        batch = buffer.next_batch()
-        for t in trainers:
-            t.step(batch, step, metrics=False)
-    sample = buffer.peek(THRESHOLD_CALIBRATION_BATCHES * act.train_batch_size)
-    for t in trainers:
-        t.calibrate_threshold(sample, act.train_batch_size)
-        t.sae.eval()
-    return [t.sae for t in trainers]
+    stream = SyntheticActivations(features, batch_tokens=min(act.buffer_tokens // 2, 4096), position=position)
+    buffer = ActivationBuffer(stream, widths=widths, buffer_tokens=act.buffer_tokens, batch_size=act.train_batch_size,
+                              seed=cfg.seed)
+    seed_everything(cfg.seed)
+
+    def make_dictionary(spec):
+        return DictionaryTrainer(spec, widths=widths, model_name=cfg.model.name, total_steps=total_steps,
+                                 total_training_tokens=cfg.trainer.total_training_tokens, trainer_cfg=cfg.trainer,
+                                 device="cpu", dtype=torch.float32, seed=cfg.seed)
+
+    trainer = Trainer(cfg, dictionaries=[make_dictionary(spec) for spec in specs], batches=buffer,
+                      evaluator=SyntheticEvaluator(features, n_tokens=eval_tokens,
+                                                   dense_threshold=cfg.trainer.dense_feature_threshold),
+                      run=run, specs=specs, make_dictionary=make_dictionary, data_position=stream.position,
+                      saved_extra={"synthetic": asdict(features.cfg)})
+    if checkpoint:
+        trainer.restore(checkpoint)
+    else:
+        trainer.initialize()
+    return trainer
 
 
 @dataclass
@@ -412,36 +423,30 @@ class SyntheticRunResult:
 
 def synthetic_run(features_cfg: SyntheticConfig, cfg: TrainingConfig, *, eval_tokens: int = 16_384,
                   threshold: float = RECOVERY_THRESHOLD) -> dict[str, SyntheticRunResult]:
-    """Train every dictionary of `cfg` on synthetic activations of `features_cfg` (`train_on_synthetic`),
+    """Train every dictionary of `cfg` on synthetic activations of `features_cfg` (`synthetic_trainer`),
     score each against the truth (`recovery`), save it with its metrics in `<results>/<exp_name>/
     dictionaries/<name>/` and write its `synthetic_recovery` result there. Refuses a run folder that
     already holds dictionaries."""
     features = SyntheticFeatures.generate(features_cfg)
-    run_dir = cfg.run_dir
-    if finished_dictionaries(run_dir):
-        raise FileExistsError(f"{run_dir} already holds trained dictionaries; choose a new exp_name or move it away.")
+    cfg = replace(cfg, model=replace(cfg.model, name=SYNTHETIC_MODEL))
     started = time.perf_counter()
-    saes = train_on_synthetic(features, cfg)
+    trained = synthetic_trainer(features, cfg, eval_tokens=eval_tokens).run()
     trained_s = time.perf_counter() - started
     eval_id = new_eval_id()
     out = {}
-    for spec, sae in zip(cfg.dictionary_configs(), saes):
+    for name, folder in trained.dictionary_paths.items():
+        sae = load_dictionary(folder)
         scored = recovery(sae, features, n_tokens=eval_tokens, threshold=threshold,
                           dense_threshold=cfg.trainer.dense_feature_threshold)
-        folder = dictionary_folder(run_dir, spec.name)
-        sae.save(folder, metrics=scored.evaluation.to_dict(), extra={
-            "name": spec.name, "exp_name": cfg.exp_name, "synthetic": asdict(features_cfg),
-            "optimizer": spec.optimizer.to_dict(), "training_tokens": cfg.trainer.total_training_tokens,
-            "training_steps": cfg.trainer.total_training_tokens // cfg.activations.train_batch_size})
         output = eval_output(EVAL_TYPE_SYNTHETIC, eval_config={**asdict(features_cfg), "eval_tokens": eval_tokens,
                                                                "recovery_threshold": threshold},
                              metrics=scored.metrics(), details=scored.details(),
                              unstructured={"training_seconds": trained_s}, dictionary_config=dictionary_config(folder),
                              dictionary=folder, eval_id=eval_id)
-        out[spec.name] = SyntheticRunResult(folder, scored, write_eval_output(folder, output))
+        out[name] = SyntheticRunResult(folder, scored, write_eval_output(folder, output))
     return out
 
 
 __all__ = ["RECOVERY_THRESHOLD", "RecoveryResult", "SYNTHETIC_HOOK", "SyntheticActivations", "SyntheticConfig",
            "SyntheticEvaluator", "SyntheticFeatures", "SyntheticRunResult", "decoder_cosines", "one_to_one_matching",
-           "recovery", "synthetic_run", "train_on_synthetic"]
+           "recovery", "synthetic_run", "synthetic_trainer"]
