@@ -612,8 +612,9 @@ class Trainer:
             self.initialize()
         total_tokens = self.total_steps * cfg.activations.train_batch_size
         progress = TrainingProgress(total_tokens, self.tokens_seen)
+        # Our own tokens/s and ETA (averaged over the run), not tqdm's moving rate: in the description.
         bar = tqdm(total=total_tokens, initial=self.tokens_seen, desc=cfg.exp_name, dynamic_ncols=True,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+                   bar_format="{percentage:3.0f}%|{bar}| {desc}",
                    disable=not cfg.logging.progress_bar or not self.dist.is_main)
         metrics_postfix = ""
         for d in self.dictionaries:
@@ -637,7 +638,7 @@ class Trainer:
                             self._log([record for _, record in records])
                             first = records[0][1]
                             metrics_postfix = f", L0 {first['l0']:.1f}, EV {first['explained_variance']:.3f}"
-                        bar.set_postfix_str(progress.describe() + metrics_postfix, refresh=False)
+                        bar.set_description_str(f"{cfg.exp_name}: {progress.describe()}{metrics_postfix}", refresh=False)
                     if self.step % cfg.trainer.eval_every_steps == 0 and self.step < self.total_steps:
                         results = self.evaluate()
                         self._log(results and [{DICTIONARY_KEY: name, EVAL_KEY: r.scalars()} for name, r in results])
