@@ -286,6 +286,9 @@ class DictionaryTrainer:
             group["lr"] = lr
         coefficient = sparsity_coefficient(step, spec)
         kwargs = {} if target is None else {"target": target}
+        if self.dist.active and not isinstance(sae, CrossLayerTranscoder):
+            # AuxK's normalization over the global batch (a CLT's AuxK stays per slice; see its docs)
+            kwargs["batch_sum"] = lambda t: self.dist.all_reduce_(t.clone(), "sum")
         with torch.autocast(sae.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             out = self.training_forward(x, sparsity_coefficient=coefficient, dead_mask=self.tracker.dead_mask, **kwargs)
         self.optimizer.zero_grad(set_to_none=True)

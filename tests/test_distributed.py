@@ -43,7 +43,7 @@ def finish(proc: subprocess.Popen) -> tuple[str, str]:
 
 
 def config(model_dir: Path, results: Path, name: str, **overrides):
-    # AuxK stays out (its normalization is per rank's slice); everything else is per token.
+    # AuxK stays out here (its own test below); everything else is per token.
     cfg = tiny_training_config(model_dir, results, exp_name=name, steps=16, **overrides)
     cfg.sae.dead_tokens_threshold = 10 ** 9
     return cfg
@@ -81,6 +81,79 @@ def test_data_parallel_matches_one_process_and_only_rank_zero_writes(tiny_gpt2_d
     rank1 = [p for p in Path(f"{audit}.rank1").read_text().splitlines() if p.startswith(str(tmp_path / "two"))]
     rank0 = [p for p in Path(f"{audit}.rank0").read_text().splitlines() if p.startswith(str(tmp_path / "two"))]
     assert rank1 == [] and any("sae.safetensors" in p or "config.json" in p for p in rank0)
+
+
+def adam_first_moments(run_dir: Path, name: str) -> dict:
+    """Adam's exp_avg of every parameter of dictionary `name` in the run's newest checkpoint: a
+    moving average of the gradients themselves, which (unlike Adam's steps) scales with them."""
+    from core.runs import RunFolder
+
+    checkpoint = RunFolder(run_dir).latest_checkpoint()
+    state = torch.load(checkpoint / "dictionaries" / name / "optimizer.pt", weights_only=True)["optimizer"]["state"]
+    return {key: value["exp_avg"] for key, value in sorted(state.items())}
+
+
+@pytest.mark.parametrize("architecture", ["relu", "jumprelu", "topk"])
+def test_data_parallel_gradients_are_averaged_for_every_architecture(architecture, tiny_gpt2_dir, tiny_model, tmp_path):
+    """relu, jumprelu and topk with AuxK training dead latents: the 2-rank job's weights and its
+    averaged gradients (Adam's first moments, which a sum over the ranks would double) are one
+    process's, up to float rounding. AuxK's normalization is over the global batch (`batch_sum`)."""
+    def cfg(name: str):
+        c = config(tiny_gpt2_dir, tmp_path, name, checkpoint_every_steps=4, max_grad_norm=None)
+        # 512 latents, 4 active per token: many have not fired in the last 2 steps, which AuxK trains.
+        c.sae = dataclasses.replace(c.sae, architecture=architecture, jumprelu_init_threshold=0.05, expansion_factor=8,
+                                    k=4, dead_tokens_threshold=128 * 2)
+        return c
+
+    one = train(cfg("one"), model=tiny_model)
+    finish(torchrun(str(write(cfg("two"), tmp_path / "two.json"))))
+    assert_close_dictionaries(one.dictionary_path, tmp_path / "two" / "dictionaries" / TINY_HOOK, rtol=1e-4,
+                              atol=2e-5)
+    ones, twos = adam_first_moments(tmp_path / "one", TINY_HOOK), adam_first_moments(tmp_path / "two", TINY_HOOK)
+    for key in ones:
+        torch.testing.assert_close(twos[key], ones[key], rtol=1e-3, atol=1e-6, msg=f"exp_avg of parameter {key}")
+    if architecture == "topk":
+        records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+        assert any(r.get("aux_loss", 0) > 0 and r.get("dead_features", 0) > 0 for r in records)  # AuxK did work
+
+
+def test_a_checkpoint_resumes_on_another_number_of_ranks(tiny_gpt2_dir, tiny_model, tmp_path):
+    """2 ranks -> 1 process and 1 process -> 2 ranks: the resumed runs start at the checkpoint's step
+    and end with the uninterrupted run's weights up to float rounding."""
+    whole = config(tiny_gpt2_dir, tmp_path, "whole", checkpoint_every_steps=4)
+    whole.trainer.total_training_tokens = 128 * 24
+    reference = train(whole, model=tiny_model)
+
+    # 2 ranks, stopped by SIGTERM after step 8; then one process continues.
+    two_then_one = dataclasses.replace(whole, exp_name="two-then-one")
+    job = torchrun(str(write(two_then_one, tmp_path / "two-then-one.json")))
+    metrics = tmp_path / "two-then-one" / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and not (metrics.is_file() and "\"step\": 10" in metrics.read_text()):
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=TIMEOUT)
+    assert "SIGTERM received: stopped at step" in err, err[-3000:]
+    state = json.loads(sorted((tmp_path / "two-then-one" / "checkpoints").glob("step_*/state.json"),
+                              key=lambda p: int(p.parent.name[5:]))[-1].read_text())
+    assert state["world_size"] == 2 and 10 <= state["step"] < 24
+    resumed = train(two_then_one, model=tiny_model)
+    assert resumed.started_at_step == state["step"]
+    assert_close_dictionaries(reference.dictionary_path, resumed.dictionary_path, rtol=1e-4, atol=2e-5)
+
+    # One process to step 10 (a checkpoint at 8); then 2 ranks continue.
+    from core.training import build_trainer
+
+    one_then_two = dataclasses.replace(whole, exp_name="one-then-two")
+    trainer = build_trainer(one_then_two, model=tiny_model)
+    while trainer.step < 10:
+        trainer.train_step(trainer.buffer.next_batch())
+        if trainer.step % 4 == 0:
+            trainer.save_checkpoint()
+    out, _ = finish(torchrun(str(write(one_then_two, tmp_path / "one-then-two.json"))))
+    assert out.count("TRAINING from step 8") == 2, out
+    assert_close_dictionaries(reference.dictionary_path, tmp_path / "one-then-two" / "dictionaries" / TINY_HOOK,
+                              rtol=1e-4, atol=2e-5)
 
 
 def test_spread_dictionaries_match_one_process(tiny_gpt2_dir, tiny_model, tmp_path):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, ClassVar, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -374,6 +374,7 @@ class SparseAutoencoder(nn.Module):
         target: Tensor | None = None,
         sparsity_coefficient: float | None = None,
         dead_mask: Tensor | None = None,
+        batch_sum: Callable[[Tensor], Tensor] | None = None,
     ) -> SAEOutput:
         """One training forward pass on NORMALIZED activations x [batch, d_in].
 
@@ -381,7 +382,9 @@ class SparseAutoencoder(nn.Module):
         x itself; leave it None). `sparsity_coefficient` overrides cfg.l1_coefficient (relu) /
         cfg.l0_coefficient (jumprelu), so the trainer can warm it up. `dead_mask` [d_sae] (bool)
         marks latents that count as dead; the AuxK loss (top-k family) trains them to predict the
-        residual.
+        residual. `batch_sum`, in a data-parallel job, sums a tensor over the ranks' slices of one
+        global batch (x is this rank's slice): what looks at the whole batch (AuxK's normalization) is
+        then computed over the global batch, so that the ranks' averaged gradients are one process's.
         """
         if not self.normalization.trainable:
             raise ValueError(f"this dictionary was imported with a normalization of another library "
@@ -401,10 +404,10 @@ class SparseAutoencoder(nn.Module):
             target = x
         if dead_mask is not None and dead_mask.numel() and dead_mask.shape != (self.d_sae,):
             raise ValueError(f"dead_mask must have shape [d_sae]=[{self.d_sae}], got {tuple(dead_mask.shape)}.")
-        return self._training_forward(x, target, sparsity_coefficient, dead_mask)
+        return self._training_forward(x, target, sparsity_coefficient, dead_mask, batch_sum)
 
     def _training_forward(self, x: Tensor, target: Tensor, sparsity_coefficient: float | None,
-                          dead_mask: Tensor | None) -> SAEOutput:
+                          dead_mask: Tensor | None, batch_sum: Callable[[Tensor], Tensor] | None) -> SAEOutput:
         raise NotImplementedError
 
     @staticmethod

@@ -22,7 +22,8 @@ class _DenseSAE(SparseAutoencoder):
     """A training step through the dense activations; subclasses give the rule and the penalty."""
 
     def _training_forward(self, x: Tensor, target: Tensor, sparsity_coefficient: float | None,
-                          dead_mask: Tensor | None) -> SAEOutput:
+                          dead_mask: Tensor | None, batch_sum=None) -> SAEOutput:
+        # (every loss here is a mean over tokens: data-parallel ranks need no global statistic)
         pre = self._pre_acts(x)
         feature_acts = self._activate(pre)
         x_hat = self._reconstruct(feature_acts, x)
@@ -90,11 +91,11 @@ class JumpReLUSAE(_DenseSAE, architecture="jumprelu"):
                              "that other libraries apply; clamp it first).")
         self.threshold = theta.detach().to(self.device, self.dtype).clone()
 
-    def _training_forward(self, x, target, sparsity_coefficient, dead_mask):
+    def _training_forward(self, x, target, sparsity_coefficient, dead_mask, batch_sum=None):
         if self.threshold is not None:
             raise ValueError("this jumprelu dictionary keeps absolute thresholds (it was imported from another "
                              "library) and is for inference only; train a new dictionary instead.")
-        return super()._training_forward(x, target, sparsity_coefficient, dead_mask)
+        return super()._training_forward(x, target, sparsity_coefficient, dead_mask, batch_sum)
 
     def _activate(self, pre: Tensor) -> Tensor:
         return _JumpReLUFunction.apply(pre, self.theta(), self.cfg.jumprelu_bandwidth)

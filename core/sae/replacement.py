@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -362,9 +362,11 @@ class TranscoderSet(nn.Module):
     # ---------------------------------------------------------------- training
 
     def training_forward(self, x: Tensor, *, target: Tensor, sparsity_coefficient: float | None = None,
-                         dead_mask: Tensor | None = None) -> ReplacementOutput:
+                         dead_mask: Tensor | None = None,
+                         batch_sum: Callable[[Tensor], Tensor] | None = None) -> ReplacementOutput:
         """Every member's `training_forward` on NORMALIZED x [batch, L, d_in] and target [batch, L, d_out];
-        `dead_mask` [L * d_sae] bool. The losses are the sums of the members'."""
+        `dead_mask` [L * d_sae] bool; `batch_sum` as `SparseAutoencoder.training_forward`'s. The losses are
+        the sums of the members'."""
         if x.ndim != 3:
             raise ValueError(f"training_forward expects inputs of shape [batch, L, d_in], got {tuple(x.shape)}.")
         self._check_stacked(x, self.d_in, "inputs")
@@ -377,7 +379,7 @@ class TranscoderSet(nn.Module):
         masks = [None] * self.n_layers if dead_mask is None or not dead_mask.numel() else \
             dead_mask.view(self.n_layers, self.d_sae).unbind(0)
         outs = [m.training_forward(x[:, i], target=target[:, i], sparsity_coefficient=sparsity_coefficient,
-                                   dead_mask=masks[i]) for i, m in enumerate(self)]
+                                   dead_mask=masks[i], batch_sum=batch_sum) for i, m in enumerate(self)]
         total = lambda name: torch.stack([getattr(o, name) for o in outs]).sum()  # noqa: E731
         layer_mse = torch.stack([SparseAutoencoder._mse(o.x_hat.detach(), target[:, i]) for i, o in enumerate(outs)])
         layer_l0 = torch.stack([o.l0 for o in outs])

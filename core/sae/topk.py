@@ -139,9 +139,9 @@ class _TopKFamily(SparseAutoencoder):
     # ---------------------------------------------------------------- training
 
     def _training_forward(self, x: Tensor, target: Tensor, sparsity_coefficient: float | None,
-                          dead_mask: Tensor | None) -> SAEOutput:
+                          dead_mask: Tensor | None, batch_sum=None) -> SAEOutput:
         if not self.sparse_training or x.requires_grad:
-            return self._dense_training_forward(x, target, dead_mask)
+            return self._dense_training_forward(x, target, dead_mask, batch_sum)
         n = x.shape[0]
         with torch.no_grad():  # the one dense product (and bias, as `_pre_acts` adds it: the same bits)
             centered = self._centered(x)
@@ -169,9 +169,9 @@ class _TopKFamily(SparseAutoencoder):
         x_hat, mse_loss = self._reconstruction_loss(decoded[:n_bags] if aux_entries else decoded, x, target)
         aux_loss = x_hat.new_zeros(())
         if aux_entries:
-            aux_loss = self._auxk_loss(target - x_hat, decoded[n_bags:])
+            aux_loss = self._auxk_loss(target - x_hat, decoded[n_bags:], batch_sum)
         elif dead is not None:
-            aux_loss = self._auxk_loss(target - x_hat, self._aux_block_acts(pre_block) @ W_dec_block)
+            aux_loss = self._auxk_loss(target - x_hat, self._aux_block_acts(pre_block) @ W_dec_block, batch_sum)
 
         kept = acts.detach()[:n_kept]
         if self.training:
@@ -191,7 +191,8 @@ class _TopKFamily(SparseAutoencoder):
             self.__dict__["_pre_acts_buffer"] = buffer
         return buffer
 
-    def _dense_training_forward(self, x: Tensor, target: Tensor, dead_mask: Tensor | None) -> SAEOutput:
+    def _dense_training_forward(self, x: Tensor, target: Tensor, dead_mask: Tensor | None,
+                                batch_sum=None) -> SAEOutput:
         """The reference: dense activations, plain autograd through the encoder product."""
         pre = self._pre_acts(x)
         feature_acts, indices = self._dense_select(pre)
@@ -203,7 +204,7 @@ class _TopKFamily(SparseAutoencoder):
             dead_pre = pre.masked_fill(~dead_mask.to(torch.bool), -torch.inf)
             values, indices = dead_pre.topk(self._k_aux(int(dead_mask.sum())), dim=-1, sorted=False)
             aux_acts = torch.zeros_like(pre).scatter(-1, indices, values.relu())
-            aux_loss = self._auxk_loss(target - x_hat, aux_acts @ self.W_dec)
+            aux_loss = self._auxk_loss(target - x_hat, aux_acts @ self.W_dec, batch_sum)
         fired = feature_acts.detach() != 0
         return SAEOutput(x_hat=x_hat, fire_counts=fired.sum(0), loss=mse_loss + aux_loss, mse_loss=mse_loss,
                          sparsity_loss=x_hat.new_zeros(()), aux_loss=aux_loss, l0=fired.sum(-1).float().mean())
@@ -243,12 +244,22 @@ class _TopKFamily(SparseAutoencoder):
             acts = acts * torch.zeros_like(acts).scatter_(1, local.to(acts.device), 1.0)
         return acts
 
-    def _auxk_loss(self, residual: Tensor, residual_hat: Tensor) -> Tensor:
+    def _auxk_loss(self, residual: Tensor, residual_hat: Tensor, batch_sum=None) -> Tensor:
         """aux_k_coefficient * |residual_hat - residual|^2 / |residual - its mean|^2, the residual
-        detached; residual_hat has no decoder bias (the residual has no offset to model)."""
+        detached; residual_hat has no decoder bias (the residual has no offset to model). With
+        `batch_sum` (data parallel, `training_forward`), the variance is the global batch's, from the
+        ranks' summed statistics, and this slice's error counts N / n times, so that the mean of the
+        ranks' gradients is the gradient of the global batch's loss."""
         residual = residual.detach()
         error = F.mse_loss(residual_hat, residual, reduction="sum")
-        variance = F.mse_loss(residual, residual.mean(0).expand_as(residual), reduction="sum")
+        if batch_sum is None:
+            variance = F.mse_loss(residual, residual.mean(0).expand_as(residual), reduction="sum")
+        else:
+            r = residual.double()
+            sums = batch_sum(torch.cat([r.sum(0), r.pow(2).sum().view(1), r.new_tensor([len(r)])]))
+            n_total = sums[-1]
+            variance = (sums[-2] - sums[:-2].pow(2).sum() / n_total).to(error.dtype)
+            error = error * (n_total / len(r)).to(error.dtype)
         # Both branches stay finite so that no nan gradient leaks through torch.where.
         ok = variance > 0
         ratio = torch.where(ok, error / torch.where(ok, variance, torch.ones_like(variance)), error.new_zeros(()))
