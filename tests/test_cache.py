@@ -4,6 +4,9 @@ mismatched cache is refused with one sentence, and a killed writer is never read
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import json
 import signal
 import subprocess
@@ -76,6 +79,96 @@ def test_training_on_the_cache_equals_training_on_the_model(cache, tiny_gpt2_dir
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert from_model.metrics == from_cache.metrics
+
+
+class InMemoryRows:
+    """An activation stream of rows held in memory, in a given order of the cache's shards, epoch after
+    epoch: what the cache reader must amount to, without its files, chunks or positions."""
+
+    def __init__(self, cache: Path, hooks: tuple[str, ...], order_of_epoch, batch_rows: int = 700):
+        manifest = read_manifest(cache)
+        self.shards = [load_file(str(cache / entry["file"])) for entry in manifest["shards"]]
+        self.hooks, self.order_of_epoch, self.batch_rows = hooks, order_of_epoch, batch_rows
+        self.epoch, self.rows = 0, None
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        order = self.order_of_epoch(self.epoch)
+        self.rows = {h: torch.cat([self.shards[i][f"acts.{h}"] for i in order]) for h in self.hooks}
+        self.at = 0
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self.at >= len(next(iter(self.rows.values()))):
+            self.epoch += 1
+            self._start_epoch()
+        batch = {h: t[self.at:self.at + self.batch_rows] for h, t in self.rows.items()}
+        self.at += self.batch_rows
+        return batch
+
+    def skip(self) -> None:
+        next(self)
+
+    def position(self) -> dict:
+        return {}
+
+
+def test_training_on_shuffled_shards_equals_the_same_rows_fed_from_memory(cache, tiny_gpt2_dir, tiny_model, tmp_path):
+    """Three epochs over the cache in a new seeded shard order each: the trainer fed by the cache
+    reader ends with the weights of the trainer fed the same rows, in the same order, from memory."""
+    from core.activations import ActivationBuffer
+    from core.evals import HeldOutEvaluation
+    from core.runs import RunFolder
+    from core.training import DictionaryTrainer, Trainer
+
+    cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="shuffled", steps=60)  # 7,680 tokens: 2.6 epochs
+    cfg.trainer.eval_batches = 1
+    cfg.activations.cache_path = str(cache)
+    from_cache = train(cfg, model=tiny_model)
+    reader = CachedActivations(cache, (TINY_HOOK,), shuffle_shards=True, seed=cfg.seed)
+    orders = [reader._shard_order(epoch) for epoch in range(3)]
+    assert len({tuple(o) for o in orders}) > 1  # the shards really come in other orders
+
+    memory = dataclasses.replace(cfg, exp_name="from-memory")
+    spec, = memory.dictionary_configs()
+    widths = {TINY_HOOK: 64}
+    total_steps = memory.trainer.total_training_tokens // memory.activations.train_batch_size
+    stream = InMemoryRows(cache, (TINY_HOOK,), lambda epoch: reader._shard_order(epoch))
+    buffer = ActivationBuffer(stream, widths=widths, buffer_tokens=memory.activations.buffer_tokens,
+                              batch_size=memory.activations.train_batch_size, seed=memory.seed)
+    torch.manual_seed(memory.seed)
+    dictionary = DictionaryTrainer(spec, widths=widths, model_name=memory.model.name, total_steps=total_steps,
+                                   total_training_tokens=memory.trainer.total_training_tokens,
+                                   trainer_cfg=memory.trainer, device="cpu", dtype=torch.float32, seed=memory.seed)
+    evaluator = HeldOutEvaluation(tiny_model, cached_eval_sequences(cache).split(memory.activations.model_batch_size),
+                                  periodic_batches=1)
+    trainer = Trainer(memory, dictionaries=[dictionary], batches=buffer, evaluator=evaluator,
+                      run=RunFolder(memory.run_dir))
+    trainer.initialize()
+    in_memory = trainer.run()
+    assert stream.epoch == 2 and in_memory.steps == from_cache.steps == 60
+    a, b = (load_file(str(r.dictionary_path / "sae.safetensors")) for r in (from_cache, in_memory))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_a_cache_trained_run_resumes_through_the_trainer(cache, tiny_gpt2_dir, tiny_model, tmp_path):
+    def config(name):
+        cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name=name, steps=40, checkpoint_every_steps=10)
+        cfg.trainer.eval_batches = 1
+        cfg.activations.cache_path = str(cache)  # shuffled shards, epochs wrap at ~23 steps
+        return cfg
+
+    whole = train(config("whole"), model=tiny_model)
+    trainer = build_trainer(config("parted"), model=tiny_model)
+    while trainer.step < 33:  # past an epoch; the newest checkpoint is step 30
+        trainer.train_step(trainer.buffer.next_batch())
+        if trainer.step % 10 == 0:
+            trainer.save_checkpoint()
+    resumed = train(config("parted"), model=tiny_model)
+    assert resumed.started_at_step == 30 and resumed.steps == 40
+    a, b = (load_file(str(r.dictionary_path / "sae.safetensors")) for r in (whole, resumed))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_cached_activations_resume_exactly_across_epochs(cache):
