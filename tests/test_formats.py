@@ -451,6 +451,36 @@ def test_hub_names_resolve_to_the_registry_repository_and_folder():
         formats.saelens_hub_location("gpt2-small-res-jb", "blocks.99.hook_resid_pre")
 
 
+REGISTRY_SCRIPT = """
+import json, sys
+from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+registry = get_pretrained_saes_directory()
+out = {}
+for release in json.loads(sys.argv[1]):
+    entry = registry.get(release)
+    out[release] = None if entry is None else {"repo_id": entry.repo_id, "model": entry.model,
+                                               "folders": dict(entry.saes_map),
+                                               "overrides": entry.config_overrides or {}}
+print(json.dumps(out))
+"""
+
+
+def test_the_hub_table_agrees_with_sae_lens_own_registry():
+    """Every release of `SAELENS_RELEASES` as the real sae-lens's registry (pretrained_saes.yaml) names
+    it: repository, model, every id's folder, and what it adds to the release's configs."""
+    releases = formats.SAELENS_RELEASES
+    done = subprocess.run([str(peers_python()), "-c", REGISTRY_SCRIPT, json.dumps(sorted(releases))],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    registry = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, ours in releases.items():
+        theirs = registry[name]
+        assert theirs is not None, f"sae-lens's registry has no release {name!r}"
+        assert (ours.repo_id, ours.model) == (theirs["repo_id"], theirs["model"]), name
+        assert ours.folders == theirs["folders"], name  # every id, and no other
+        assert ours.overrides == theirs["overrides"], name
+
+
 HUB_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
