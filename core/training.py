@@ -426,6 +426,11 @@ class Trainer:
         return self.run_folder.path
 
     @property
+    def device(self) -> torch.device:
+        """Where the batches (and the dictionaries) are."""
+        return self.buffer.device
+
+    @property
     def sae(self) -> SparseAutoencoder:
         """The SAE of a run's only dictionary."""
         if len(self.dictionaries) != 1:
