@@ -35,16 +35,18 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core import layout
 from core.annotations import AnnotationConflict, AnnotationError, export_annotations
 from core.sae import DictionaryLoadError
 from core.annotations import MAX_LABEL_CHARS
+from core.runs import MetricsLog
 from core.store import MAX_QUERY_CHARS, FeatureStore, FeatureUnavailable, StoreError, json_ready
 
 from . import schemas
 from .guards import BodyLimit, HostCheck
 from .directions import DecoderCache, comparable
 from .inference import InferenceBusy, ModelCache, ModelLoadFailed
-from .results import DICTIONARY_CONFIG, ID_SEPARATOR, DictionaryError, DictionaryInfo, NotFound, ResultsFolder
+from .results import ID_SEPARATOR, DictionaryError, DictionaryInfo, NotFound, ResultsFolder
 from .runs import FINAL_KEYS, DictionaryCurves, RunLogs
 from .settings import Settings
 
@@ -362,7 +364,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def list_runs():
         """Every training run of the results folder, sorted by name."""
         return {"runs": [{"name": run, "dictionaries": results.run_dictionaries(run),
-                          "has_metrics": (results.run_folder(run) / "metrics.jsonl").is_file()}
+                          "has_metrics": MetricsLog.of_run(results.run_folder(run)).path.is_file()}
                          for run in results.run_names()]}
 
     @app.get("/api/runs/{run}", response_model=schemas.RunDetail, responses=_ERRORS, tags=["runs"])
@@ -387,7 +389,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             series.append({"name": dictionary_name, "id": saved.get(dictionary_name), "train": curves.train.to_dict(),
                            "eval": curves.eval.to_dict(), "final": final})
         return {"name": run, "dictionaries": sorted(saved.values()), "has_metrics": log.identity is not None,
-                "config": _read_json(folder / DICTIONARY_CONFIG), "series": series, "lines": log.lines,
+                "config": _read_json(folder / layout.RUN_CONFIG_FILENAME), "series": series, "lines": log.lines,
                 "skipped_lines": log.skipped,
                 "finished": bool(log.curves) and all(c.final is not None for c in log.curves.values())}
 

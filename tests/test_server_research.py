@@ -389,13 +389,14 @@ def test_a_run_in_progress_is_read_as_it_grows(client, results):
 
 
 def test_a_long_log_is_thinned_to_bounded_points(results):
-    from server.runs import MAX_POINTS, MetricsLog
+    from core.runs import MetricsLog
+    from server.runs import MAX_POINTS, RunCurves
 
     log = results / "long.jsonl"
     with log.open("w") as f:
         for step in range(1, 5001):
             f.write(json.dumps({"step": step, "tokens": step, "loss": 1.0, "l0": 3.0}) + "\n")
-    parsed = MetricsLog(log).refresh()
+    parsed = RunCurves(MetricsLog(log)).refresh()
     series = parsed.curves[""].train.to_dict()
     assert series["points"] == 5000 and MAX_POINTS // 2 <= len(series["tokens"]) <= MAX_POINTS + 1
     assert series["tokens"][0] == 1 and series["tokens"][-1] == 5000  # the newest point is always there
