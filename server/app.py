@@ -40,7 +40,7 @@ from core.annotations import AnnotationConflict, AnnotationError, export_annotat
 from core.sae import DictionaryLoadError
 from core.annotations import MAX_LABEL_CHARS
 from core.runs import MetricsLog
-from core.store import MAX_QUERY_CHARS, FeatureStore, FeatureUnavailable, StoreError, json_ready
+from core.store import MAX_QUERY_CHARS, FeatureRecord, FeatureStore, FeatureUnavailable, StoreError, json_ready
 
 from . import schemas
 from .guards import BodyLimit, HostCheck
@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 continue
             analysis_summaries.append({"name": analysis, "n_tokens": s.n_tokens, "n_features": s.n_features,
                                        "n_alive": s.n_alive, "n_dead": s.n_dead,
-                                       "density_histogram": s.density_histogram.to_dict()})
+                                       "density_histogram": s.density_histogram})
         return {**summary, "config": info.config, "analysis_summaries": analysis_summaries}
 
     @app.get("/api/dictionaries/{name}/analyses/{analysis}/features", response_model=schemas.FeaturePage,
@@ -159,12 +159,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                               indices=notes.bookmarked() if bookmarked else None,
                                               offset=offset, limit=limit)
         saved = notes.many(f.index for f in features)
-        rows = [{**f.to_dict(), "label": saved[f.index].label if f.index in saved else "",
-                 "bookmarked": saved[f.index].bookmarked if f.index in saved else False} for f in features]
+        rows = [schemas.FeatureRow(**vars(f), label=saved[f.index].label if f.index in saved else "",
+                                   bookmarked=saved[f.index].bookmarked if f.index in saved else False)
+                for f in features]
         return {"total": total, "offset": offset, "limit": limit, "features": rows}
 
     # Declared before /features/{index} so "random" is not read as an index.
-    @app.get("/api/dictionaries/{name}/analyses/{analysis}/features/random", response_model=schemas.FeatureDetail,
+    @app.get("/api/dictionaries/{name}/analyses/{analysis}/features/random", response_model=FeatureRecord,
              responses=_ERRORS, tags=["viewer"])
     def random_feature(name: str, analysis: str, response: Response):
         """A uniformly chosen alive feature (act_count > 0), as /features/{index} answers it."""
@@ -176,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["Cache-Control"] = "no-store"
         return _feature(store, index)
 
-    @app.get("/api/dictionaries/{name}/analyses/{analysis}/features/{index}", response_model=schemas.FeatureDetail,
+    @app.get("/api/dictionaries/{name}/analyses/{analysis}/features/{index}", response_model=FeatureRecord,
              responses=_ERRORS, tags=["viewer"])
     def get_feature(name: str, analysis: str, index: int = PathParam(ge=0, le=schemas.MAX_INT64)):
         """Statistics, activation histogram, logit lens, top contexts and interval samples of one feature."""
@@ -207,7 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # -- search ----------------------------------------------------------------------------
 
-    @app.get("/api/dictionaries/{name}/analyses/{analysis}/search/tokens", response_model=schemas.TokenSearchResponse,
+    @app.get("/api/dictionaries/{name}/analyses/{analysis}/search/tokens", response_model=schemas.LabeledTokenSearch,
              responses=_ERRORS, tags=["search"])
     def search_tokens(
         name: str, analysis: str,
@@ -231,12 +232,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, str(e)) from None
         stats = store.feature_stats(m.index for m in found.matches)
         labels = results.annotations(name).many(m.index for m in found.matches)
-        body = found.to_dict()
-        for match in body["matches"]:
-            f = stats[match["index"]]
-            match.update(max_act=f.max_act, density=f.density,
-                         label=labels[match["index"]].label if match["index"] in labels else "")
-        return body
+        matches = [schemas.LabeledTokenMatch(**vars(m), max_act=stats[m.index].max_act, density=stats[m.index].density,
+                                             label=labels[m.index].label if m.index in labels else "")
+                   for m in found.matches]
+        return schemas.LabeledTokenSearch(tokens=found.tokens, matches=matches, index_size=found.index_size)
 
     @app.get("/api/dictionaries/{name}/features/{index}/similar", response_model=schemas.SimilarResponse,
              responses=_ERRORS, tags=["search"])
@@ -459,9 +458,9 @@ def _read_json(path: Path) -> dict | None:
     return json_ready(data) if isinstance(data, dict) else None
 
 
-def _feature(store: FeatureStore, index: int) -> dict:
+def _feature(store: FeatureStore, index: int) -> FeatureRecord:
     try:
-        return store.get_feature(index).to_dict()
+        return store.get_feature(index)
     except IndexError as e:
         raise HTTPException(404, str(e)) from None
 
