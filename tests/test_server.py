@@ -284,13 +284,13 @@ def test_model_cache_is_lru_and_shares_the_model(results_copy):
     with local_client(app) as c:
         for name in (DICT, second_id, DICT):
             assert c.post(f"/api/dictionaries/{name}/activations", json={"text": "Hello"}).status_code == 200
-        assert [Path(k).parts[-3] for k in app.state.models.keys()] == [RUN]
+        assert [Path(k).parts[-3] for k in app.state.server.models.keys()] == [RUN]
     app = create_app(make_settings(results_copy, model_cache_size=2))
     with local_client(app) as c:
         first = c.post(f"/api/dictionaries/{DICT}/activations", json={"text": "Hello world"}).json()
         second = c.post(f"/api/dictionaries/{second_id}/activations", json={"text": "Hello world"}).json()
         assert first == second  # same weights
-        pairs = list(app.state.models._pairs.values())
+        pairs = list(app.state.server.models._pairs.values())
         assert len(pairs) == 2 and pairs[0].model is pairs[1].model and pairs[0].lock is pairs[1].lock
 
 
