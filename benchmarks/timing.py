@@ -31,10 +31,10 @@ def time_training_loop(trainer, tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def raw_forward(model, hook: str, tokens: int, *, model_batch: int) -> float:
+def raw_forward(model, hook: str, tokens: int, *, model_batch: int, context_size: int = 128) -> float:
     """Tokens/s of the model's forward truncated after `hook`, alone, on pre-tokenized batches of the
     built-in corpus (text tokens counted): the baseline every training figure is measured against."""
-    stream = TokenBatches(DatasetConfig(context_size=128), model.tokenizer, bos_token_id=model.bos_token_id,
+    stream = TokenBatches(DatasetConfig(context_size=context_size), model.tokenizer, bos_token_id=model.bos_token_id,
                           separator_token_id=model.separator_token_id, batch_size=model_batch)
     batches, n = [], 0
     while n < tokens:

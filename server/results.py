@@ -78,6 +78,13 @@ def dictionary_path(root: Path, name: str) -> Path:
     return layout.dictionary_folder(run_dir, check_name(dictionary, "dictionary"))
 
 
+def dictionary_id(folder: str | Path) -> str:
+    """The id of the dictionary in `folder` (`dictionary_path` inverted): `<run>:<name>`, or `<run>` for
+    the older one-dictionary layout."""
+    run = layout.run_of_dictionary(folder).name
+    return run if layout.is_legacy_dictionary(folder) else f"{run}{ID_SEPARATOR}{Path(folder).name}"
+
+
 @dataclass(frozen=True)
 class DictionaryInfo:
     name: str
