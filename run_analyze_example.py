@@ -26,7 +26,7 @@ unless you pass `--model.name` (a hub name or a local model folder), which the c
 A copy without metrics is first evaluated on `--evaluation-tokens` tokens of the analysis text
 (default 8,192; 0 skips it): L0, explained variance, CE loss recovered, recorded in its config.json.
 
-Next: browse the features with `uvicorn server.app:app --port 24577` (http://127.0.0.1:24577), or open
+Next: browse the features with `python -m server` (http://127.0.0.1:24577), or open
 notebooks/observe_feature_activation.ipynb.
 """
 
@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -115,8 +116,8 @@ def main(cfg: AnalysisConfig, *, model_given: bool = True, evaluation_tokens: in
     print(f"  {summary.n_features:,} features over {summary.n_tokens:,} tokens: "
           f"{summary.n_alive:,} alive, {summary.n_dead:,} dead")
     results_dir = results_root_of(cfg.dictionary_path)
-    scan = "" if results_dir == Path("results").resolve() else f"GPT2DICT_RESULTS_DIR={results_dir} "
-    print(f"Browse it:   {scan}uvicorn server.app:app --port 24577   then open http://127.0.0.1:24577")
+    scan = "" if results_dir == Path("results").resolve() else f"GPT2DICT_RESULTS_DIR={shlex.quote(str(results_dir))} "
+    print(f"Browse it:   {scan}python -m server   then open http://127.0.0.1:24577")
     print(f"Or in a notebook:  FEATURE_STORE={folder} jupyter lab notebooks/observe_feature_activation.ipynb")
 
 

@@ -73,7 +73,7 @@ export function conflictOf(error: unknown): Annotation | null {
 /** The request never got an answer: the server is down or the URL is wrong. */
 export class NetworkError extends Error {
   constructor(url: string, why = "the request failed") {
-    super(`Cannot reach the server at ${serverLabel()} (${url}: ${why}). Is it running? Start it with: uvicorn server.app:app --port 24577`);
+    super(`Cannot reach the server at ${serverLabel()} (${url}: ${why}). Is it running? Start it with: python -m server`);
     this.name = "NetworkError";
   }
 }
