@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import core  # noqa: E402,F401  (before torch: it makes idle OpenMP threads sleep, see core/__init__.py)
 import torch  # noqa: E402
-from core import LanguageModelConfig, SAEConfig, SparseAutoencoder, load_dictionary, load_language_model  # noqa: E402
+from core import LanguageModelConfig, SAEConfig, create_dictionary, load_dictionary, load_language_model  # noqa: E402
 from core.config import resolve_device  # noqa: E402
 from core.evaluations import (AbsorptionConfig, CoreEvalConfig, EvaluationConfig, SparseProbingConfig,  # noqa: E402
                               SyntheticConfig, absorption, first_letter_task, run_evaluations, sparse_probing,
@@ -139,7 +139,7 @@ def run(args, work: Path) -> None:
     print(f"3. shared by any number of dictionaries: absorption's prompts and letter probe {shared:.1f} s; sparse "
           f"probing's model pass {model_pass:.1f} s")
     for width in args.widths:
-        sae = SparseAutoencoder(SAEConfig(architecture="topk", d_sae=width, k=32), model.hook_width(hook),
+        sae = create_dictionary(SAEConfig(architecture="topk", d_sae=width, k=32), model.hook_width(hook),
                                 hook_name=hook, model_name=model.name, device=model.device)
         started = time.perf_counter()
         absorption(sae, task, cfg.absorption)

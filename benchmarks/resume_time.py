@@ -96,8 +96,9 @@ def main() -> None:
             start = time.perf_counter()
             trainer = train_to(cfg, model)
             train_s = time.perf_counter() - start
-            sequences = trainer.token_batches.sequences_served
-            rows.append((factor, trainer.tokens_seen, trainer.token_batches.epoch, sequences, train_s,
+            position = trainer.data_position()
+            sequences = position["sequences_served"]
+            rows.append((factor, trainer.tokens_seen, position["epoch"], sequences, train_s,
                          time_resume(cfg, model, args.repeats), time_replay(cfg, model, sequences)))
         print(f"\nResume after training (tiny GPT-2, built-in corpus, {HOOK}); median of {args.repeats} resumes")
         print(f"{'tokens':>12} {'epochs':>7} {'sequences':>10} {'train s':>8} {'resume s':>9} {'replay s':>9}")

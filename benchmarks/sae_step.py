@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--no-dense", action="store_true", help="skip the (slow) old dense path")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 keeps a shared machine's scheduling out")
-    parser.add_argument("--smoke", action="store_true", help="seconds: d_in 64, d_sae 256, k 8, batch 256, one repeat, a CLT over 2 layers")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: d_in 64, d_sae 256, k 8, batch 256, one repeat, a CLT over 2 layers")
     args = parser.parse_args()
     if args.smoke:
         args.d_in, args.d_sae, args.k, args.batch, args.repeats, args.clt_layers = 64, 256, 8, 256, 1, 2

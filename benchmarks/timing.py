@@ -23,11 +23,11 @@ def time_training_loop(trainer, tokens: int) -> float:
     batch = trainer.cfg.activations.train_batch_size
     for _ in range(max(1, trainer.cfg.activations.buffer_tokens // batch)):
         trainer.train_step(trainer.buffer.next_batch(), metrics=False)
-    sync(trainer.device)
+    sync(trainer.buffer.device)
     start = time.perf_counter()
     for _ in range(max(1, tokens // batch)):
         trainer.train_step(trainer.buffer.next_batch(), metrics=False)
-    sync(trainer.device)
+    sync(trainer.buffer.device)
     return time.perf_counter() - start
 
 

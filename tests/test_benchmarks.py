@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,35 +22,47 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 NUMBER = r"[-+]?[\d,]*\.?\d+"
 
-FIGURES = {
+EVALUATIONS = ("core", "absorption", "sparse_probing")
+FIGURES: dict[str, list[str | tuple[str, int]]] = {
     "activation_throughput.py": [rf"\(a\) raw truncated forward\s+{NUMBER} tokens/s",
                                  rf"\(b\) activation generation\s+{NUMBER} tokens/s", rf"ratio \(b\)/\(a\)\s+{NUMBER}"],
     "analysis_throughput.py": [rf"\(c\) analyzer \(streaming loop\)\s+{NUMBER} tokens/s",
                                rf"analyzer overhead over the forward: {NUMBER}%",
                                rf"writing the store {NUMBER} s"],
+    "autointerp.py": [r"local, batched \(4\) .* features/min",
+                      rf"batching gain: {NUMBER}x; with the shared-prefix cache: {NUMBER}x"],
+    "autointerp_quality.py": [rf"detection\s+balanced_accuracy\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
+                              rf"fuzzing\s+auroc\s+{NUMBER}", r"pooled control\s+fuzzing\s+balanced accuracy"],
+    "evaluations.py": [*(rf"(?m)^1\. {name}: " for name in EVALUATIONS),
+                       *(rf"(?m)^2\. {name}: .* x one dictionary \(target <= 2\.2" for name in EVALUATIONS),
+                       (r"(?m)^3\. width ", 2), r"(?m)^4\. synthetic: "],
     "gpu_check.py": [r"1\. correctness on cpu: .* \(OK\)", rf"ratio {NUMBER} \(target >= 0\.8\)",
                      rf"one pass is {NUMBER}x faster"],
     "resume_time.py": [rf"resume time 2x / 1x tokens: {NUMBER}", rf"replay baseline 2x / 1x tokens: {NUMBER}"],
     "sae_step.py": [rf"dense product x @ W_enc\s+{NUMBER} ms", rf"sparse step\s+{NUMBER} ms .* = \s*{NUMBER}x the product",
                     rf"dense step\s+{NUMBER} ms", r"matryoshka_batchtopk", rf"numba scatter kernel {NUMBER} ms"],
-    "server_latency.py": [rf"feature\s+n=\s*10\s+p50\s+{NUMBER} ms", rf"token search\s+n=\s*10\s+p50",
-                          rf"similar, other dictionary\s+n=\s*10", rf"label search\s+n=\s*10",
+    "server_latency.py": [rf"feature\s+n=\s*10\s+p50\s+{NUMBER} ms", r"token search\s+n=\s*10\s+p50",
+                          r"similar, other dictionary\s+n=\s*10", r"label search\s+n=\s*10",
                           rf"answer size of one feature: {NUMBER} KiB"],
     "server_load.py": [rf"browsing alone\s+\d+ answers\s+p50\s+{NUMBER} ms", rf"inference throughput: {NUMBER} requests/s",
                        rf"browsing p95 under load {NUMBER} ms", r"answers other than 200/503: 0 ",
                        r"health afterwards: 200"],
+    "steering_latency.py": [re.escape(line) for line in ("steer (KV cache)", "HF generate, 1 row", "HF generate, 2 rows",
+                                                         "full recompute", "API request")],
     "sweep_throughput.py": [rf"4 values of k .* one pass is {NUMBER}x faster",
                             rf"4 hooks .* one pass is {NUMBER}x faster"],
     "training_throughput.py": [rf"\(b\)/\(a\) = {NUMBER}", rf"\(c\)/\(a\) = {NUMBER}", rf"\(d\)/\(b\) = {NUMBER}"],
 }
-"""Per script, the lines its smoke run must print (regular expressions)."""
-NOT_COVERED = {"steering_latency.py": "its smoke mode comes with the steering KV cache (another branch)"}
+"""Per script, what its smoke run must print: a regular expression found at least once, or
+(expression, n) found exactly n times."""
 HELPERS = {"__init__.py", "smoke.py", "timing.py"}
+SLOWEST = ("gpu_check.py", "sweep_throughput.py", "evaluations.py", "autointerp.py")
+"""Started first, so that the two workers finish together."""
 
 
 def test_every_benchmark_script_has_a_smoke_run():
     scripts = {p.name for p in BENCHMARKS.glob("*.py")} - HELPERS
-    assert scripts == set(FIGURES) | set(NOT_COVERED)
+    assert scripts == set(FIGURES)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +71,13 @@ def smoke_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
     def run(script: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], env=env, capture_output=True,
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], env=env, capture_output=True,
                               text=True, timeout=600, cwd=tmp_path_factory.mktemp(script.removesuffix(".py")))
+        print(f"{script} --smoke: {time.perf_counter() - started:.0f} s")  # shown by pytest -s
+        return done
 
-    slowest_first = sorted(FIGURES, key=lambda script: script not in ("gpu_check.py", "sweep_throughput.py"))
+    slowest_first = sorted(FIGURES, key=lambda script: script not in SLOWEST)
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(slowest_first, pool.map(run, slowest_first)))
 
@@ -71,4 +87,7 @@ def test_benchmark_smoke_run_prints_its_figures(script, smoke_runs):
     done = smoke_runs[script]
     assert done.returncode == 0, f"{script} --smoke failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     for figure in FIGURES[script]:
-        assert re.search(figure, done.stdout), f"{script} --smoke did not print /{figure}/:\n{done.stdout[-4000:]}"
+        pattern, times = figure if isinstance(figure, tuple) else (figure, None)
+        found = len(re.findall(pattern, done.stdout))
+        assert found == times if times is not None else found > 0, \
+            f"{script} --smoke printed /{pattern}/ {found} times:\n{done.stdout[-4000:]}"
