@@ -5,10 +5,11 @@
     python -m server.openapi --schema openapi.json   # writes the OpenAPI schema itself (JSON)
 
 The schema is FastAPI's (from the feature store's records in core/store.py, the models in
-server/schemas.py and the endpoints in server/routes/); `openapi-typescript` (the npm package, pinned in ui/api-types/, a bun project of
-its own because it needs TypeScript 5's compiler API while the app is on TypeScript 7) turns it
-into TypeScript types, which ui/src/api.ts imports. tests/test_server_research.py regenerates the file
-and fails when the committed one differs, so a server change cannot silently drift from the UI.
+server/schemas.py and the endpoints in server/routes/); `openapi-typescript` (the npm package,
+pinned in ui/api-types/, a bun project of its own because it needs TypeScript 5's compiler API
+while the app is on TypeScript 7) turns it into TypeScript types, which ui/src/api.ts imports.
+tests/test_server_research.py regenerates the file and fails when the committed one differs, so a
+server change cannot silently drift from the UI.
 """
 
 from __future__ import annotations

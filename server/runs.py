@@ -7,8 +7,9 @@ and at the end (`"final_eval"`); lines of runs from before multi-dictionary trai
 
 `RunCurves` reads the file incrementally through `core.runs.MetricsLog.lines_after`: each request
 reads only the bytes appended since the last one (the reader remembers the byte offset after the
-last complete line, so a torn last line is read again once its newline arrives). A file that shrank or was replaced (a resumed run
-rewrites it without the lines after its checkpoint) is read again from the start. Memory is
+last complete line, so a torn last line is read again once its newline arrives). A file that
+shrank or was replaced (a resumed run rewrites it without the lines after its checkpoint) is read
+again from the start. Memory is
 bounded whatever the file's length: each series keeps at most `max_points` points, by keeping
 every `stride`-th point and doubling the stride (dropping every other kept point) when it fills
 up; the newest point is always shown.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.runs import DICTIONARY_KEY, EVAL_KEY, FINAL_EVAL_KEY, MetricsLog, parse_record, record_kind
+from core.runs import DICTIONARY_KEY, EVAL_KEY, FINAL_EVAL_KEY, MetricsLog, RunFolder, parse_record, record_kind
 
 TRAIN_KEYS = ("loss", "l0", "explained_variance", "dead_features")
 """The curves drawn from the logged training steps."""
@@ -152,7 +153,7 @@ class RunLogs:
         self._runs: dict[Path, RunCurves] = {}
 
     def get(self, run_folder: Path) -> RunCurves:
-        log = MetricsLog.of_run(run_folder)
+        log = RunFolder(run_folder).metrics
         with self._lock:
             curves = self._runs.get(log.path)
             if curves is None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 
-from core import layout
-from core.runs import MetricsLog
+from core.runs import RunFolder
 from core.store import json_ready
 
 from .. import schemas
@@ -26,7 +25,7 @@ def list_runs(state: Server):
     """Every training run of the results folder, sorted by name."""
     results = state.results
     return {"runs": [{"name": run, "dictionaries": results.run_dictionaries(run),
-                      "has_metrics": MetricsLog.of_run(results.run_folder(run)).path.is_file()}
+                      "has_metrics": RunFolder(results.run_folder(run)).metrics.path.is_file()}
                      for run in results.run_names()]}
 
 
@@ -53,7 +52,7 @@ def get_run(run: str, state: Server):
         series.append({"name": dictionary_name, "id": saved.get(dictionary_name), "train": curves.train.to_dict(),
                        "eval": curves.eval.to_dict(), "final": final})
     return {"name": run, "dictionaries": sorted(saved.values()), "has_metrics": log.identity is not None,
-            "config": _read_json(folder / layout.RUN_CONFIG_FILENAME), "series": series, "lines": log.lines,
+            "config": _read_json(RunFolder(folder).config_path), "series": series, "lines": log.lines,
             "skipped_lines": log.skipped,
             "finished": bool(log.curves) and all(c.final is not None for c in log.curves.values())}
 
