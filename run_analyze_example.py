@@ -26,7 +26,7 @@ unless you pass `--model.name` (a hub name or a local model folder), which the c
 A copy without metrics is first evaluated on `--evaluation-tokens` tokens of the analysis text
 (default 8,192; 0 skips it): L0, explained variance, CE loss recovered, recorded in its config.json.
 
-Next: browse the features with `uvicorn server.app:app --port 24577` (http://127.0.0.1:24577), or open
+Next: browse the features with `python -m server` (http://127.0.0.1:24577), or open
 notebooks/observe_feature_activation.ipynb.
 """
 
@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -43,10 +44,11 @@ from pathlib import Path
 import tyro
 
 from core import AnalysisConfig, DatasetConfig, FeatureStore, LanguageModelConfig, analyze, import_dictionary
-from core.config import DICTIONARIES_FOLDER, ConfigError, resolve_device
+from core.config import ConfigError, resolve_device
 from core.cli import run_entry_point
 from core.distributed import is_main_process
 from core.formats import evaluate_imported, is_foreign
+from core.layout import DICTIONARY_CONFIG_FILENAME, results_root_of
 from core.lm import load_language_model
 
 # The dictionary `python run_train_example.py` trains by default (SmolLM2-135M, block 3, built-in
@@ -93,7 +95,7 @@ def main(cfg: AnalysisConfig, *, model_given: bool = True, evaluation_tokens: in
                               f"--dictionary-path results/imported/dictionaries/<name>.")
         imported = import_dictionary(cfg.dictionary_path, IMPORT_RESULTS_DIR,
                                      model_name=cfg.model.name if model_given else None)
-        config = json.loads((imported / "config.json").read_text())
+        config = json.loads((imported / DICTIONARY_CONFIG_FILENAME).read_text())
         print(f"Imported {cfg.dictionary_path} to {imported}; its analysis is written there.")
         cfg = replace(cfg, dictionary_path=str(imported), model=replace(cfg.model, name=config["model_name"]))
         if evaluation_tokens > 0 and not config.get("metrics"):
@@ -113,11 +115,9 @@ def main(cfg: AnalysisConfig, *, model_given: bool = True, evaluation_tokens: in
     print(f"\nFeature store written to {store.path}")
     print(f"  {summary.n_features:,} features over {summary.n_tokens:,} tokens: "
           f"{summary.n_alive:,} alive, {summary.n_dead:,} dead")
-    dictionary = Path(cfg.dictionary_path).expanduser().resolve()
-    # <results>/<exp_name>/dictionaries/<name>, or the older <results>/<exp_name>/dictionary
-    results_dir = dictionary.parents[2] if dictionary.parent.name == DICTIONARIES_FOLDER else dictionary.parents[1]
-    scan = "" if results_dir == Path("results").resolve() else f"GPT2DICT_RESULTS_DIR={results_dir} "
-    print(f"Browse it:   {scan}uvicorn server.app:app --port 24577   then open http://127.0.0.1:24577")
+    results_dir = results_root_of(cfg.dictionary_path)
+    scan = "" if results_dir == Path("results").resolve() else f"GPT2DICT_RESULTS_DIR={shlex.quote(str(results_dir))} "
+    print(f"Browse it:   {scan}python -m server   then open http://127.0.0.1:24577")
     print(f"Or in a notebook:  FEATURE_STORE={folder} jupyter lab notebooks/observe_feature_activation.ipynb")
 
 

@@ -21,8 +21,8 @@ sae.safetensors, with the final evaluation metrics). A run that is stopped
 resumes from its newest checkpoint when started again with the same exp_name; Ctrl-C (SIGINT) or
 SIGTERM stops it after the current step with a checkpoint written.
 
-Next: `python run_analyze_example.py` analyzes the dictionary, and
-`uvicorn server.app:app --port 24577` serves the viewer on http://127.0.0.1:24577.
+Next: `python run_analyze_example.py` analyzes the dictionary, and `python -m server` serves the
+viewer on http://127.0.0.1:24577.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Both run on the same token batches of the offline default (SmolLM2-135M, built-i
 and optionally (c) the trainer's full step (buffer + SAE forward/backward/Adam) for context.
 
     python benchmarks/activation_throughput.py [--hook blocks.3.hook_resid_post] [--batches 12]
+    python benchmarks/activation_throughput.py --smoke     # seconds: tiny GPT-2, tiny sizes (benchmarks/smoke.py)
 
 Prints tokens/s of each and the ratio ours/raw (target: at least 0.9).
 """
@@ -13,7 +14,9 @@ Prints tokens/s of each and the ratio ours/raw (target: at least 0.9).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import ActivationSource, DatasetConfig, LanguageModelConfig, TokenBatches, load_language_model  # noqa
 from core.lm import stop_layer_for  # noqa: E402
+from benchmarks.smoke import SMOKE_HOOK, tiny_gpt2  # noqa: E402
 
 
 def tokens_per_second(fn, batches, repeats: int) -> float:
@@ -45,8 +49,19 @@ def main() -> None:
     parser.add_argument("--context-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny GPT-2, 2 batches of 2 x 32 tokens, one pass")
     args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="activation-bench-"))
+    try:
+        if args.smoke:
+            args.model, args.hook, args.batches, args.batch_size, args.context_size, args.repeats = \
+                str(tiny_gpt2(work)), SMOKE_HOOK, 2, 2, 32, 1
+        measure(args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def measure(args: argparse.Namespace) -> None:
     torch.set_grad_enabled(False)
     model = load_language_model(LanguageModelConfig(name=args.model), args.device)
     stream = TokenBatches(DatasetConfig(context_size=args.context_size), model.tokenizer,

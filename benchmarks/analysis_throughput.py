@@ -19,6 +19,7 @@ the early batches, when every feature's slots are still filling and cost the mos
 
     python benchmarks/analysis_throughput.py                 # 100k tokens, about 3 minutes on 2 CPU cores
     python benchmarks/analysis_throughput.py --tokens 200000 --device cuda
+    python benchmarks/analysis_throughput.py --smoke      # seconds: tiny GPT-2, tiny sizes (benchmarks/smoke.py)
 
 It uses the trained demo dictionary (results/smollm2-topk-demo/dictionaries/...) when it exists and a
 freshly initialized topk dictionary (k = 32) otherwise; both fire exactly 32 features per token,
@@ -42,6 +43,7 @@ from core import (ActivationSource, AnalysisConfig, LanguageModelConfig, SAEConf
                   TokenBatches, load_dictionary, load_language_model)
 from core.analysis import accumulate_features, logit_lens, write_feature_store  # noqa: E402
 from core.config import resolve_device  # noqa: E402
+from benchmarks.smoke import SMOKE_HOOK, tiny_gpt2  # noqa: E402
 
 HOOK = "blocks.3.hook_resid_post"
 # The demo run's dictionary, in today's layout or the older one-dictionary layout.
@@ -61,6 +63,8 @@ class Args:
     """Measure every segment this many times and keep the fastest time of each variant."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    smoke: bool = False
+    """Seconds, not minutes: the tiny GPT-2 and a fresh dictionary, 1,000 tokens, one repeat."""
 
 
 def _sync(device: torch.device) -> None:
@@ -69,19 +73,30 @@ def _sync(device: torch.device) -> None:
 
 
 def main(args: Args) -> None:
+    with tempfile.TemporaryDirectory(prefix="analysis-bench-") as work:
+        if args.smoke:
+            args = replace(args, tokens=1000, model_batch_size=4, segment_batches=1, repeats=1)
+            measure(args, LanguageModelConfig(name=str(tiny_gpt2(Path(work)))), SMOKE_HOOK, None)
+        else:
+            measure(args, LanguageModelConfig(), HOOK, DEMO_DICTIONARY)
+
+
+def measure(args: Args, model_cfg: LanguageModelConfig, hook: str, trained: Path | None) -> None:
+    """The measurements of the module docstring, at `hook` of `model_cfg`'s model, with the dictionary
+    `trained` (None: a freshly initialized topk dictionary)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = load_language_model(LanguageModelConfig(), device)
-    if DEMO_DICTIONARY is not None:
-        sae, which = load_dictionary(DEMO_DICTIONARY, device=device), f"trained ({DEMO_DICTIONARY})"
+    model = load_language_model(model_cfg, device)
+    if trained is not None:
+        sae, which = load_dictionary(trained, device=device), f"trained ({trained})"
     else:
         torch.manual_seed(0)
         sae = create_dictionary(SAEConfig(architecture="topk", expansion_factor=8, k=32), model.d_model,
-                                hook_name=HOOK, model_name=model.name, device=device)
+                                hook_name=hook, model_name=model.name, device=device)
         which = "freshly initialized topk, k=32"
     sae.eval()
-    cfg = AnalysisConfig(model_batch_size=args.model_batch_size)
+    cfg = AnalysisConfig(model_batch_size=args.model_batch_size, model=model_cfg)
     dev = model.device
 
     # The same batches for every measurement, tokenized beforehand.
@@ -96,13 +111,13 @@ def main(args: Args) -> None:
     n_text = sum(text_tokens)
     segments = [range(i, min(i + args.segment_batches, len(batches)))
                 for i in range(0, len(batches), args.segment_batches)]
-    source = ActivationSource(model, HOOK, iter(()))
-    print(f"device {dev}, {torch.get_num_threads()} CPU threads; model {model.name} at {HOOK}; "
+    source = ActivationSource(model, hook, iter(()))
+    print(f"device {dev}, {torch.get_num_threads()} CPU threads; model {model.name} at {hook}; "
           f"dictionary {which}, d_sae {sae.d_sae}; {len(batches)} batches of {tuple(batches[0].shape)} "
           f"({n_text:,} text tokens) in {len(segments)} segments, best of {args.repeats}")
 
     with torch.no_grad():  # warm-up: first calls allocate, pick kernels and load the compiled kernels
-        sae.encode_sparse(source.activations_of(batches[0])[HOOK])
+        sae.encode_sparse(source.activations_of(batches[0])[hook])
     accumulate_features(model, sae, batches[:1], replace(cfg, total_analyzing_tokens=text_tokens[0]), progress=False)
 
     @torch.no_grad()
@@ -119,7 +134,7 @@ def main(args: Args) -> None:
         """Seconds in encode_sparse alone (after each batch's forward, timed apart)."""
         seconds = 0.0
         for i in segment:
-            acts = source.activations_of(batches[i])[HOOK]
+            acts = source.activations_of(batches[i])[hook]
             mask = model.token_mask(batches[i])
             _sync(dev)
             start = time.perf_counter()

@@ -9,6 +9,7 @@ features, contexts and scorer in both). It explains `--features` alive features 
     python benchmarks/autointerp_quality.py                     # the demo analysis, 100 features, offline SmolLM2
     python benchmarks/autointerp_quality.py --features 300 --backend.kind openai \\
         --backend.base-url http://127.0.0.1:8000/v1 --backend.model meta-llama/Llama-3.1-8B-Instruct
+    python benchmarks/autointerp_quality.py --smoke   # seconds: autointerp.py's tiny analysis, 2 features
 
 Results stay in the analysis' explanations.sqlite (a rerun resumes and reprints).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import random
 import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core import BackendConfig, ExplainConfig, Explanations, ScoreConfig, explain_features, score_explanations  # noqa: E402
 from core.autointerp import open_backend  # noqa: E402
 from core.cli import run_entry_point  # noqa: E402
+from benchmarks.autointerp import smoke_analysis  # noqa: E402
 
 DEMO_ANALYSIS = "results/smollm2-topk-demo/dictionaries/blocks.3.hook_resid_post/analysis/default"
 
@@ -42,6 +45,9 @@ class Args:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     bootstrap: int = 2000
     seed: int = 0
+    smoke: bool = False
+    """Seconds: the tiny analysis of benchmarks/autointerp.py built here, 2 features, short answers (the
+    scores mean nothing)."""
 
 
 def bootstrap_interval(differences: list[float], n: int, seed: int) -> tuple[float, float]:
@@ -52,6 +58,16 @@ def bootstrap_interval(differences: list[float], n: int, seed: int) -> tuple[flo
 
 
 def main(args: Args) -> None:
+    if not args.smoke:
+        measure(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="autointerp-quality-") as scratch:
+        measure(replace(args, analysis=str(smoke_analysis(Path(scratch))), features=2, bootstrap=100,
+                        explain=replace(args.explain, max_new_tokens=4),
+                        score=replace(args.score, n_activating=1, n_random_negatives=1, n_hard_negatives=0)))
+
+
+def measure(args: Args) -> None:
     with open_backend(args.backend) as llm:
         explained = explain_features(args.analysis, args.features, config=args.explain, backend=llm)
         print(f"explained: {explained.n_explained} parsed, {explained.n_unparsable} unparsable, "

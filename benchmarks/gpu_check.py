@@ -1,7 +1,8 @@
 """The GPU check: correctness and speed of the CUDA path, in one short run (under 5 minutes on an H100).
 
     python benchmarks/gpu_check.py                     # on a CUDA machine
-    python benchmarks/gpu_check.py --device cpu --quick  # the same steps, tiny sizes, on a CPU
+    python benchmarks/gpu_check.py --device cpu --quick  # the same steps, small sizes, on a CPU
+    python benchmarks/gpu_check.py --smoke               # seconds: the tiny GPT-2 on a CPU (benchmarks/smoke.py)
 
 Nothing is downloaded: the model is a randomly initialized GPT-2 with exactly GPT-2 small's
 configuration (12 layers, d_model 768, 12 heads, 50,257 tokens, context 1,024) and the real GPT-2
@@ -41,26 +42,34 @@ from core import (ActivationStoreConfig, DatasetConfig, DictionaryConfig, Langua
                   SAEConfig, Trainer, TrainerConfig, build_trainer, TrainingConfig, load_language_model, train)
 from core.config import resolve_device  # noqa: E402
 from benchmarks.timing import raw_forward, time_training_loop  # noqa: E402
+from benchmarks.smoke import SMOKE_HOOK, tiny_gpt2  # noqa: E402
 from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
 
 HOOK = "blocks.8.hook_resid_post"
+SIZES = {  # correctness (d_sae, batch, model batch), speed (batch, d_sae, model batch, batches timed), k, context
+    "full": dict(correctness=(8192, 2048, 32), speed=(4096, 24_576, 64, 40), k=32, context=128),
+    "quick": dict(correctness=(1024, 256, 8), speed=(512, 2048, 8, 4), k=32, context=128),
+    "smoke": dict(correctness=(128, 64, 2), speed=(64, 128, 2, 2), k=8, context=32),
+}
 
 
 def config(model_dir: Path, results: Path, name: str, device: str, *, d_sae: int, batch: int, tokens: int,
-           model_batch: int, **trainer) -> TrainingConfig:
+           model_batch: int, hook: str = HOOK, k: int = 32, context: int = 128, **trainer) -> TrainingConfig:
     return TrainingConfig(
         exp_name=name, results_dir=str(results), device=device, seed=0,
-        model=LanguageModelConfig(name=str(model_dir)), dataset=DatasetConfig(context_size=128),
-        activations=ActivationStoreConfig(hook_name=HOOK, model_batch_size=model_batch, buffer_tokens=4 * batch,
+        model=LanguageModelConfig(name=str(model_dir)), dataset=DatasetConfig(context_size=context),
+        activations=ActivationStoreConfig(hook_name=hook, model_batch_size=model_batch, buffer_tokens=4 * batch,
                                           train_batch_size=batch),
-        sae=SAEConfig(architecture="topk", d_sae=d_sae, k=32, decoder_bias_init_samples=2048),
+        sae=SAEConfig(architecture="topk", d_sae=d_sae, k=k, decoder_bias_init_samples=min(2048, 4 * batch)),
         trainer=TrainerConfig(total_training_tokens=tokens, lr=4e-4, lr_warmup_steps=5, eval_batches=1,
                               eval_every_steps=10 ** 9, **trainer),
         logging=LoggingConfig(progress_bar=False))
 
 
-def correctness(model, model_dir: Path, work: Path, device: str, quick: bool) -> None:
-    sizes = dict(d_sae=1024 if quick else 8192, batch=256 if quick else 2048, model_batch=8 if quick else 32)
+def correctness(model, model_dir: Path, work: Path, device: str, size: str, hook: str) -> None:
+    d_sae, batch, model_batch = SIZES[size]["correctness"]
+    sizes = dict(d_sae=d_sae, batch=batch, model_batch=model_batch, hook=hook, k=SIZES[size]["k"],
+                 context=SIZES[size]["context"])
     steps = 12
     whole = train(config(model_dir, work, "whole", device, tokens=steps * sizes["batch"], **sizes), model=model)
     parted_cfg = config(model_dir, work, "parted", device, tokens=steps * sizes["batch"], checkpoint_every_steps=5,
@@ -82,48 +91,56 @@ def correctness(model, model_dir: Path, work: Path, device: str, quick: bool) ->
           f"({'OK' if worst < 1e-4 else 'MISMATCH'})")
 
 
-def speed(model, model_dir: Path, work: Path, device: str, quick: bool) -> None:
-    batch, d_sae, model_batch = (512, 2048, 8) if quick else (4096, 24_576, 64)
-    tokens = (4 if quick else 40) * batch
-    forward = raw_forward(model, HOOK, tokens, model_batch=model_batch)
+def speed(model, model_dir: Path, work: Path, device: str, size: str, hook: str) -> None:
+    batch, d_sae, model_batch, batches = SIZES[size]["speed"]
+    k, context = SIZES[size]["k"], SIZES[size]["context"]
+    tokens = batches * batch
+    forward = raw_forward(model, hook, tokens, model_batch=model_batch, context_size=context)
 
-    cfg = config(model_dir, work, "speed", device, d_sae=d_sae, batch=batch, tokens=10 ** 9, model_batch=model_batch)
+    cfg = config(model_dir, work, "speed", device, d_sae=d_sae, batch=batch, tokens=10 ** 9, model_batch=model_batch,
+                 hook=hook, k=k, context=context)
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(cfg, model=model)
     training = tokens // batch * batch / time_training_loop(trainer, tokens)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if str(device).startswith("cuda") else float("nan")
-    print(f"2. speed at {HOOK}: raw truncated forward {forward:,.0f} tok/s; training a {d_sae:,}-latent topk "
-          f"(k 32, batch {batch:,}) from the model {training:,.0f} tok/s; ratio {training / forward:.2f} "
+    print(f"2. speed at {hook}: raw truncated forward {forward:,.0f} tok/s; training a {d_sae:,}-latent topk "
+          f"(k {k}, batch {batch:,}) from the model {training:,.0f} tok/s; ratio {training / forward:.2f} "
           f"(target >= 0.8); peak GPU memory {peak:.1f} GiB")
     del trainer
 
     def loop_seconds(c: TrainingConfig) -> float:
         return time_training_loop(build_trainer(c, model=model), tokens)
 
-    sweep = tuple(DictionaryConfig(name=f"k{k}", sae=replace(cfg.sae, k=k)) for k in (16, 32, 64, 128))
+    ks = (16, 32, 64, 128) if k == 32 else (k // 2, k, 2 * k, 4 * k)
+    sweep = tuple(DictionaryConfig(name=f"k{k}", sae=replace(cfg.sae, k=k)) for k in ks)
     together = loop_seconds(replace(cfg, exp_name="one-pass", dictionaries=sweep))
     separately = sum(loop_seconds(replace(cfg, exp_name=f"single-{d.name}", dictionaries=(d,))) for d in sweep)
-    print(f"3. 4 dictionaries (k 16/32/64/128) at {HOOK}: one pass {together:.1f} s, 4 single runs {separately:.1f} s, "
+    print(f"3. 4 dictionaries (k {'/'.join(map(str, ks))}) at {hook}: one pass {together:.1f} s, 4 single runs {separately:.1f} s, "
           f"one pass is {separately / together:.2f}x faster (target >= 1.8)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke run of the same steps)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a CPU run of the same steps, minutes)")
+    parser.add_argument("--smoke", action="store_true", help="the tiny GPT-2 and tiny sizes on the CPU (seconds)")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    device = resolve_device("cpu" if args.smoke else args.device)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     try:
-        model_dir = build_tiny_gpt2(work / "gpt2-small-random", n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+        if args.smoke:
+            model_dir, hook, shape = tiny_gpt2(work), SMOKE_HOOK, "the tiny GPT-2 of the tests"
+        else:
+            model_dir, hook, shape = build_tiny_gpt2(work / "gpt2-small-random", n_layer=12, n_embd=768, n_head=12,
+                                                     n_positions=1024), HOOK, "GPT-2 small configuration"
         model = load_language_model(LanguageModelConfig(name=str(model_dir)), device)
         name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
-        print(f"device {device} ({name}), torch {torch.__version__}; GPT-2 small configuration, random weights, "
-              f"real GPT-2 tokenizer")
-        correctness(model, model_dir, work, device, args.quick)
-        speed(model, model_dir, work, device, args.quick)
+        print(f"device {device} ({name}), torch {torch.__version__}; {shape}, random weights, real GPT-2 tokenizer")
+        correctness(model, model_dir, work, device, size, hook)
+        speed(model, model_dir, work, device, size, hook)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"done in {time.perf_counter() - started:.0f} s")

@@ -1,6 +1,7 @@
 """How long a stopped run takes to resume, after 1x and after 10x the tokens.
 
     python benchmarks/resume_time.py [--tokens 50000] [--factor 10]
+    python benchmarks/resume_time.py --smoke     # seconds: tiny sizes (benchmarks/smoke.py)
 
 Trains the same dictionary (the tiny random GPT-2 with the real GPT-2 tokenizer from
 tests/tiny_gpt2.py, built-in corpus, 128-token sequences) for `tokens` and for `factor * tokens`
@@ -29,17 +30,18 @@ sys.path.insert(0, str(ROOT))
 
 from core import (ActivationStoreConfig, DatasetConfig, LanguageModelConfig, LoggingConfig, PackedSequences,  # noqa
                   SAEConfig, Trainer, TrainerConfig, build_trainer, TrainingConfig, load_language_model)
-from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
+from benchmarks.smoke import SMOKE_HOOK as HOOK, tiny_gpt2  # noqa: E402
 
-HOOK = "blocks.1.hook_resid_post"
+BATCH = 4096
 
 
-def config(model_dir: Path, results: Path, name: str, tokens: int) -> TrainingConfig:
+def config(model_dir: Path, results: Path, name: str, tokens: int, batch: int = BATCH,
+           context: int = 128) -> TrainingConfig:
     return TrainingConfig(
         exp_name=name, results_dir=str(results), seed=0, model=LanguageModelConfig(name=str(model_dir)),
-        dataset=DatasetConfig(context_size=128),
-        activations=ActivationStoreConfig(hook_name=HOOK, model_batch_size=32, buffer_tokens=16_384,
-                                          train_batch_size=4096),
+        dataset=DatasetConfig(context_size=context),
+        activations=ActivationStoreConfig(hook_name=HOOK, model_batch_size=max(1, batch // context),
+                                          buffer_tokens=4 * batch, train_batch_size=batch),
         sae=SAEConfig(architecture="topk", expansion_factor=8, k=16),
         trainer=TrainerConfig(total_training_tokens=tokens, lr=1e-3, lr_warmup_steps=10, eval_every_steps=10 ** 9,
                               eval_batches=1, checkpoint_every_steps=None),
@@ -79,14 +81,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=50_000)
     parser.add_argument("--factor", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="seconds: 256 tokens, factor 2, batch 64, one resume")
     args = parser.parse_args()
+    batch, context = BATCH, 128
+    if args.smoke:
+        args.tokens, args.factor, args.repeats, batch, context = 256, 2, 1, 64, 32
     work = Path(tempfile.mkdtemp(prefix="resume-bench-"))
     try:
-        model_dir = build_tiny_gpt2(work / "model")
+        model_dir = tiny_gpt2(work)
         model = load_language_model(LanguageModelConfig(name=str(model_dir)))
         rows = []
         for factor in (1, args.factor):
-            cfg = config(model_dir, work / "results", f"x{factor}", factor * args.tokens)
+            cfg = config(model_dir, work / "results", f"x{factor}", factor * args.tokens, batch, context)
             start = time.perf_counter()
             trainer = train_to(cfg, model)
             train_s = time.perf_counter() - start

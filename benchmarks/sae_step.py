@@ -21,6 +21,7 @@ same inputs and interleaved so that a shared machine's load falls on all alike:
     python benchmarks/sae_step.py --dead-fraction 0.05 --threads 1
     python benchmarks/sae_step.py --device cuda --dtype bfloat16
     python benchmarks/sae_step.py --architectures --clt-layers 6 --no-dense --repeats 3   # CLT rows only
+    python benchmarks/sae_step.py --smoke          # seconds: d_in 64, d_sae 256, k 8, batch 256, one repeat, CLT of 2
 
 Target: the sparse step costs at most 2x the dense product (a CLT's: its L products).
 
@@ -114,7 +115,11 @@ def main() -> None:
     parser.add_argument("--no-dense", action="store_true", help="skip the (slow) old dense path")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 keeps a shared machine's scheduling out")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: d_in 64, d_sae 256, k 8, batch 256, one repeat, a CLT over 2 layers")
     args = parser.parse_args()
+    if args.smoke:
+        args.d_in, args.d_sae, args.k, args.batch, args.repeats, args.clt_layers = 64, 256, 8, 256, 1, 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = args.device, getattr(torch, args.dtype)

@@ -1,6 +1,7 @@
 """Latency of the feature endpoint and of every search over loopback, against a real uvicorn process.
 
     python benchmarks/server_latency.py [--requests 500] [--concurrency 4]
+    python benchmarks/server_latency.py --smoke     # seconds: a tiny synthetic store, 10 requests each
 
 Uses the demo run's analysis (`results/smollm2-topk-demo/dictionaries/blocks.3.hook_resid_post/
 analysis/default`, 4,608 features, written by run_analyze_example.py) when it exists; otherwise
@@ -34,22 +35,40 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEMO_RUN = ROOT / "results" / "smollm2-topk-demo"
+from core import layout  # noqa: E402
+from server.results import ResultsFolder, dictionary_path  # noqa: E402
+
 DEMO_ID = "smollm2-topk-demo:blocks.3.hook_resid_post"
-D_SAE, VOCAB, N_TOP, N_INTERVALS, PER_INTERVAL, WINDOW, N_BINS = 4608, 49152, 20, 5, 5, 33, 48
-D_IN, INDEX_SIZE, OCCURRING_TOKENS, LABELLED = 576, 32, 40_000, 1000
+DEMO_RUN = ROOT / "results" / "smollm2-topk-demo"
+N_TOP, N_INTERVALS, PER_INTERVAL, WINDOW, N_BINS = 20, 5, 5, 33, 48
+D_IN, INDEX_SIZE = 576, 32
 WORDS = ["bracket", "import", "date", "number", "quote", "python", "list", "error", "name", "space"]
 
 
-def vocabulary() -> list[str]:
-    return [f"tok{i}" if i % 7 else f" word{i}" for i in range(VOCAB)]
+class StoreSize(NamedTuple):
+    d_sae: int
+    vocab: int
+    occurring_tokens: int
+    """Vocabulary tokens that occurred in the analyzed text (the token index has a row for each)."""
+    labelled: int
+    """Features with a label."""
 
 
-def build_store(results_dir: Path, run: str = "synthetic-4608", *, d_sae: int = D_SAE, seed: int = 0) -> tuple[str, str, Path]:
+FULL = StoreSize(d_sae=4608, vocab=49152, occurring_tokens=40_000, labelled=1000)
+SMOKE = StoreSize(d_sae=64, vocab=2000, occurring_tokens=1500, labelled=20)
+
+
+def vocabulary(size: int) -> list[str]:
+    return [f"tok{i}" if i % 7 else f" word{i}" for i in range(size)]
+
+
+def build_store(results_dir: Path, run: str = "synthetic-4608", *, size: StoreSize = FULL,
+                seed: int = 0) -> tuple[str, str, Path]:
     """A run `<results_dir>/<run>/` of two dictionaries (`a`, `b`) with the analysis `default` of `a`
     and labels on some of its features (see the module docstring); returns (id of a, id of b, store path)."""
     import numpy as np
@@ -60,38 +79,41 @@ def build_store(results_dir: Path, run: str = "synthetic-4608", *, d_sae: int = 
     from core.sae import SparseAutoencoder, create_dictionary
     from core.store import FeatureStoreWriter, SampleArrays
 
+    d_sae, vocab = size.d_sae, size.vocab
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     folders = {}
     for name in ("a", "b"):
         sae = create_dictionary(SAEConfig(architecture="topk", d_sae=d_sae, k=32), D_IN,
                                 hook_name="blocks.3.hook_resid_post", model_name="SmolLM2-135M-Instruct")
-        folders[name] = sae.save(results_dir / run / "dictionaries" / name, metrics={"l0": 32.0})
-    path = folders["a"] / "analysis" / "default" / "features.sqlite"
+        folders[name] = sae.save(layout.dictionary_folder(layout.run_folder(results_dir, run), name),
+                                 metrics={"l0": 32.0})
+    path = layout.store_path(layout.analysis_folder(folders["a"], "default"))
     n_tokens = 200_000
     act_count = rng.integers(0, 5000, d_sae)
     act_count[rng.random(d_sae) < 0.05] = 0
     max_act = np.where(act_count > 0, rng.gamma(2.0, 3.0, d_sae), 0.0)
     hist_edges = [np.geomspace(max(m, 1e-3) / 100, max(m, 1e-3), N_BINS + 1) for m in max_act]
-    occurrences = np.zeros(VOCAB, np.int64)
-    occurrences[rng.choice(VOCAB, OCCURRING_TOKENS, replace=False)] = rng.zipf(1.3, OCCURRING_TOKENS).clip(1, 10**6)
-    index_ids = rng.integers(0, d_sae, (VOCAB, INDEX_SIZE)).astype(np.int32)
-    index_acts = -np.sort(-rng.gamma(2.0, 2.0, (VOCAB, INDEX_SIZE)), axis=1)
+    occurrences = np.zeros(vocab, np.int64)
+    occurrences[rng.choice(vocab, size.occurring_tokens, replace=False)] = rng.zipf(1.3, size.occurring_tokens).clip(
+        1, 10**6)
+    index_ids = rng.integers(0, d_sae, (vocab, INDEX_SIZE)).astype(np.int32)
+    index_acts = -np.sort(-rng.gamma(2.0, 2.0, (vocab, INDEX_SIZE)), axis=1)
     with FeatureStoreWriter(path, overwrite=True) as w:
-        w.write_vocab(vocabulary())
+        w.write_vocab(vocabulary(vocab))
         w.set_meta("n_tokens", n_tokens)
         w.write_token_index(occurrences, index_ids, index_acts)
         w.write_features(act_count=act_count, max_act=max_act, mean_act=max_act / 3, density=act_count / n_tokens,
                          hist_counts=list(rng.integers(0, 100, (d_sae, N_BINS))), hist_edges=hist_edges,
-                         logit_pos_ids=rng.integers(0, VOCAB, (d_sae, 10)), logit_pos_values=rng.random((d_sae, 10)),
-                         logit_neg_ids=rng.integers(0, VOCAB, (d_sae, 10)), logit_neg_values=-rng.random((d_sae, 10)))
+                         logit_pos_ids=rng.integers(0, vocab, (d_sae, 10)), logit_pos_values=rng.random((d_sae, 10)),
+                         logit_neg_ids=rng.integers(0, vocab, (d_sae, 10)), logit_neg_values=-rng.random((d_sae, 10)))
 
         def samples(n: int, top: float) -> list:
             out = []
             for _ in range(n):
                 acts = np.where(rng.random(WINDOW) < 0.2, rng.random(WINDOW) * top, 0.0).astype(np.float32)
                 acts[24] = top
-                out.append(SampleArrays(rng.integers(0, VOCAB, WINDOW, dtype=np.int32), acts, 24))
+                out.append(SampleArrays(rng.integers(0, vocab, WINDOW, dtype=np.int32), acts, 24))
             return out
 
         for f in range(d_sae):
@@ -102,7 +124,7 @@ def build_store(results_dir: Path, run: str = "synthetic-4608", *, d_sae: int = 
                 lo, hi = max_act[f] * i / N_INTERVALS, max_act[f] * (i + 1) / N_INTERVALS
                 w.write_samples(f, f"interval_{i}", samples(PER_INTERVAL, float(hi)), lower=lo, upper=hi)
     notes = Annotations.of_dictionary(folders["a"], d_sae=d_sae)
-    for f in rng.choice(d_sae, LABELLED, replace=False).tolist():
+    for f in rng.choice(d_sae, size.labelled, replace=False).tolist():
         notes.save(f, label=f"{rng.choice(WORDS)} {rng.choice(WORDS)} {f}", notes=f"seen near {rng.choice(WORDS)}",
                    bookmarked=bool(f % 3 == 0), version=0)
     return f"{run}:a", f"{run}:b", path
@@ -171,23 +193,29 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="requests per measurement")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help=f"seconds: a synthetic store of {SMOKE.d_sae} features "
+                        f"and {SMOKE.vocab:,} tokens, 10 requests each")
     args = parser.parse_args()
     import httpx
 
     tmp = None
-    demo_store = DEMO_RUN / "dictionaries" / "blocks.3.hook_resid_post" / "analysis" / "default" / "features.sqlite"
-    if demo_store.is_file():
+    size = SMOKE if args.smoke else FULL
+    if args.smoke:
+        args.requests, args.warmup = 10, 2
+    demo_store = layout.store_path(layout.analysis_folder(dictionary_path(DEMO_RUN.parent, DEMO_ID), "default"))
+    if demo_store.is_file() and not args.smoke:
         results_dir, name, other = DEMO_RUN.parent, DEMO_ID, None
         print(f"store: {demo_store} (the demo run's analysis; one dictionary, so no cross-dictionary search)")
     else:
         tmp = Path(tempfile.mkdtemp(prefix="server-latency-"))
         t0 = time.perf_counter()
-        name, other, path = build_store(tmp)
+        name, other, path = build_store(tmp, size=size)
         results_dir = tmp
         print(f"store: synthetic, built in {time.perf_counter() - t0:.1f} s at {path} "
-              f"({path.stat().st_size / 2**20:.0f} MiB; {D_SAE} features, {N_TOP} top + "
-              f"{N_INTERVALS * PER_INTERVAL} interval samples of {WINDOW} tokens, vocab {VOCAB} with a token index of "
-              f"{INDEX_SIZE} features per token, {LABELLED} labels; a second dictionary of the same hook)")
+              f"({path.stat().st_size / 2**20:.0f} MiB; {size.d_sae} features, {N_TOP} top + "
+              f"{N_INTERVALS * PER_INTERVAL} interval samples of {WINDOW} tokens, vocab {size.vocab} with a token "
+              f"index of {INDEX_SIZE} features per token, {size.labelled} labels; a second dictionary of the same "
+              "hook)")
     port = free_port()
     proc = start_server(results_dir, port)
     try:
@@ -229,10 +257,7 @@ def main() -> None:
 
 def frequent_tokens(results_dir: Path, name: str, n: int = 500) -> list[str]:
     """Strings of the n most frequent tokens of the analysis (what people search for)."""
-    from core.store import FeatureStore
-    from server.results import ResultsFolder
-
-    store: FeatureStore = ResultsFolder(results_dir).store(name, "default")
+    store = ResultsFolder(results_dir).store(name, "default")
     rows = store.query("SELECT token_id FROM token_index ORDER BY occurrences DESC LIMIT ?", (n,))
     return [t for t in store.decode(r[0] for r in rows) if t]
 

@@ -3,7 +3,9 @@
     python benchmarks/server_load.py                    # 20 s, 32 inference + 8 browsing clients
     python benchmarks/server_load.py --model gpt2-small  # GPT-2 small's compute (random weights)
     python benchmarks/server_load.py --duration 60 --demo   # the demo run, results/smollm2-topk-demo
+    python benchmarks/server_load.py --results results --dictionary <run>:<name>   # any analyzed dictionary
     GPT2DICT_INFERENCE_CONCURRENCY=2 python benchmarks/server_load.py   # any GPT2DICT_* setting
+    python benchmarks/server_load.py --smoke    # seconds: 2 s of load by 2 + 2 clients (tiny GPT-2)
 
 Starts a real uvicorn process (one worker) and runs, for `--duration` seconds:
 
@@ -47,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.server_latency import free_port, start_server  # noqa: E402
+from core.store import StoreError  # noqa: E402
+from server.results import NotFound, ResultsFolder, dictionary_id  # noqa: E402
 
 DEMO = ROOT / "results" / "smollm2-topk-demo"
 WORDS = ("the quick brown fox jumps over the lazy dog while a function returns None and the list of "
@@ -63,7 +67,7 @@ MODELS = {
 
 def build_results(folder: Path, model: str) -> tuple[Path, str, str]:
     """A GPT-2 of shape `model` (random weights, the real GPT-2 tokenizer), a top-k dictionary trained
-    on it (expansion 2, k 8) and its analysis, in `folder`; (results folder, dictionary name, analysis)."""
+    on it (expansion 2, k 8) and its analysis, in `folder`; (results folder, dictionary id, analysis)."""
     from dataclasses import replace
 
     from core import LanguageModelConfig, analyze, load_language_model, train
@@ -77,7 +81,17 @@ def build_results(folder: Path, model: str) -> tuple[Path, str, str]:
     cfg = tiny_training_config(model_dir, results, exp_name=f"{model}-topk", steps=40)
     trained = train(replace(cfg, activations=replace(cfg.activations, hook_name=hook)), model=lm)
     analyze(tiny_analysis_config(trained.dictionary_path, model_dir), model=lm)
-    return results, f"{model}-topk", "default"
+    return results, dictionary_id(trained.dictionary_path), "default"
+
+
+def analyzed_dictionary(results: Path, analysis: str, run: str | None = None) -> str:
+    """The id of the first dictionary (of `run`, else of any run) in `results` with the analysis `analysis`."""
+    folder = ResultsFolder(results)
+    for name in folder.run_dictionaries(run) if run else folder.dictionary_names():
+        if analysis in folder.analysis_names(name):
+            return name
+    sys.exit(f"No dictionary {'of ' + str(results / run) if run else 'in ' + str(results)} has an analysis "
+             f"{analysis!r}; train and analyze one first (run_train_example.py, run_analyze_example.py).")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -195,21 +209,31 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny", help="shape of the GPT-2 to build")
     parser.add_argument("--keep", action="store_true", help="keep the built results folder (then pass it as --results)")
     parser.add_argument("--results", type=Path, help="an existing results folder instead of building one")
-    parser.add_argument("--dictionary", default="tiny-topk", help="with --results: the dictionary")
+    parser.add_argument("--dictionary", help="with --results: the dictionary's id, <run>:<name> as the viewer "
+                        "names it (default: the first one with the analysis)")
     parser.add_argument("--analysis", default="default", help="with --results: its analysis")
     parser.add_argument("--demo", action="store_true",
-                        help="the demo run: --results results --dictionary smollm2-topk-demo")
+                        help=f"the demo run: --results results and its dictionary ({DEMO.relative_to(ROOT)})")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: the tiny model, 2 inference and 2 browsing clients, 1 s alone and 2 s of load")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.duration, args.baseline, args.inference_clients, args.browse_clients = "tiny", 2, 1, 2, 2
 
     tmp = None
     if args.demo:
-        args.results, args.dictionary = DEMO.parent, DEMO.name
+        args.results = DEMO.parent
+        args.dictionary = analyzed_dictionary(DEMO.parent, args.analysis, run=DEMO.name)
     if args.results is not None:
-        results, name, analysis = args.results, args.dictionary, args.analysis
-        if not (results / name / "analysis" / analysis / "features.sqlite").is_file():
-            sys.exit(f"{results / name} has no analysis {analysis!r}; train and analyze it first "
-                     "(run_train_example.py, run_analyze_example.py).")
-        print(f"dictionary: {results / name}")
+        results, analysis = args.results, args.analysis
+        name = args.dictionary or analyzed_dictionary(results, analysis)
+        try:
+            folder = ResultsFolder(results)
+            folder.dictionary(name)
+            store = folder.store(name, analysis)
+        except (NotFound, StoreError) as e:
+            sys.exit(f"{e} Train and analyze it first (run_train_example.py, run_analyze_example.py).")
+        print(f"dictionary: {name}, analysis {store.path}")
     else:
         tmp = Path(tempfile.mkdtemp(prefix="server-load-"))
         t0 = time.perf_counter()

@@ -23,18 +23,18 @@ def time_training_loop(trainer, tokens: int) -> float:
     batch = trainer.cfg.activations.train_batch_size
     for _ in range(max(1, trainer.cfg.activations.buffer_tokens // batch)):
         trainer.train_step(trainer.buffer.next_batch(), metrics=False)
-    sync(trainer.device)
+    sync(trainer.buffer.device)
     start = time.perf_counter()
     for _ in range(max(1, tokens // batch)):
         trainer.train_step(trainer.buffer.next_batch(), metrics=False)
-    sync(trainer.device)
+    sync(trainer.buffer.device)
     return time.perf_counter() - start
 
 
-def raw_forward(model, hook: str, tokens: int, *, model_batch: int) -> float:
+def raw_forward(model, hook: str, tokens: int, *, model_batch: int, context_size: int = 128) -> float:
     """Tokens/s of the model's forward truncated after `hook`, alone, on pre-tokenized batches of the
     built-in corpus (text tokens counted): the baseline every training figure is measured against."""
-    stream = TokenBatches(DatasetConfig(context_size=128), model.tokenizer, bos_token_id=model.bos_token_id,
+    stream = TokenBatches(DatasetConfig(context_size=context_size), model.tokenizer, bos_token_id=model.bos_token_id,
                           separator_token_id=model.separator_token_id, batch_size=model_batch)
     batches, n = [], 0
     while n < tokens:

@@ -1,6 +1,7 @@
 """Training and caching speed against the model's raw truncated forward, all in one run.
 
     python benchmarks/training_throughput.py [--tokens 40960] [--hook blocks.5.hook_resid_post] [--device cpu]
+    python benchmarks/training_throughput.py --smoke    # seconds: the tiny GPT-2, tiny sizes (benchmarks/smoke.py)
 
 On SmolLM2-135M and the built-in corpus, with a topk dictionary (d_sae 4,608, k 32, batch 4,096):
 
@@ -33,15 +34,17 @@ from core import (ActivationStoreConfig, CacheConfig, DatasetConfig, LanguageMod
                   SAEConfig, Trainer, TrainerConfig, build_trainer, TrainingConfig, cache_activations,
                   load_language_model)
 from core.config import resolve_device  # noqa: E402
+from benchmarks.smoke import SMOKE_HOOK, tiny_gpt2  # noqa: E402
 from benchmarks.timing import raw_forward, time_training_loop  # noqa: E402
 
-BATCH = 4096
-MODEL_BATCH = 16
+BATCH, MODEL_BATCH, CONTEXT = 4096, 16, 128
+SMOKE_BATCH, SMOKE_MODEL_BATCH, SMOKE_CONTEXT = 64, 2, 32
 
 
 def training(cfg: TrainingConfig, model, tokens: int) -> float:
     """Tokens/s of the trainer's loop in its steady state."""
-    return tokens // BATCH * BATCH / time_training_loop(build_trainer(cfg, model=model), tokens)
+    batch = cfg.activations.train_batch_size
+    return tokens // batch * batch / time_training_loop(build_trainer(cfg, model=model), tokens)
 
 
 def main() -> None:
@@ -49,30 +52,38 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=10 * BATCH)
     parser.add_argument("--hook", default="blocks.5.hook_resid_post")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--smoke", action="store_true", help=f"seconds: the tiny GPT-2, batch {SMOKE_BATCH}, "
+                        f"{2 * SMOKE_BATCH} tokens")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    model = load_language_model(LanguageModelConfig(), device)
     work = Path(tempfile.mkdtemp(prefix="training-bench-"))
+    batch, model_batch, context, model_cfg = BATCH, MODEL_BATCH, CONTEXT, LanguageModelConfig()
+    if args.smoke:
+        batch, model_batch, context, args.hook, args.tokens = (SMOKE_BATCH, SMOKE_MODEL_BATCH, SMOKE_CONTEXT,
+                                                               SMOKE_HOOK, 2 * SMOKE_BATCH)
+        model_cfg = LanguageModelConfig(name=str(tiny_gpt2(work)))
+    model = load_language_model(model_cfg, device)
     try:
         cfg = TrainingConfig(
-            exp_name="from-model", results_dir=str(work), device=device, model=LanguageModelConfig(),
-            dataset=DatasetConfig(context_size=128),
-            activations=ActivationStoreConfig(hook_name=args.hook, model_batch_size=MODEL_BATCH,
-                                              buffer_tokens=4 * BATCH, train_batch_size=BATCH),
-            sae=SAEConfig(architecture="topk", expansion_factor=8, k=32, decoder_bias_init_samples=2048),
+            exp_name="from-model", results_dir=str(work), device=device, model=model_cfg,
+            dataset=DatasetConfig(context_size=context),
+            activations=ActivationStoreConfig(hook_name=args.hook, model_batch_size=model_batch,
+                                              buffer_tokens=4 * batch, train_batch_size=batch),
+            sae=SAEConfig(architecture="topk", expansion_factor=8, k=32, decoder_bias_init_samples=min(2048, 4 * batch)),
             trainer=TrainerConfig(total_training_tokens=10 ** 9, eval_batches=1, eval_every_steps=10 ** 9),
             logging=LoggingConfig(progress_bar=False))
         print(f"device {device}, {torch.get_num_threads()} CPU threads; {model.name} at {args.hook}; "
-              f"{args.tokens:,} tokens each; topk d_sae 4,608, k 32, batch {BATCH}")
-        forward = raw_forward(model, args.hook, args.tokens, model_batch=MODEL_BATCH)
+              f"{args.tokens:,} tokens each; topk d_sae {8 * model.d_model:,}, k 32, batch {batch}")
+        forward = raw_forward(model, args.hook, args.tokens, model_batch=model_batch, context_size=context)
         from_model = training(cfg, model, args.tokens)
 
         # The cache holds the tokens the cache-trained run reads, plus its buffer's first fill and warm-up.
-        cache_tokens = args.tokens + 10 * BATCH
+        cache_tokens = args.tokens + 10 * batch
         cache_cfg = CacheConfig(cache_path=str(work / "cache"), hooks=(args.hook,), total_tokens=cache_tokens,
-                                shard_tokens=4 * BATCH, eval_sequences=2 * MODEL_BATCH,
-                                model_batch_size=MODEL_BATCH, device=device, dataset=DatasetConfig(context_size=128))
-        cache_activations(replace(cache_cfg, cache_path=str(work / "warm-up"), total_tokens=BATCH), model=model,
+                                shard_tokens=4 * batch, eval_sequences=2 * model_batch,
+                                model_batch_size=model_batch, device=device, dataset=DatasetConfig(context_size=context),
+                                model=model_cfg)
+        cache_activations(replace(cache_cfg, cache_path=str(work / "warm-up"), total_tokens=batch), model=model,
                           progress=False)
         start = time.perf_counter()
         cache_activations(cache_cfg, model=model, progress=False)

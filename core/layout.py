@@ -52,6 +52,13 @@ def run_folder(results_dir: str | Path, exp_name: str) -> Path:
     return Path(results_dir).expanduser() / exp_name
 
 
+def is_run_folder(folder: str | Path) -> bool:
+    """True for a folder holding what a run writes: its config, metrics log or dictionaries (either layout)."""
+    folder = Path(folder)
+    return folder.is_dir() and any((folder / entry).exists() for entry in (
+        RUN_CONFIG_FILENAME, METRICS_FILENAME, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER))
+
+
 def dictionary_folder(run_dir: str | Path, name: str) -> Path:
     """`<run>/dictionaries/<name>/`."""
     return Path(run_dir) / DICTIONARIES_FOLDER / name

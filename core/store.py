@@ -84,7 +84,7 @@ import random
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
@@ -169,62 +169,46 @@ _STATS_COLUMNS = "feature_index, act_count, density, max_act, mean_act"
 
 
 # ----------------------------------------------------------------------------------------------
-# Records returned by the reader. `to_dict()` gives the JSON shapes of server/API.md.
+# Records returned by the reader. They are also the server's response models (server/API.md): a
+# field's description is the API documentation's, and `json_ready(record)` is the record as JSON.
+
+
+def described(description: str) -> Any:
+    """A dataclass field (without default) documented by `description`, which FastAPI's OpenAPI
+    schema shows for it (Pydantic reads the field's metadata)."""
+    return field(metadata={"description": description})
 
 
 @dataclass
 class Histogram:
-    edges: list[float]
-    """n_bins + 1 bin edges."""
-    counts: list[int]
-    """n_bins counts."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"edges": self.edges, "counts": self.counts}
+    edges: list[float] = described("n + 1 bin edges")
+    counts: list[int] = described("n counts")
 
 
 @dataclass
 class FeatureStats:
     index: int
-    act_count: int
-    """Number of analyzed tokens on which the feature was active (> 0)."""
-    density: float
-    """act_count / n_tokens."""
+    act_count: int = described("analyzed tokens on which the feature was active (> 0)")
+    density: float = described("act_count / n_tokens")
     max_act: float
-    mean_act: float
-    """Mean activation over the tokens where the feature was active."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "act_count": self.act_count, "density": self.density,
-                "max_act": self.max_act, "mean_act": self.mean_act}
+    mean_act: float = described("mean activation over the tokens where the feature was active")
 
 
 @dataclass
 class Sample:
     token_ids: list[int]
-    tokens: list[str]
-    acts: list[float]
-    """The feature's activation on each token of the context window."""
-    max_pos: int
-    """Position in the window of the token the sample was chosen for."""
+    tokens: list[str] = described("vocabulary strings, one per token (' the' keeps its space)")
+    acts: list[float] = described("the feature's activation on each token of the context window")
+    max_pos: int = described("position in the window of the token the sample was chosen for")
     max_act: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"token_ids": self.token_ids, "tokens": self.tokens, "acts": self.acts,
-                "max_pos": self.max_pos, "max_act": self.max_act}
 
 
 @dataclass
 class SampleGroup:
-    name: str
-    """"top" or "interval_<i>" (interval_0 holds the lowest activations)."""
-    lower: float | None
-    upper: float | None
+    name: str = described('"top" or "interval_<i>" (interval_0 holds the lowest activations)')
+    lower: float | None = described("lowest activation of the interval (null for \"top\")")
+    upper: float | None = described("highest activation of the interval (null for \"top\")")
     samples: list[Sample]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "lower": self.lower, "upper": self.upper,
-                "samples": [s.to_dict() for s in self.samples]}
 
 
 @dataclass
@@ -233,102 +217,65 @@ class LogitToken:
     token: str
     value: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"token_id": self.token_id, "token": self.token, "value": self.value}
-
 
 @dataclass
 class LogitLens:
-    positive: list[LogitToken]
-    """Tokens whose logits the feature's decoder direction raises most, strongest first."""
-    negative: list[LogitToken]
-    """Tokens it lowers most, strongest first."""
-    note: str | None
-    """Why the logit lens is missing or how to read it (meta `logit_lens_note`)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"positive": [t.to_dict() for t in self.positive],
-                "negative": [t.to_dict() for t in self.negative], "note": self.note}
+    positive: list[LogitToken] = described("tokens the feature's decoder direction promotes most, strongest first")
+    negative: list[LogitToken] = described("tokens it suppresses most, strongest first")
+    note: str | None = described("why the logit lens is missing, or how to read it")
 
 
 @dataclass
-class FeatureRecord:
-    stats: FeatureStats
-    d_sae: int
-    histogram: Histogram
-    """Histogram of the feature's nonzero activations over the shared `histogram_edges`."""
-    logit_lens: LogitLens
-    top: list[Sample]
-    """Top-activating contexts, highest first."""
-    intervals: list[SampleGroup]
-    """Contexts sampled per activation interval, highest interval first."""
+class FeatureRecord(FeatureStats):
+    """One feature: its statistics and everything the viewer shows of it."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.stats.to_dict(), "d_sae": self.d_sae, "histogram": self.histogram.to_dict(),
-                "logit_lens": self.logit_lens.to_dict(), "top": [s.to_dict() for s in self.top],
-                "intervals": [g.to_dict() for g in self.intervals]}
+    d_sae: int
+    histogram: Histogram = described("histogram of the feature's nonzero activations")
+    logit_lens: LogitLens
+    top: list[Sample] = described("top-activating contexts, highest first")
+    intervals: list[SampleGroup] = described("contexts sampled per activation interval, highest interval first")
+
+    @property
+    def stats(self) -> FeatureStats:
+        """The feature's statistics alone (as `FeatureStore.list_features` lists them)."""
+        return FeatureStats(self.index, self.act_count, self.density, self.max_act, self.mean_act)
 
 
 @dataclass
 class StoreSummary:
     n_features: int
-    n_alive: int
-    """Features active on at least one analyzed token."""
+    n_alive: int = described("features active on at least one analyzed token")
     n_dead: int
     n_tokens: int
-    density_histogram: Histogram
-    """Histogram of log10(density) over alive features."""
+    density_histogram: Histogram = described("histogram of log10(density) over alive features")
     metrics: dict
     dictionary_config: dict
     analysis_config: dict
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n_features": self.n_features, "n_alive": self.n_alive, "n_dead": self.n_dead,
-                "n_tokens": self.n_tokens, "density_histogram": self.density_histogram.to_dict(),
-                "metrics": self.metrics, "dictionary_config": self.dictionary_config,
-                "analysis_config": self.analysis_config}
 
 
 @dataclass
 class QueryToken:
     token_id: int
     token: str
-    occurrences: int
-    """Analyzed positions that held this token (0: it never occurred in the analyzed text)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"token_id": self.token_id, "token": self.token, "occurrences": self.occurrences}
+    occurrences: int = described("analyzed positions that held this token (0: it never occurred)")
 
 
 @dataclass
 class TokenMatch:
-    index: int
-    """The feature."""
-    acts: list[float | None]
-    """Per query token, the feature's maximum activation on it (None: not among its strongest features)."""
-    n_tokens: int
-    """How many of the query's tokens it is among the strongest features of."""
-    score: float
-    """Sum of `acts` (the ranking key after n_tokens)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "acts": self.acts, "n_tokens": self.n_tokens, "score": self.score}
+    index: int = described("the feature")
+    acts: list[float | None] = described(
+        "per query token, the feature's max activation on it (null: not among its strongest features)")
+    n_tokens: int = described("how many of the query's tokens it is among the strongest features of")
+    score: float = described("sum of acts (the ranking key after n_tokens)")
 
 
 @dataclass
 class TokenSearch:
     """The answer of `FeatureStore.search_tokens` (see the module docstring for the semantics)."""
 
-    tokens: list[QueryToken]
-    """The query's tokens, in order, each once."""
-    matches: list[TokenMatch]
-    """Ranked features."""
-    index_size: int
-    """Features kept per token by the analysis (a token's list is complete up to this many)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tokens": [t.to_dict() for t in self.tokens], "matches": [m.to_dict() for m in self.matches],
-                "index_size": self.index_size}
+    tokens: list[QueryToken] = described("the query's tokens, in order, each once")
+    matches: list[TokenMatch] = described("features ranked by n_tokens, then score, then index")
+    index_size: int = described("features the analysis kept per token (a token's list is complete up to this many)")
 
 
 class SampleArrays(NamedTuple):
@@ -347,7 +294,9 @@ class SampleArrays(NamedTuple):
 
 
 def json_ready(value: Any) -> Any:
-    """numpy -> Python, NaN/inf -> None (JSON has neither), recursively."""
+    """numpy -> Python, a dataclass (a record) -> dict, NaN/inf -> None (JSON has neither), recursively."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_ready(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -962,7 +911,6 @@ class FeatureStore:
             sample_rows = conn.execute(_SQL_FEATURE_SAMPLES, (index,)).fetchall()
         if row is None:
             raise StoreError(f"Feature store {self.path} has no row for feature {index}; rerun the analysis to rebuild it.")
-        stats = FeatureStats(*row[:5])
         counts = np.frombuffer(row[5], dtype="<i8")
         by_group: dict[str, list[Sample]] = {}
         for group, _rank, ids, acts, max_pos, max_act in sample_rows:
@@ -970,7 +918,7 @@ class FeatureStore:
         intervals = [SampleGroup(name, lower, upper, by_group.get(name, []))
                      for name, lower, upper in groups if name != "top"]
         intervals.sort(key=lambda g: _interval_number(g.name), reverse=True)
-        return FeatureRecord(stats=stats, d_sae=self.d_sae, histogram=self._histogram(counts, row[10]),
+        return FeatureRecord(*row[:5], d_sae=self.d_sae, histogram=self._histogram(counts, row[10]),
                              logit_lens=LogitLens(self._logit_tokens(row[6], row[7]), self._logit_tokens(row[8], row[9]),
                                                   self.meta.get("logit_lens_note")),
                              top=by_group.get("top", []), intervals=intervals)

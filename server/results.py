@@ -31,15 +31,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import layout
 from core.annotations import Annotations
-from core.config import ANALYSIS_FOLDER, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER
-from core.store import STORE_FILENAME, FeatureStore, StoreError, json_ready
-
-from .runs import METRICS_FILE
+from core.store import PARTIAL_SUFFIX, FeatureStore, StoreError, json_ready
 
 log = logging.getLogger(__name__)
 
-DICTIONARY_CONFIG = "config.json"
 ID_SEPARATOR = ":"
 """Between a run's name and a dictionary's name in a dictionary's id (neither may contain it)."""
 _REQUIRED_KEYS = {"model_name": str, "hook_name": str, "architecture": str, "d_in": int}
@@ -71,21 +68,21 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def dictionary_parts(name: str) -> tuple[str, ...]:
-    """The folders of dictionary id `name` under the results folder (see the module docstring);
-    NotFound for an id that is not one."""
+def dictionary_path(root: Path, name: str) -> Path:
+    """The folder of dictionary id `name` in results folder `root` (see the module docstring), not yet
+    checked to be inside it; NotFound for an id that is not one."""
     run, sep, dictionary = name.partition(ID_SEPARATOR)
-    check_name(run, "run")
+    run_dir = layout.run_folder(root, check_name(run, "run"))
     if not sep:
-        return run, LEGACY_DICTIONARY_FOLDER
-    check_name(dictionary, "dictionary")
-    return run, DICTIONARIES_FOLDER, dictionary
+        return run_dir / layout.LEGACY_DICTIONARY_FOLDER
+    return layout.dictionary_folder(run_dir, check_name(dictionary, "dictionary"))
 
 
-def analysis_parts(name: str) -> tuple[str, ...]:
-    """The folders holding the analyses of dictionary id `name`."""
-    parts = dictionary_parts(name)
-    return (parts[0], ANALYSIS_FOLDER) if parts[1] == LEGACY_DICTIONARY_FOLDER else (*parts, ANALYSIS_FOLDER)
+def dictionary_id(folder: str | Path) -> str:
+    """The id of the dictionary in `folder` (`dictionary_path` inverted): `<run>:<name>`, or `<run>` for
+    the older one-dictionary layout."""
+    run = layout.run_of_dictionary(folder).name
+    return run if layout.is_legacy_dictionary(folder) else f"{run}{ID_SEPARATOR}{Path(folder).name}"
 
 
 @dataclass(frozen=True)
@@ -136,17 +133,22 @@ class ResultsFolder:
 
     # -- paths -----------------------------------------------------------------------------
 
-    def _inside(self, *parts: str) -> Path:
-        """root/parts..., refused unless it resolves inside the (resolved) results folder."""
-        path = self.root.joinpath(*parts)
+    def _inside(self, path: Path) -> Path:
+        """`path` (under the results folder), refused unless it resolves inside the (resolved) results folder."""
         try:
             real = path.resolve()
             root = self.root.resolve()
         except (OSError, RuntimeError) as e:  # symlink loops
-            raise NotFound(f"{'/'.join(parts)} cannot be resolved ({e}).") from e
+            raise NotFound(f"{self._relative(path)} cannot be resolved ({e}).") from e
         if real != root and not real.is_relative_to(root):
-            raise NotFound(f"{'/'.join(parts)} resolves outside the results folder and is not served.")
+            raise NotFound(f"{self._relative(path)} resolves outside the results folder and is not served.")
         return path
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _dictionary_path(self, name: str) -> Path:
+        return dictionary_path(self.root, name)
 
     def _listdir(self, path: Path) -> list[str]:
         try:
@@ -166,12 +168,12 @@ class ResultsFolder:
 
     def run_dictionaries(self, run: str) -> list[str]:
         """Ids of the dictionaries of run `run` with a config.json, sorted (unsafe ones skipped)."""
-        candidates = [run] + [f"{run}{ID_SEPARATOR}{d}" for d in self._listdir(self.root / run / DICTIONARIES_FOLDER)
-                              if ID_SEPARATOR not in d]
+        dictionaries = layout.run_folder(self.root, run) / layout.DICTIONARIES_FOLDER
+        candidates = [run] + [f"{run}{ID_SEPARATOR}{d}" for d in self._listdir(dictionaries) if ID_SEPARATOR not in d]
         names = []
         for name in candidates:
             try:
-                config = self._inside(*dictionary_parts(name), DICTIONARY_CONFIG)
+                config = self._inside(self._dictionary_path(name) / layout.DICTIONARY_CONFIG_FILENAME)
             except NotFound:
                 continue
             if config.is_file():
@@ -180,15 +182,14 @@ class ResultsFolder:
 
     def dictionary(self, name: str) -> DictionaryInfo:
         """The dictionary of id `name`; NotFound or DictionaryError."""
-        parts = dictionary_parts(name)
-        config_path = self._inside(*parts, DICTIONARY_CONFIG)
+        config_path = self._inside(self._dictionary_path(name) / layout.DICTIONARY_CONFIG_FILENAME)
         try:
             signature = file_signature(config_path)
         except OSError:
             with self._lock:
                 self._configs.pop(config_path, None)
             raise NotFound(f"No dictionary named {name!r} in the results folder "
-                           f"(expected {'/'.join((*parts, DICTIONARY_CONFIG))}).") from None
+                           f"(expected {self._relative(config_path)}).") from None
         with self._lock:
             cached = self._configs.get(config_path)
         if cached is None or cached[0] != signature:
@@ -224,11 +225,6 @@ class ResultsFolder:
 
     # -- runs ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _is_run(folder: Path) -> bool:
-        return any((folder / entry).exists() for entry in
-                   (DICTIONARY_CONFIG, METRICS_FILE, DICTIONARIES_FOLDER, LEGACY_DICTIONARY_FOLDER))
-
     def run_names(self) -> list[str]:
         """Every run folder of the results folder, sorted (unsafe names skipped)."""
         names = []
@@ -236,10 +232,10 @@ class ResultsFolder:
             if ID_SEPARATOR in run:
                 continue
             try:
-                folder = self._inside(check_name(run, "run"))
+                folder = self._inside(layout.run_folder(self.root, check_name(run, "run")))
             except NotFound:
                 continue
-            if folder.is_dir() and self._is_run(folder):
+            if layout.is_run_folder(folder):
                 names.append(run)
         return names
 
@@ -248,8 +244,8 @@ class ResultsFolder:
         if ID_SEPARATOR in run:
             raise NotFound(f"{run!r} is a dictionary id, not a run name; the run is the part before "
                            f"{ID_SEPARATOR!r}.")
-        folder = self._inside(check_name(run, "run"))
-        if not (folder.is_dir() and self._is_run(folder)):
+        folder = self._inside(layout.run_folder(self.root, check_name(run, "run")))
+        if not layout.is_run_folder(folder):
             raise NotFound(f"No run named {run!r} in the results folder.")
         return folder
 
@@ -258,7 +254,7 @@ class ResultsFolder:
     def analysis_names(self, name: str) -> list[str]:
         """Analyses of dictionary `name` whose store opens as a complete store, sorted."""
         names = []
-        for analysis in self._listdir(self._inside(*analysis_parts(name))):
+        for analysis in self._listdir(self._inside(layout.analyses_folder(self._dictionary_path(name)))):
             try:
                 self.store(name, analysis)
             except (NotFound, StoreError):
@@ -273,14 +269,13 @@ class ResultsFolder:
         StoreError when the file exists but is not a usable store.
         """
         check_name(analysis, "analysis")
-        path = self._inside(*analysis_parts(name), analysis, STORE_FILENAME)
+        path = self._inside(layout.store_path(layout.analysis_folder(self._dictionary_path(name), analysis)))
         try:
             signature = file_signature(path)
         except OSError:
             with self._lock:
                 self._stores.pop(path, None)  # deleted: let its reader close
-            folder = path.parent
-            if (folder / (STORE_FILENAME + ".partial")).exists():
+            if path.with_name(path.name + PARTIAL_SUFFIX).exists():
                 raise NotFound(f"Analysis {analysis!r} of {name!r} is not complete yet (it is still running or "
                                "was interrupted); wait for it or rerun it.") from None
             raise NotFound(f"Dictionary {name!r} has no analysis named {analysis!r}.") from None

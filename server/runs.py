@@ -5,10 +5,11 @@ A run's `metrics.jsonl` gets one line per dictionary per logged step (`loss`, `l
 and at the end (`"final_eval"`); lines of runs from before multi-dictionary training have no
 `"dictionary"`. A run still training appends to it, and a killed one may end in a torn line.
 
-`MetricsLog` reads the file incrementally: each request reads only the bytes appended since the
-last one (the reader remembers the byte offset after the last complete line, so a torn last line
-is read again once its newline arrives). A file that shrank or was replaced (a resumed run
-rewrites it without the lines after its checkpoint) is read again from the start. Memory is
+`RunCurves` reads the file incrementally through `core.runs.MetricsLog.lines_after`: each request
+reads only the bytes appended since the last one (the reader remembers the byte offset after the
+last complete line, so a torn last line is read again once its newline arrives). A file that
+shrank or was replaced (a resumed run rewrites it without the lines after its checkpoint) is read
+again from the start. Memory is
 bounded whatever the file's length: each series keeps at most `max_points` points, by keeping
 every `stride`-th point and doubling the stride (dropping every other kept point) when it fills
 up; the newest point is always shown.
@@ -16,7 +17,6 @@ up; the newest point is always shown.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from core.runs import DICTIONARY_KEY, EVAL_KEY, FINAL_EVAL_KEY, MetricsLog, RunFolder, parse_record, record_kind
+
 TRAIN_KEYS = ("loss", "l0", "explained_variance", "dead_features")
 """The curves drawn from the logged training steps."""
 EVAL_KEYS = ("l0", "explained_variance", "ce_loss_recovered")
 """The curves drawn from the periodic evaluations."""
 FINAL_KEYS = ("l0", "explained_variance", "ce_loss_recovered", "mse", "unfired_features")
 MAX_POINTS = 1000
-READ_CHUNK = 1 << 20
 
 
 class Series:
@@ -82,11 +82,11 @@ class DictionaryCurves:
     final_tokens: float | None = None
 
 
-class MetricsLog:
-    """The parsed state of one metrics.jsonl, brought up to date by `refresh()` (thread-safe)."""
+class RunCurves:
+    """The curves of one run's metrics.jsonl, brought up to date by `refresh()` (thread-safe)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, log: MetricsLog) -> None:
+        self.log = log
         self._lock = threading.Lock()
         self._reset(None)
 
@@ -98,10 +98,10 @@ class MetricsLog:
         self.curves: dict[str, DictionaryCurves] = {}
         self._tail = b""  # the last complete line read, to notice a rewrite that kept the size
 
-    def refresh(self) -> "MetricsLog":
+    def refresh(self) -> "RunCurves":
         with self._lock:
             try:
-                st = os.stat(self.path)
+                st = os.stat(self.log.path)
             except OSError:
                 self._reset(None)
                 return self
@@ -109,65 +109,53 @@ class MetricsLog:
             if identity != self.identity or st.st_size < self.offset or not self._tail_unchanged():
                 self._reset(identity)
             if st.st_size > self.offset:
-                self._read_from(self.offset)
+                lines, self.offset = self.log.lines_after(self.offset)
+                for line in lines:
+                    self._add(line)
+                if lines:
+                    self._tail = lines[-1] + b"\n"
             return self
 
     def _tail_unchanged(self) -> bool:
         if not self._tail:
             return True
         try:
-            with open(self.path, "rb") as f:
+            with open(self.log.path, "rb") as f:
                 f.seek(self.offset - len(self._tail))
                 return f.read(len(self._tail)) == self._tail
         except OSError:
             return False
 
-    def _read_from(self, offset: int) -> None:
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            pending = b""
-            while chunk := f.read(READ_CHUNK):
-                lines = (pending + chunk).split(b"\n")
-                pending = lines.pop()  # after the last newline: a torn line, or one still being written
-                for line in lines:
-                    self.offset += len(line) + 1
-                    if line.strip():
-                        self._parse(line)
-                        self._tail = line + b"\n"
-
-    def _parse(self, line: bytes) -> None:
+    def _add(self, line: bytes) -> None:
         self.lines += 1
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        record = parse_record(line)
+        if record is None:
             self.skipped += 1
             return
-        tokens = _number(record.get("tokens")) if isinstance(record, dict) else None
-        if tokens is None:
-            self.skipped += 1
-            return
-        name = record.get("dictionary")
+        tokens = float(record["tokens"])
+        name = record.get(DICTIONARY_KEY)
         curves = self.curves.setdefault(name if isinstance(name, str) else "", DictionaryCurves())
-        if isinstance(record.get("final_eval"), dict):
-            curves.final = {k: _number(record["final_eval"].get(k)) for k in FINAL_KEYS}
+        kind = record_kind(record)
+        if kind == "final_eval":
+            curves.final = {k: _number(record[FINAL_EVAL_KEY].get(k)) for k in FINAL_KEYS}
             curves.final_tokens = tokens
-        elif isinstance(record.get("eval"), dict):
-            curves.eval.add(tokens, record["eval"])
+        elif kind == "eval":
+            curves.eval.add(tokens, record[EVAL_KEY])
         else:
             curves.train.add(tokens, record)
 
 
 class RunLogs:
-    """One `MetricsLog` per run folder, kept between requests."""
+    """One `RunCurves` per run folder, kept between requests."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._logs: dict[Path, MetricsLog] = {}
+        self._runs: dict[Path, RunCurves] = {}
 
-    def get(self, run_folder: Path) -> MetricsLog:
-        path = run_folder / METRICS_FILE
+    def get(self, run_folder: Path) -> RunCurves:
+        log = RunFolder(run_folder).metrics
         with self._lock:
-            log = self._logs.get(path)
-            if log is None:
-                log = self._logs[path] = MetricsLog(path)
-        return log.refresh()
+            curves = self._runs.get(log.path)
+            if curves is None:
+                curves = self._runs[log.path] = RunCurves(log)
+        return curves.refresh()

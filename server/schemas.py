@@ -1,55 +1,21 @@
-"""Pydantic models of the JSON shapes in server/API.md (they document /docs and validate answers)."""
+"""The JSON shapes of server/API.md that the server itself declares (they document /docs and
+validate answers). What a feature store answers is declared once, by its records in `core.store`
+(`FeatureRecord`, `Histogram`, `TokenSearch`, ...), which the endpoints return as they are; the
+shapes here are the server's own, or a store record with what the server adds (labels).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.annotations import MAX_LABEL_CHARS, MAX_NOTES_CHARS
+from core.store import FeatureStats, Histogram, TokenMatch, TokenSearch, described
 
 MAX_INT64 = 2**63 - 1
 """Largest index or offset accepted (SQLite's integers are 64-bit); larger ones are a 422, not a crash."""
-
-
-class Histogram(BaseModel):
-    edges: list[float] = Field(description="n + 1 bin edges")
-    counts: list[int] = Field(description="n counts")
-
-
-class FeatureStats(BaseModel):
-    index: int
-    act_count: int = Field(description="analyzed tokens on which the feature was active (> 0)")
-    density: float = Field(description="act_count / n_tokens")
-    max_act: float
-    mean_act: float = Field(description="mean activation over the tokens where the feature was active")
-
-
-class Sample(BaseModel):
-    token_ids: list[int]
-    tokens: list[str] = Field(description="vocabulary strings, one per token (' the' keeps its space)")
-    acts: list[float] = Field(description="the feature's activation on each token")
-    max_pos: int = Field(description="position of the token the sample was chosen for")
-    max_act: float
-
-
-class Group(BaseModel):
-    name: str = Field(description='"interval_<i>", interval_0 holds the lowest activations')
-    lower: Optional[float]
-    upper: Optional[float]
-    samples: list[Sample]
-
-
-class LogitToken(BaseModel):
-    token_id: int
-    token: str
-    value: float
-
-
-class LogitLens(BaseModel):
-    positive: list[LogitToken] = Field(description="tokens the feature's decoder direction promotes most, strongest first")
-    negative: list[LogitToken] = Field(description="tokens it suppresses most, strongest first")
-    note: Optional[str] = Field(description="why the logit lens is missing, or how to read it")
 
 
 class Metrics(BaseModel):
@@ -133,8 +99,9 @@ class Health(BaseModel):
     n_dictionaries: int
 
 
+@dataclass
 class FeatureRow(FeatureStats):
-    label: str = Field(description="the feature's label ('' when it has none)")
+    label: str = described("the feature's label ('' when it has none)")
     bookmarked: bool
 
 
@@ -143,14 +110,6 @@ class FeaturePage(BaseModel):
     offset: int
     limit: int
     features: list[FeatureRow]
-
-
-class FeatureDetail(FeatureStats):
-    d_sae: int
-    histogram: Histogram = Field(description="histogram of the feature's nonzero activations")
-    logit_lens: LogitLens
-    top: list[Sample] = Field(description="top-activating contexts, highest first")
-    intervals: list[Group] = Field(description="contexts sampled per activation interval, highest interval first")
 
 
 class ActivationsRequest(BaseModel):
@@ -188,27 +147,16 @@ class ErrorDetail(BaseModel):
 # -- search ------------------------------------------------------------------------------------
 
 
-class QueryToken(BaseModel):
-    token_id: int
-    token: str
-    occurrences: int = Field(description="analyzed positions that held this token (0: it never occurred)")
-
-
-class TokenMatch(BaseModel):
-    index: int
-    acts: list[Optional[float]] = Field(
-        description="per query token, the feature's max activation on it (null: not among its strongest features)")
-    n_tokens: int = Field(description="how many of the query's tokens it is among the strongest features of")
-    score: float = Field(description="sum of acts")
-    max_act: float = Field(description="the feature's max activation over the whole analysis")
+@dataclass
+class LabeledTokenMatch(TokenMatch):
+    max_act: float = described("the feature's max activation over the whole analysis")
     density: float
-    label: str
+    label: str = described("the feature's label ('' when it has none)")
 
 
-class TokenSearchResponse(BaseModel):
-    tokens: list[QueryToken] = Field(description="the query's tokens, in order, each once")
-    matches: list[TokenMatch] = Field(description="features ranked by n_tokens, then score, then index")
-    index_size: int = Field(description="features the analysis kept per token")
+@dataclass
+class LabeledTokenSearch(TokenSearch):
+    matches: list[LabeledTokenMatch] = described("features ranked by n_tokens, then score, then index")
 
 
 class Neighbour(BaseModel):

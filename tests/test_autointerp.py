@@ -425,14 +425,6 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_contents(rule_dictionary,
     assert contents(killed) == contents(reference) and len(contents(killed)) == 8
 
 
-def test_benchmark_smoke():
-    out = subprocess.run([sys.executable, "benchmarks/autointerp.py", "--smoke"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert re.search(r"local, batched \(4\) .* features/min", out.stdout)
-    assert re.search(r"batching gain: [0-9.]+x; with the shared-prefix cache: [0-9.]+x", out.stdout)
-
-
 def test_the_example_script_reports_user_errors_in_one_line(tmp_path):
     from core.errors import ConfigError
     from run_explain_example import parse_features

@@ -5,6 +5,7 @@ user causes printed as one sentence, not a traceback."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,8 @@ def test_copied_scripts_run_from_the_root_and_from_exp(copied_scripts, tiny_gpt2
                 "--total-analyzing-tokens", "2000", "--dataset.context-size", "64"], EXP)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (dictionary / "analysis" / "default" / "features.sqlite").is_file()
+    # the one command that shows it, with the results folder it is in
+    assert f"GPT2DICT_RESULTS_DIR={shlex.quote(str(results.resolve()))} python -m server" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("args, words", [

@@ -354,19 +354,6 @@ def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "neither a dictionary folder" in done.stderr
 
 
-def test_the_benchmark_runs_in_its_smoke_mode():
-    done = subprocess.run([sys.executable, "benchmarks/evaluations.py", "--smoke"], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    for eval_name in ("core", "absorption", "sparse_probing"):
-        assert any(line.startswith(f"1. {eval_name}: ") for line in lines), done.stdout
-        assert any(line.startswith(f"2. {eval_name}: ") and " x one dictionary (target <= 2.2" in line
-                   for line in lines), done.stdout
-    assert sum(line.startswith("3. width ") for line in lines) == 2 and any(line.startswith("4. synthetic: ")
-                                                                            for line in lines)
-
-
 # ------------------------------------------------------------------ SAEBench's output classes
 
 SAEBENCH_NAMES = {

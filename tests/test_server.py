@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.store import FeatureStore, SORT_KEYS
+from core.store import FeatureStore, SORT_KEYS, json_ready
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import ROOT, TINY_HOOK
@@ -75,13 +75,13 @@ def test_dictionary_detail(client, tiny_dictionary, store):
     summary = store.summary()
     assert body["analysis_summaries"] == [{
         "name": "default", "n_tokens": summary.n_tokens, "n_features": 128, "n_alive": summary.n_alive,
-        "n_dead": summary.n_dead, "density_histogram": summary.density_histogram.to_dict()}]
+        "n_dead": summary.n_dead, "density_histogram": json_ready(summary.density_histogram)}]
     assert summary.n_tokens > 0 and summary.n_alive > 0
 
 
 def row(stats) -> dict:
     """A feature-table row: the store's statistics, and the label and bookmark (none in the shared folder)."""
-    return {**stats.to_dict(), "label": "", "bookmarked": False}
+    return {**json_ready(stats), "label": "", "bookmarked": False}
 
 
 @pytest.mark.parametrize("sort", SORT_KEYS)
@@ -142,7 +142,7 @@ def test_feature_detail_matches_store(client, store):
         r = client.get(f"{features_url()}/{stats.index}")
         assert r.status_code == 200
         body = r.json()
-        assert body == store.get_feature(stats.index).to_dict()
+        assert body == json_ready(store.get_feature(stats.index))
         assert {"index", "act_count", "density", "max_act", "mean_act", "d_sae", "histogram", "logit_lens", "top",
                 "intervals"} <= set(body)
         assert body["d_sae"] == 128 and body["act_count"] > 0
@@ -165,7 +165,7 @@ def test_random_feature_is_alive(client, store):
         assert r.headers["cache-control"] == "no-store"
         body = r.json()
         assert body["act_count"] > 0
-        assert body == store.get_feature(body["index"]).to_dict()
+        assert body == json_ready(store.get_feature(body["index"]))
         seen.add(body["index"])
     assert len(seen) > 1
 
@@ -193,7 +193,7 @@ def test_openapi_documents_every_endpoint(client):
                  "/api/dictionaries/{name}/analyses/{analysis}/features/{index}",
                  "/api/dictionaries/{name}/activations"]:
         assert path in paths, path
-    assert {"FeatureDetail", "DictionaryDetail", "ActivationsResponse"} <= set(schema["components"]["schemas"])
+    assert {"FeatureRecord", "DictionaryDetail", "ActivationsResponse"} <= set(schema["components"]["schemas"])
     assert client.get("/docs").status_code == 200
 
 
@@ -284,13 +284,13 @@ def test_model_cache_is_lru_and_shares_the_model(results_copy):
     with local_client(app) as c:
         for name in (DICT, second_id, DICT):
             assert c.post(f"/api/dictionaries/{name}/activations", json={"text": "Hello"}).status_code == 200
-        assert [Path(k).parts[-3] for k in app.state.models.keys()] == [RUN]
+        assert [Path(k).parts[-3] for k in app.state.server.models.keys()] == [RUN]
     app = create_app(make_settings(results_copy, model_cache_size=2))
     with local_client(app) as c:
         first = c.post(f"/api/dictionaries/{DICT}/activations", json={"text": "Hello world"}).json()
         second = c.post(f"/api/dictionaries/{second_id}/activations", json={"text": "Hello world"}).json()
         assert first == second  # same weights
-        pairs = list(app.state.models._pairs.values())
+        pairs = list(app.state.server.models._pairs.values())
         assert len(pairs) == 2 and pairs[0].model is pairs[1].model and pairs[0].lock is pairs[1].lock
 
 
@@ -445,7 +445,7 @@ def test_new_and_rerun_results_appear_without_restart(results_copy, tmp_path, ti
         assert after["n_tokens"] != before["n_tokens"]
         with FeatureStore(analyses_folder(empty) / "default") as fresh:
             assert fresh.n_tokens == after["n_tokens"]
-            assert c.get(f"{features_url()}/5").json() == fresh.get_feature(5).to_dict()
+            assert c.get(f"{features_url()}/5").json() == json_ready(fresh.get_feature(5))
         assert c.get(f"{features_url(analysis='second')}/random").json()["act_count"] > 0
 
 
@@ -463,7 +463,7 @@ def test_older_one_dictionary_runs_are_still_served(results_copy, store):
         listed = {d["name"]: d for d in c.get("/api/dictionaries").json()["dictionaries"]}
         assert sorted(listed) == ["old-run", DICT]
         assert listed["old-run"]["run"] == "old-run" and listed["old-run"]["analyses"] == ["default"]
-        assert c.get(f"{features_url('old-run')}/3").json() == store.get_feature(3).to_dict()
+        assert c.get(f"{features_url('old-run')}/3").json() == json_ready(store.get_feature(3))
         assert c.post("/api/dictionaries/old-run/activations", json={"text": "Hello"}).status_code == 200
         assert_error(c.get(f"/api/dictionaries/old-run:{TINY_HOOK}"), 404, "No dictionary named")
 
@@ -544,7 +544,7 @@ def test_real_uvicorn_process(analysis_dir, tiny_results_dir, store):
         with httpx.Client(base_url=base, timeout=10) as http:
             assert [d["name"] for d in http.get("/api/dictionaries").json()["dictionaries"]] == [DICT]
             index = store.list_features(limit=1)[1][0].index
-            assert http.get(f"{features_url()}/{index}").json() == store.get_feature(index).to_dict()
+            assert http.get(f"{features_url()}/{index}").json() == json_ready(store.get_feature(index))
             assert http.get(f"{features_url()}/random").json()["act_count"] > 0
             assert http.get(features_url(), params={"limit": 7}).json()["limit"] == 7
             assert http.get(f"{features_url()}/999").status_code == 404

@@ -181,7 +181,7 @@ def test_a_cold_load_does_not_block_another_dictionary(results_copy, deep_gpt2_d
 def test_two_dictionaries_of_one_model_load_it_once(results_copy):
     twin = copy_dictionary(results_copy, "twin")
     app = create_app(make_settings(results_copy, model_cache_size=2))
-    results, models = app.state.results, app.state.models
+    results, models = app.state.server.results, app.state.server.models
     infos = [results.dictionary(DICT), results.dictionary(twin)]
     start = threading.Barrier(2)
     pairs = {}
@@ -320,7 +320,7 @@ def test_dictionary_model_config_is_used_for_inference(results_copy, tiny_gpt2_d
     with local_client(app) as c:
         r = c.post(activations_url(), json={"text": "Hello world"})
         assert r.status_code == 200 and r.json()["tokens"] == ["Hello", " world"]
-        (pair,) = app.state.models._pairs.values()
+        (pair,) = app.state.server.models._pairs.values()
         assert pair.model.name == str(results_copy / "models" / "tiny")
         assert {p.dtype for p in pair.model.bridge.parameters()} == {torch.bfloat16}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 import time
 
@@ -389,13 +388,14 @@ def test_a_run_in_progress_is_read_as_it_grows(client, results):
 
 
 def test_a_long_log_is_thinned_to_bounded_points(results):
-    from server.runs import MAX_POINTS, MetricsLog
+    from core.runs import MetricsLog
+    from server.runs import MAX_POINTS, RunCurves
 
     log = results / "long.jsonl"
     with log.open("w") as f:
         for step in range(1, 5001):
             f.write(json.dumps({"step": step, "tokens": step, "loss": 1.0, "l0": 3.0}) + "\n")
-    parsed = MetricsLog(log).refresh()
+    parsed = RunCurves(MetricsLog(log)).refresh()
     series = parsed.curves[""].train.to_dict()
     assert series["points"] == 5000 and MAX_POINTS // 2 <= len(series["tokens"]) <= MAX_POINTS + 1
     assert series["tokens"][0] == 1 and series["tokens"][-1] == 5000  # the newest point is always there
@@ -418,12 +418,15 @@ def test_an_older_run_lists_its_one_dictionary(client, results):
 def test_generated_ui_types_match_the_servers_schema(tmp_path):
     """ui/src/api-schema.ts is generated from the OpenAPI schema (python -m server.openapi); when an
     endpoint or a schema changes without regenerating it, this fails."""
-    from server.openapi import generate_types
+    from server.openapi import STALE, generate_types, main
 
     fresh = generate_types(tmp_path / "api-schema.ts")
     committed = ROOT / "ui" / "src" / "api-schema.ts"
-    assert committed.read_text() == fresh.read_text(), \
-        "ui/src/api-schema.ts is out of date: run `python -m server.openapi` and commit the result."
+    assert committed.read_text() == fresh.read_text(), STALE
+    # `python -m server.openapi --check` says so with its exit status
+    stale = tmp_path / "stale.ts"
+    stale.write_text(fresh.read_text().replace("export interface paths", "export interface old_paths"))
+    assert main(["--check", "--output", str(stale)]) == 1
 
 
 def test_openapi_documents_the_research_endpoints(client):
@@ -434,4 +437,3 @@ def test_openapi_documents_the_research_endpoints(client):
                  "/api/dictionaries/{name}/features/{index}/steer", "/api/runs", "/api/runs/{run}"):
         assert path in paths, path
     assert "409" in paths["/api/dictionaries/{name}/features/{index}/annotation"]["put"]["responses"]
-    assert subprocess.run  # (the generator itself runs in the test above)

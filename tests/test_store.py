@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from core import store as store_module
-from core.store import FeatureStore, FeatureStoreWriter, SampleArrays, StoreError
+from core.store import FeatureStore, FeatureStoreWriter, SampleArrays, StoreError, json_ready
 from tests.conftest import ROOT
 
 D_SAE = 50
@@ -128,7 +128,7 @@ def test_meta_vocab_and_summary_round_trip(store, data):
     # density histogram computed by the writer: every alive feature counted once, log10 edges up to 0
     dh = summary.density_histogram
     assert sum(dh.counts) == D_SAE - n_dead and len(dh.edges) == len(dh.counts) + 1 and dh.edges[-1] == 0.0
-    d = summary.to_dict()
+    d = json_ready(summary)
     json.dumps(d, allow_nan=False)
     assert set(d) == {"n_features", "n_alive", "n_dead", "n_tokens", "density_histogram", "metrics",
                       "dictionary_config", "analysis_config"}
@@ -190,9 +190,9 @@ def test_get_samples(store, data):
         store.get_samples(alive, "bottom")
 
 
-def test_to_dict_matches_api_shapes(store, data):
+def test_records_as_json_match_the_api_shapes(store, data):
     alive = int(np.flatnonzero(data["features"]["act_count"])[0])
-    d = store.get_feature(alive).to_dict()
+    d = json_ready(store.get_feature(alive))
     json.dumps(d, allow_nan=False)
     assert set(d) == {"index", "act_count", "density", "max_act", "mean_act", "d_sae", "histogram",
                       "logit_lens", "top", "intervals"}
@@ -203,7 +203,7 @@ def test_to_dict_matches_api_shapes(store, data):
     assert set(d["intervals"][0]) == {"name", "lower", "upper", "samples"}
     assert d["intervals"][0]["name"] == f"interval_{N_INTERVALS - 1}"
     _, page = store.list_features(limit=1)
-    assert set(page[0].to_dict()) == {"index", "act_count", "density", "max_act", "mean_act"}
+    assert set(json_ready(page[0])) == {"index", "act_count", "density", "max_act", "mean_act"}
 
 
 def test_float16_acts_and_missing_logit_lens(tmp_path, data):
@@ -297,14 +297,14 @@ def test_get_feature_out_of_range(store):
 
 
 def test_concurrent_readers_share_one_store(store):
-    expected = {i: store.get_feature(i).to_dict() for i in range(D_SAE)}
+    expected = {i: json_ready(store.get_feature(i)) for i in range(D_SAE)}
     errors = []
 
     def work(offset):
         try:
             for k in range(60):
                 i = (offset + k) % D_SAE
-                assert store.get_feature(i).to_dict() == expected[i]
+                assert json_ready(store.get_feature(i)) == expected[i]
                 store.list_features(sort="density", limit=5)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
@@ -588,7 +588,7 @@ def test_token_search_ranks_features_by_their_max_activation_on_the_token(tmp_pa
         one = s.search_tokens(" the")
         assert [(t.token_id, t.token, t.occurrences) for t in one.tokens] == [(1, " the", 40)]
         assert [(m.index, m.acts) for m in one.matches] == [(5, [9.0]), (8, [4.0]), (2, [1.0])]
-        assert s.search_tokens(token_ids=[1], limit=2).to_dict()["matches"] == [
+        assert json_ready(s.search_tokens(token_ids=[1], limit=2))["matches"] == [
             {"index": 5, "acts": [9.0], "n_tokens": 1, "score": 9.0},
             {"index": 8, "acts": [4.0], "n_tokens": 1, "score": 4.0}]
         # A phrase: features among the strongest of more of its tokens first, then by the summed maxima.

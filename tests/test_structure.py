@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "server")
 LEAVES = ("core.errors", "core.hooks", "core.layout", "core.files")
 """Modules that import nothing of the project: everyone may import them."""
-COMMANDS = ("core.evaluations", "core.formats", "server")
+COMMANDS = ("core.evaluations", "core.formats", "server", "server.openapi")
 """Modules users run with `python -m` (each must start without a RuntimeWarning)."""
 
 

@@ -12,6 +12,7 @@ the install command rather than skipping, since a skipped viewer test proves not
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -106,22 +107,41 @@ def viewer_url(built_ui, viewer_results, tmp_path_factory):
         log.close()
 
 
-def test_ui_component_tests(ui_dependencies):
-    proc = _run([ui_dependencies, "run", "test"])
-    assert "passed" in proc.stdout + proc.stderr
+def _vitest(bun: str, script: str, report: Path, *, env: dict | None = None) -> dict:
+    """Run the Vitest suite of `bun run <script>` and return its JSON report (the reporter's own count of
+    what passed, failed and was skipped, per file and per test)."""
+    _run([bun, "run", script, "--reporter=default", "--reporter=json", f"--outputFile.json={report}"], env=env)
+    return json.loads(report.read_text())
 
 
-def test_ui_end_to_end_in_headless_chromium(ui_dependencies, viewer_url, tiny_analysis):
+def _assert_all_passed(report: dict, files: set[str]) -> None:
+    """Every test of every file in `files` ran and passed: none failed, none was skipped or left to do."""
+    outcomes = {(Path(f["name"]).name, t["fullName"]): t["status"] for f in report["testResults"]
+                for t in f["assertionResults"]}
+    not_passed = {test: status for test, status in outcomes.items() if status != "passed"}
+    assert not not_passed, f"Vitest tests that did not pass: {not_passed}"
+    assert report["numFailedTests"] == report["numPendingTests"] == report["numTodoTests"] == 0, report
+    assert report["numTotalTests"] == report["numPassedTests"] == len(outcomes) > 0
+    assert {name for name, _ in outcomes} == files
+
+
+def test_ui_component_tests(ui_dependencies, tmp_path):
+    report = _vitest(ui_dependencies, "test", tmp_path / "vitest.json")
+    files = {p.name for p in (UI / "src").rglob("*.test.ts*")}
+    _assert_all_passed(report, files)
+
+
+def test_ui_end_to_end_in_headless_chromium(ui_dependencies, viewer_url, tiny_analysis, tmp_path):
     if not Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")).exists():
         pytest.fail("Chromium is missing; install it with `apt-get install -y chromium` (or `bash .ci/run`).")
     from tests.server_helpers import DICT, SWEEP_RUN
 
     dictionary = DICT  # the server's id of the tiny dictionary: <run>:<dictionary name>
-    proc = _run([ui_dependencies, "run", "test:e2e"], env={
+    started = time.time()
+    report = _vitest(ui_dependencies, "test:e2e", tmp_path / "e2e.json", env={
         "VIEWER_URL": viewer_url, "E2E_DICTIONARY": dictionary, "E2E_ANALYSIS": tiny_analysis.name,
         "E2E_SWEEP_RUN": SWEEP_RUN, "E2E_IMPORTED": IMPORTED})
-    out = proc.stdout + proc.stderr
-    assert "passed" in out and "failed" not in out.lower().replace("0 failed", "")
-    assert "research.e2e.test.ts" in out and "viewer.e2e.test.ts" in out, out[-3000:]
-    assert "skipped" not in out, out[-3000:]
-    assert list((UI / "screenshots").glob("*.png")), "the e2e run saved no screenshots"
+    _assert_all_passed(report, {"research.e2e.test.ts", "viewer.e2e.test.ts"})
+    saved = {p.name for p in (UI / "screenshots").glob("*.png") if p.stat().st_mtime >= started}
+    assert {"feature-desktop.png", "run-desktop.png", "steering-desktop.png"} <= saved, \
+        f"the e2e run did not save its screenshots (this run saved: {sorted(saved)})"

@@ -167,7 +167,12 @@ describe("research tools", () => {
     await plots.first().waitFor();
     expect(await plots.count()).toBe(2);
     for (let i = 0; i < 2; i++) expect(await plots.nth(i).locator("[data-point]").count()).toBe(sweep.dictionaries.length);
-    await page.getByTestId("line-chart").first().locator("canvas").first().waitFor(); // uPlot drew the curves
+    const chart = page.getByTestId("line-chart").first();
+    await chart.locator("canvas").first().waitFor(); // uPlot drew the curves
+    // Hovering a chart reads out the point under the cursor in short numbers (the run trained 3,840 tokens).
+    await chart.locator(".u-over").hover();
+    const readout = await chart.getByTestId("chart-readout").innerText();
+    expect(readout).toMatch(/^training tokens \d+(\.\d+)?k: \S+ \d/);
     await screenshot("run-desktop");
     const target = sweep.dictionaries[sweep.dictionaries.length - 1];
     await plots.first().locator(`[data-point="${target}"] circle`).click();

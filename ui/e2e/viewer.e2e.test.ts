@@ -8,6 +8,7 @@ import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { launchBrowser } from "./browser";
 import { checkViewer, chosenDictionary, viewerUrl } from "./env";
+import { fmt, fmtInt } from "../src/format";
 
 const BASE = viewerUrl();
 const SHOTS = join(dirname(fileURLToPath(import.meta.url)), "..", "screenshots");
@@ -82,13 +83,21 @@ describe("viewer", () => {
     await page.locator(`tr[data-dictionary="${dictionary}"]`).getByRole("link", { name: analysis, exact: true }).click();
     await page.waitForURL((u) => u.pathname === `/dictionaries/${enc(dictionary)}` && u.searchParams.get("analysis") === analysis);
     await page.getByRole("heading", { name: dictionary.replace(":", " / "), level: 1 }).waitFor();
-    // metrics: either the grid or the explicit "no evaluation" note
-    await page.getByTestId("metrics").or(page.getByText("No evaluation metrics")).first().waitFor();
-    expect(await page.getByTestId("n-alive").innerText()).toMatch(/\d/);
-    expect(await page.getByTestId("n-dead").innerText()).toMatch(/\d/);
+    // The dictionary was evaluated when it was saved: the grid shows its metrics (L0 as the server has it).
+    const detail = await (await fetch(`${BASE}/api/dictionaries/${enc(dictionary)}`)).json();
+    expect(typeof detail.metrics.l0, "the e2e dictionary must have evaluation metrics").toBe("number");
+    const metrics = page.getByTestId("metrics");
+    await metrics.waitFor();
+    expect(await page.getByText("No evaluation metrics").count()).toBe(0);
+    expect(await metrics.locator(".stat", { hasText: "L0" }).locator("dd").innerText()).toBe(fmt(detail.metrics.l0, 4)); // as MetricsGrid writes L0
+    const summary = detail.analysis_summaries.find((a: { name: string }) => a.name === analysis);
+    expect(summary.n_alive, "the e2e analysis must have alive features").toBeGreaterThan(0);
+    expect(await page.getByTestId("n-alive").innerText()).toContain(fmtInt(summary.n_alive));
+    expect(await page.getByTestId("n-dead").innerText()).toContain(fmtInt(summary.n_dead));
+    // Alive features: the density histogram is drawn, not the empty note.
     const densityPlot = page.locator('figure[aria-label="Feature density histogram"]');
-    await densityPlot.waitFor();
-    if ((await densityPlot.locator(".histogram-empty").count()) === 0) await densityPlot.locator("canvas").first().waitFor();
+    await densityPlot.locator("canvas").first().waitFor();
+    expect(await densityPlot.locator(".histogram-empty").count()).toBe(0);
     await waitForTableNotStale(page);
     expect((await tableIndices(page)).length).toBeGreaterThan(0);
     expect(await page.getByTestId("page-info").innerText()).toMatch(/of/);
@@ -112,7 +121,9 @@ describe("viewer", () => {
     await page.waitForURL((u) => u.searchParams.get("sort") === "max_act" && u.searchParams.get("order") === "desc");
     await waitForTableNotStale(page);
     const maxActs = await page.locator(".feature-table tbody tr td:nth-child(3)").allInnerTexts();
-    const values = maxActs.map(Number).filter((v) => !Number.isNaN(v));
+    const values = maxActs.map(Number);
+    expect(values.length).toBeGreaterThan(1);
+    expect(values.every((v) => Number.isFinite(v)), `max_act cells that are not numbers: ${maxActs.join(" ")}`).toBe(true);
     expect(values).toEqual([...values].sort((a, b) => b - a));
   });
 
@@ -157,8 +168,15 @@ describe("viewer", () => {
     expect(Math.min(...all)).toBeGreaterThanOrEqual(0);
     await page.getByTestId("logit-lens").waitFor();
     await page.getByTestId("intervals").waitFor();
+    // The strongest feature has interval samples, and the page shows each of its intervals.
+    const feature = await (
+      await fetch(`${BASE}/api/dictionaries/${enc(dictionary)}/analyses/${enc(analysis)}/features/${featureIndexFromUrl(page.url())}`)
+    ).json();
+    const sampled = feature.intervals.filter((g: { samples: unknown[] }) => g.samples.length > 0).length;
+    expect(sampled, "the feature has interval samples").toBeGreaterThan(0);
     const groups = page.getByTestId("interval-group");
-    if ((await groups.count()) > 0) expect(await groups.first().locator(".interval-bounds").innerText()).toMatch(/\[.*,.*\]/);
+    expect(await groups.count()).toBe(feature.intervals.length);
+    expect(await groups.first().locator(".interval-bounds").innerText()).toMatch(/\[.*,.*\]/);
     await screenshot("feature-desktop");
   });
 
@@ -179,12 +197,14 @@ describe("viewer", () => {
     await page.waitForURL((u) => u.pathname.endsWith(`/features/${typed}`));
     await expect.poll(() => visibleFeatureIndex(page)).toBe(typed);
 
+    // Random asks the server for an alive feature and opens it (it may be the one on screen).
+    const answer = page.waitForResponse((r) => r.url().includes("/features/random") && r.request().method() === "GET");
     await page.getByRole("button", { name: "Random" }).click();
-    await page.waitForURL((u) => !u.pathname.endsWith(`/features/${typed}`), { timeout: 20_000 }).catch(() => undefined);
-    const randomIdx = featureIndexFromUrl(page.url());
-    expect(randomIdx).toBeGreaterThanOrEqual(0);
-    expect(randomIdx).toBeLessThan(dSae);
-    await expect.poll(() => visibleFeatureIndex(page)).toBe(randomIdx);
+    const chosen = (await (await answer).json()) as { index: number; act_count: number };
+    expect(chosen.act_count).toBeGreaterThan(0);
+    expect(chosen.index).toBeLessThan(dSae);
+    await page.waitForURL((u) => u.pathname.endsWith(`/features/${chosen.index}`));
+    await expect.poll(() => visibleFeatureIndex(page)).toBe(chosen.index);
   });
 
   test("the feature's custom input shows its activation on typed text", async () => {

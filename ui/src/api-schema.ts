@@ -591,8 +591,25 @@ export interface components {
             /** Index */
             index: number;
         };
-        /** FeatureDetail */
-        FeatureDetail: {
+        /** FeaturePage */
+        FeaturePage: {
+            /** Features */
+            features: components["schemas"]["FeatureRow"][];
+            /** Limit */
+            limit: number;
+            /** Offset */
+            offset: number;
+            /**
+             * Total
+             * @description features matching the filters
+             */
+            total: number;
+        };
+        /**
+         * FeatureRecord
+         * @description One feature: its statistics and everything the viewer shows of it.
+         */
+        FeatureRecord: {
             /**
              * Act Count
              * @description analyzed tokens on which the feature was active (> 0)
@@ -613,7 +630,7 @@ export interface components {
              * Intervals
              * @description contexts sampled per activation interval, highest interval first
              */
-            intervals: components["schemas"]["Group"][];
+            intervals: components["schemas"]["SampleGroup"][];
             logit_lens: components["schemas"]["LogitLens"];
             /** Max Act */
             max_act: number;
@@ -627,20 +644,6 @@ export interface components {
              * @description top-activating contexts, highest first
              */
             top: components["schemas"]["Sample"][];
-        };
-        /** FeaturePage */
-        FeaturePage: {
-            /** Features */
-            features: components["schemas"]["FeatureRow"][];
-            /** Limit */
-            limit: number;
-            /** Offset */
-            offset: number;
-            /**
-             * Total
-             * @description features matching the filters
-             */
-            total: number;
         };
         /** FeatureRow */
         FeatureRow: {
@@ -671,20 +674,6 @@ export interface components {
              */
             mean_act: number;
         };
-        /** Group */
-        Group: {
-            /** Lower */
-            lower: number | null;
-            /**
-             * Name
-             * @description "interval_<i>", interval_0 holds the lowest activations
-             */
-            name: string;
-            /** Samples */
-            samples: components["schemas"]["Sample"][];
-            /** Upper */
-            upper: number | null;
-        };
         /** Health */
         Health: {
             /** N Dictionaries */
@@ -709,6 +698,59 @@ export interface components {
              * @description n + 1 bin edges
              */
             edges: number[];
+        };
+        /** LabeledTokenMatch */
+        LabeledTokenMatch: {
+            /**
+             * Acts
+             * @description per query token, the feature's max activation on it (null: not among its strongest features)
+             */
+            acts: (number | null)[];
+            /** Density */
+            density: number;
+            /**
+             * Index
+             * @description the feature
+             */
+            index: number;
+            /**
+             * Label
+             * @description the feature's label ('' when it has none)
+             */
+            label: string;
+            /**
+             * Max Act
+             * @description the feature's max activation over the whole analysis
+             */
+            max_act: number;
+            /**
+             * N Tokens
+             * @description how many of the query's tokens it is among the strongest features of
+             */
+            n_tokens: number;
+            /**
+             * Score
+             * @description sum of acts (the ranking key after n_tokens)
+             */
+            score: number;
+        };
+        /** LabeledTokenSearch */
+        LabeledTokenSearch: {
+            /**
+             * Index Size
+             * @description features the analysis kept per token (a token's list is complete up to this many)
+             */
+            index_size: number;
+            /**
+             * Matches
+             * @description features ranked by n_tokens, then score, then index
+             */
+            matches: components["schemas"]["LabeledTokenMatch"][];
+            /**
+             * Tokens
+             * @description the query's tokens, in order, each once
+             */
+            tokens: components["schemas"]["QueryToken"][];
         };
         /** LogitLens */
         LogitLens: {
@@ -961,14 +1003,14 @@ export interface components {
         Sample: {
             /**
              * Acts
-             * @description the feature's activation on each token
+             * @description the feature's activation on each token of the context window
              */
             acts: number[];
             /** Max Act */
             max_act: number;
             /**
              * Max Pos
-             * @description position of the token the sample was chosen for
+             * @description position in the window of the token the sample was chosen for
              */
             max_pos: number;
             /** Token Ids */
@@ -978,6 +1020,26 @@ export interface components {
              * @description vocabulary strings, one per token (' the' keeps its space)
              */
             tokens: string[];
+        };
+        /** SampleGroup */
+        SampleGroup: {
+            /**
+             * Lower
+             * @description lowest activation of the interval (null for "top")
+             */
+            lower: number | null;
+            /**
+             * Name
+             * @description "top" or "interval_<i>" (interval_0 holds the lowest activations)
+             */
+            name: string;
+            /** Samples */
+            samples: components["schemas"]["Sample"][];
+            /**
+             * Upper
+             * @description highest activation of the interval (null for "top")
+             */
+            upper: number | null;
         };
         /** SimilarResponse */
         SimilarResponse: {
@@ -1063,53 +1125,6 @@ export interface components {
             act: number;
             /** Index */
             index: number;
-        };
-        /** TokenMatch */
-        TokenMatch: {
-            /**
-             * Acts
-             * @description per query token, the feature's max activation on it (null: not among its strongest features)
-             */
-            acts: (number | null)[];
-            /** Density */
-            density: number;
-            /** Index */
-            index: number;
-            /** Label */
-            label: string;
-            /**
-             * Max Act
-             * @description the feature's max activation over the whole analysis
-             */
-            max_act: number;
-            /**
-             * N Tokens
-             * @description how many of the query's tokens it is among the strongest features of
-             */
-            n_tokens: number;
-            /**
-             * Score
-             * @description sum of acts
-             */
-            score: number;
-        };
-        /** TokenSearchResponse */
-        TokenSearchResponse: {
-            /**
-             * Index Size
-             * @description features the analysis kept per token
-             */
-            index_size: number;
-            /**
-             * Matches
-             * @description features ranked by n_tokens, then score, then index
-             */
-            matches: components["schemas"]["TokenMatch"][];
-            /**
-             * Tokens
-             * @description the query's tokens, in order, each once
-             */
-            tokens: components["schemas"]["QueryToken"][];
         };
     };
     responses: never;
@@ -1341,7 +1356,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["FeatureDetail"];
+                    "application/json": components["schemas"]["FeatureRecord"];
                 };
             };
             /** @description unknown dictionary, analysis or feature */
@@ -1392,7 +1407,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["FeatureDetail"];
+                    "application/json": components["schemas"]["FeatureRecord"];
                 };
             };
             /** @description unknown dictionary, analysis or feature */
@@ -1448,7 +1463,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["TokenSearchResponse"];
+                    "application/json": components["schemas"]["LabeledTokenSearch"];
                 };
             };
             /** @description unknown dictionary, analysis or feature */

@@ -5,10 +5,10 @@ import type { components, paths } from "./api-schema";
 
 type Schemas = components["schemas"];
 export type Histogram = Schemas["Histogram"];
-export type FeatureStats = Pick<Schemas["FeatureDetail"], "index" | "act_count" | "density" | "max_act" | "mean_act">;
+export type FeatureStats = Pick<Schemas["FeatureRecord"], "index" | "act_count" | "density" | "max_act" | "mean_act">;
 export type FeatureRow = Schemas["FeatureRow"];
 export type Sample = Schemas["Sample"];
-export type Group = Schemas["Group"];
+export type Group = Schemas["SampleGroup"];
 export type LogitToken = Schemas["LogitToken"];
 /** Every key is optional: a dictionary saved without evaluation has `{}`. */
 export type Metrics = Schemas["Metrics"];
@@ -18,11 +18,11 @@ export type DictionaryDetail = Schemas["DictionaryDetail"];
 export type Provenance = Schemas["Provenance"];
 export type Health = Schemas["Health"];
 export type FeaturePage = Schemas["FeaturePage"];
-export type FeatureDetail = Schemas["FeatureDetail"];
+export type FeatureDetail = Schemas["FeatureRecord"];
 export type ActivationsRequest = Schemas["ActivationsRequest"];
 export type ActivationsResult = Schemas["ActivationsResponse"];
-export type TokenSearch = Schemas["TokenSearchResponse"];
-export type TokenMatch = Schemas["TokenMatch"];
+export type TokenSearch = Schemas["LabeledTokenSearch"];
+export type TokenMatch = Schemas["LabeledTokenMatch"];
 export type Similar = Schemas["SimilarResponse"];
 export type Annotation = Schemas["Annotation"];
 export type AnnotationEdit = Schemas["AnnotationEdit"];
@@ -73,7 +73,7 @@ export function conflictOf(error: unknown): Annotation | null {
 /** The request never got an answer: the server is down or the URL is wrong. */
 export class NetworkError extends Error {
   constructor(url: string, why = "the request failed") {
-    super(`Cannot reach the server at ${serverLabel()} (${url}: ${why}). Is it running? Start it with: uvicorn server.app:app --port 24577`);
+    super(`Cannot reach the server at ${serverLabel()} (${url}: ${why}). Is it running? Start it with: python -m server`);
     this.name = "NetworkError";
   }
 }

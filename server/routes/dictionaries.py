@@ -1,0 +1,132 @@
+"""Dictionaries and features: health, the dictionary list and detail, a page of features, one feature."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, Optional
+
+from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Response
+
+from core.store import FeatureRecord, FeatureStore, StoreError
+
+from .. import schemas
+from ..results import ID_SEPARATOR, DictionaryError, DictionaryInfo, NotFound, ResultsFolder
+from ..state import Server
+from .common import ERRORS, store_of
+
+log = logging.getLogger("server")
+router = APIRouter(tags=["viewer"])
+
+
+@router.get("/api/health", response_model=schemas.Health)
+def health(state: Server):
+    return {"status": "ok", "results_dir": str(state.results.root),
+            "n_dictionaries": len(state.results.dictionary_names())}
+
+
+@router.get("/api/dictionaries", response_model=schemas.DictionaryList, response_model_exclude_unset=True)
+def list_dictionaries(state: Server):
+    """Every dictionary of the results folder, sorted by name."""
+    summaries = []
+    for name in state.results.dictionary_names():
+        try:
+            summaries.append(_summary(state.results, state.results.dictionary(name)))
+        except (NotFound, DictionaryError) as e:  # vanished or damaged: listed nowhere, logged
+            log.warning("Skipping dictionary %r: %s", name, e)
+    return {"dictionaries": summaries}
+
+
+@router.get("/api/dictionaries/{name}", response_model=schemas.DictionaryDetail, response_model_exclude_unset=True,
+            responses=ERRORS)
+def get_dictionary(name: str, state: Server):
+    """One dictionary: its summary, full config.json and a summary of each analysis."""
+    results = state.results
+    info = results.dictionary(name)
+    summary = _summary(results, info)
+    analysis_summaries = []
+    for analysis in summary["analyses"]:
+        try:
+            s = results.store(name, analysis).summary()
+        except (NotFound, StoreError) as e:  # replaced or damaged since it was listed
+            log.warning("Skipping analysis %r of %r: %s", analysis, name, e)
+            continue
+        analysis_summaries.append({"name": analysis, "n_tokens": s.n_tokens, "n_features": s.n_features,
+                                   "n_alive": s.n_alive, "n_dead": s.n_dead, "density_histogram": s.density_histogram})
+    return {**summary, "config": info.config, "analysis_summaries": analysis_summaries}
+
+
+@router.get("/api/dictionaries/{name}/analyses/{analysis}/features", response_model=schemas.FeaturePage,
+            responses=ERRORS)
+def list_features(
+    name: str, analysis: str, state: Server,
+    sort: Literal["index", "density", "max_act", "mean_act", "act_count"] = "max_act",
+    order: Literal["asc", "desc"] = "desc",
+    min_density: Optional[float] = Query(None, allow_inf_nan=False, description="inclusive lower bound on density"),
+    max_density: Optional[float] = Query(None, allow_inf_nan=False, description="inclusive upper bound on density"),
+    min_max_act: Optional[float] = Query(None, allow_inf_nan=False, description="inclusive lower bound on max_act"),
+    bookmarked: bool = Query(False, description="only the bookmarked features"),
+    offset: int = Query(0, ge=0, le=schemas.MAX_INT64),
+    limit: int = Query(50, ge=1, le=500),
+):
+    """One page of the features' statistics with their labels, sorted (ties by index) and filtered;
+    `total` counts every feature matching the filters."""
+    store = store_of(state.results, name, analysis)
+    notes = state.results.annotations(name)
+    total, features = store.list_features(sort=sort, descending=order == "desc", min_density=min_density,
+                                          max_density=max_density, min_max_act=min_max_act,
+                                          indices=notes.bookmarked() if bookmarked else None,
+                                          offset=offset, limit=limit)
+    saved = notes.many(f.index for f in features)
+    rows = [schemas.FeatureRow(**vars(f), label=saved[f.index].label if f.index in saved else "",
+                               bookmarked=saved[f.index].bookmarked if f.index in saved else False)
+            for f in features]
+    return {"total": total, "offset": offset, "limit": limit, "features": rows}
+
+
+# Declared before /features/{index} so "random" is not read as an index.
+@router.get("/api/dictionaries/{name}/analyses/{analysis}/features/random", response_model=FeatureRecord,
+            responses=ERRORS)
+def random_feature(name: str, analysis: str, response: Response, state: Server):
+    """A uniformly chosen alive feature (act_count > 0), as /features/{index} answers it."""
+    store = store_of(state.results, name, analysis)
+    try:
+        index = store.random_alive_feature()
+    except LookupError as e:
+        raise HTTPException(404, str(e)) from None
+    response.headers["Cache-Control"] = "no-store"
+    return _feature(store, index)
+
+
+@router.get("/api/dictionaries/{name}/analyses/{analysis}/features/{index}", response_model=FeatureRecord,
+            responses=ERRORS)
+def get_feature(name: str, analysis: str, state: Server, index: int = PathParam(ge=0, le=schemas.MAX_INT64)):
+    """Statistics, activation histogram, logit lens, top contexts and interval samples of one feature."""
+    return _feature(store_of(state.results, name, analysis), index)
+
+
+def _summary(results: ResultsFolder, info: DictionaryInfo) -> dict:
+    c = info.config
+    return {"name": info.name, "run": info.name.partition(ID_SEPARATOR)[0], "model_name": c["model_name"],
+            "hook_name": c["hook_name"], "hook_out": c.get("hook_out"), "architecture": c["architecture"],
+            "d_in": c["d_in"], "d_sae": info.d_sae,
+            "metrics": info.metrics, "analyses": results.analysis_names(info.name), "source": _provenance(info)}
+
+
+def _provenance(info: DictionaryInfo) -> dict | None:
+    """`info.source` as the API describes it; a hand-edited one that does not fit is left out (logged) rather
+    than failing every listing that includes the dictionary."""
+    source = info.source
+    if source is None:
+        return None
+    try:
+        return schemas.Provenance.model_validate(source).model_dump()
+    except ValueError as e:
+        log.warning("%s: its config's \"source\" does not describe a provenance (%s); not shown.", info.name, e)
+        return None
+
+
+def _feature(store: FeatureStore, index: int) -> FeatureRecord:
+    try:
+        return store.get_feature(index)
+    except IndexError as e:
+        raise HTTPException(404, str(e)) from None

@@ -1,0 +1,49 @@
+"""What the routes share: one `ServerState` per app, on `app.state.server`, handed to each endpoint
+by the `Server` dependency (no module globals, so two apps in one process never share state)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .directions import DecoderCache
+from .inference import ModelCache
+from .results import ResultsFolder
+from .runs import RunLogs
+from .settings import Settings
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    results: ResultsFolder
+    """The results folder, scanned on every request."""
+    models: ModelCache
+    """Loaded (language model, dictionary) pairs for custom text and steering."""
+    decoders: DecoderCache
+    """Normalized decoders for nearest-feature search."""
+    run_logs: RunLogs
+    """Each run's metrics.jsonl, read incrementally."""
+    inference_slots: threading.BoundedSemaphore
+    """GPT2DICT_INFERENCE_CONCURRENCY slots; a request finding none free is answered 503 at once."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> "ServerState":
+        results = ResultsFolder(settings.results_dir)
+        models = ModelCache(size=settings.model_cache_size, device=settings.device, results_root=results.root,
+                            failure_ttl_s=settings.model_load_failure_ttl_s)
+        return cls(settings=settings, results=results, models=models, decoders=DecoderCache(), run_logs=RunLogs(),
+                   inference_slots=threading.BoundedSemaphore(settings.inference_concurrency))
+
+
+async def server_state(request: Request) -> ServerState:
+    # async: FastAPI runs it on the event loop, so the inference endpoints still turn a request away
+    # without handing anything to a thread.
+    return request.app.state.server
+
+
+Server = Annotated[ServerState, Depends(server_state)]
+"""An endpoint's parameter `state: Server` receives the app's ServerState."""
