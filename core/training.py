@@ -37,6 +37,7 @@ ones are pruned only after the new one is durable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -84,6 +85,11 @@ class TrainingResult(NamedTuple):
     one, `steps` for a run that was already finished (nothing trained again)."""
     finished_before: bool = False
     """True when the run was already finished with the same configuration and this call only read it."""
+    seconds: dict = {}
+    """Where this process's time went, by phase: `model` (loading it), `data` (held-out text, the
+    activation stream), `initialization` (the buffer's first fill, normalization and decoder biases, or
+    the checkpoint restored), `training` (the steps, the buffer's refills, logging, periodic evaluations
+    and checkpoints), `calibration`, `final_evaluation`, `saving`."""
 
     def _only(self) -> str:
         if len(self.dictionary_paths) != 1:
@@ -419,6 +425,8 @@ class Trainer:
         """Whether the dictionaries' normalization and decoder bias were set (from data, or a checkpoint)."""
         self.begun = False
         """Whether `begin` prepared the run folder."""
+        self.seconds: dict[str, float] = {}
+        """Seconds spent by phase (`TrainingResult.seconds`); `build_trainer` records its own."""
         self.wandb_run = None
 
     @property
@@ -617,7 +625,8 @@ class Trainer:
         self.begin()
         self._start_wandb()
         if not self.initialized:
-            self.initialize()
+            with self._timed("initialization"):
+                self.initialize()
         total_tokens = self.total_steps * cfg.activations.train_batch_size
         progress = TrainingProgress(total_tokens, self.tokens_seen)
         # Our own tokens/s and ETA (averaged over the run), not tqdm's moving rate: in the description.
@@ -627,6 +636,7 @@ class Trainer:
         metrics_postfix = ""
         for d in self.dictionaries:
             d.sae.train()
+        loop_started = time.perf_counter()
         with StopSignals() as stop:
             try:
                 stopping = False
@@ -656,24 +666,37 @@ class Trainer:
                     stopping = self._stop_requested(stop, logging_step)
             finally:
                 bar.close()
+                self.seconds["training"] = self.seconds.get("training", 0.0) + time.perf_counter() - loop_started
             if stopping:
                 checkpoint = self.save_checkpoint()
                 if self.wandb_run is not None:
                     self.wandb_run.finish()
                 raise TrainingInterrupted(stop.received or "SIGTERM", self.step, checkpoint)
-            sample = self.buffer.peek(THRESHOLD_CALIBRATION_BATCHES * cfg.activations.train_batch_size)
-            for d in self.dictionaries:
-                d.calibrate_threshold(sample, cfg.activations.train_batch_size)
-            finals = self.evaluate(final=True)
+            with self._timed("calibration"):
+                sample = self.buffer.peek(THRESHOLD_CALIBRATION_BATCHES * cfg.activations.train_batch_size)
+                for d in self.dictionaries:
+                    d.calibrate_threshold(sample, cfg.activations.train_batch_size)
+            with self._timed("final_evaluation"):
+                finals = self.evaluate(final=True)
             self._log(finals and [{DICTIONARY_KEY: name, FINAL_EVAL_KEY: r.scalars()} for name, r in finals])
-            paths = self._saved_dictionaries(finals)
+            with self._timed("saving"):
+                paths = self._saved_dictionaries(finals)
         if self.wandb_run is not None:
             self.wandb_run.summary.update({f"{name}/final/{k}": v for name, r in finals
                                            for k, v in r.scalars().items()})
             self.wandb_run.finish()
         final_metrics = self.dist.broadcast_object(finals and {name: r.to_dict() for name, r in finals})
         self.dist.barrier()  # every rank returns once the dictionaries are on disk
-        return TrainingResult(paths, final_metrics, self.step, self.tokens_seen, started_at_step=self.started_at_step)
+        return TrainingResult(paths, final_metrics, self.step, self.tokens_seen, started_at_step=self.started_at_step,
+                              seconds=dict(self.seconds))
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
 
 
 def load_trainer_state(run: RunFolder, checkpoint: Path) -> dict:
@@ -827,10 +850,13 @@ def build_trainer(cfg: TrainingConfig, model: Optional[LanguageModel] = None) ->
     run = RunFolder(cfg.run_dir)
     checkpoint = _agreed(dist, lambda: checkpoint_to_resume(run, cfg))
     seed_everything(cfg.seed)
+    started = time.perf_counter()
     model = model if model is not None else load_language_model(cfg.model, device)
+    seconds = {"model": time.perf_counter() - started}
     hooks = tuple(dict.fromkeys(h for spec in specs for h in spec.hooks))
     widths = {hook: model.hook_width(hook) for hook in hooks}  # refuses unknown / non-per-token hooks
     position = load_trainer_state(run, checkpoint)["data"] if checkpoint else None
+    started = time.perf_counter()
     source, eval_sequences, first_document = activation_stream(cfg, model, hooks, widths, position)
     if dist.active:  # each rank runs every world_size-th batch; all ranks hold every row
         source = ShardedActivations(source, dist)
@@ -853,10 +879,13 @@ def build_trainer(cfg: TrainingConfig, model: Optional[LanguageModel] = None) ->
     trainer = Trainer(cfg, dictionaries=[make_dictionary(spec) for spec in local], batches=buffer,
                       evaluator=evaluator, run=run, dist=dist, specs=specs, make_dictionary=make_dictionary,
                       data_position=source.position, first_training_document=first_document)
+    seconds["data"] = time.perf_counter() - started
+    started = time.perf_counter()
     if checkpoint:
         trainer.restore(checkpoint)
     else:  # before the first batch is taken, as a run of its own would
         trainer.initialize()
+    trainer.seconds = {**seconds, "initialization": time.perf_counter() - started}
     log.info("Training %d dictionar%s on %s (buffer: %.0f MB).", len(trainer.dictionaries),
              "y" if len(trainer.dictionaries) == 1 else "ies", ", ".join(hooks), buffer.memory_bytes / 1e6)
     return trainer
