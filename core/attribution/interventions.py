@@ -21,6 +21,7 @@ value on the prompt, as in the local replacement model the graph describes (circ
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -146,7 +147,9 @@ def intervene(prompt: str | Sequence[int], replacement, model: LanguageModel,
                 hooks.append((block_hook(f"{name}.hook_scale", l), _frozen((1 / norm.inv_scale)[None, :, None])))
     if freeze_attention:
         hooks.append(("ln_final.hook_scale", _frozen((1 / local.ln_final.inv_scale)[None, :, None])))
-    logits = model.bridge.run_with_hooks(local.tokens[None], fwd_hooks=hooks)[0, -1].float()
+    with warnings.catch_warnings():  # (the bridge says frozen norms leave its native path: that is the point)
+        warnings.filterwarnings("ignore", message="A forward hook edited hook_scale")
+        logits = model.bridge.run_with_hooks(local.tokens[None], fwd_hooks=hooks)[0, -1].float()
     return InterventionResult(top_tokens(model, local.logits[-1], top_k), top_tokens(model, logits, top_k),
                               local.logits[-1].cpu(), logits.cpu(), applied)
 
