@@ -27,20 +27,23 @@ JOBS.json is a list of jobs, each loading `folder` the way `ReplacementModel.fro
   (`adjacency`, `active_features`, `selected_features`, `activation_values`, `logit_ids`,
   `logit_probabilities`), `prune_graph`'s `node_mask`, `edge_mask` and `cumulative_scores` at 0.8 / 0.98,
   `scores` (replacement, completeness: `compute_graph_scores`), `seconds` (the `attribute` call) and
-  `peak_rss_bytes` (the process's peak resident memory during it, above what it held before). With
-  "json", circuit-tracer's frontend files code writes the pruned graph there (slug "circuit-tracer").
+  `peak_bytes` (the process's resident memory during it above what it held before: benchmarks/memory.py);
+  "threads" sets torch's CPU threads. With "json", circuit-tracer's frontend files code writes the
+  pruned graph there (slug "circuit-tracer").
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.memory import PeakMemory  # noqa: E402  (standard library only)
 
 
 def load(folder: str):
@@ -105,15 +108,6 @@ def model_job(folder: str, model_folder: str, tokens: str) -> dict[str, torch.Te
             "reconstruction": components["reconstruction"], "logits": logits[0], "hf_logits": hf_logits}
 
 
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (kilobytes on Linux)
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def attribute_job(job: dict) -> dict[str, torch.Tensor]:
     from circuit_tracer import ReplacementModel, attribute
     from circuit_tracer.graph import compute_graph_scores, prune_graph
@@ -129,13 +123,14 @@ def attribute_job(job: dict) -> dict[str, torch.Tensor]:
         model.set_tokenizer(AutoTokenizer.from_pretrained(job["model"]))  # (built from a config, it has none)
     ids = load_file(job["tokens"])["tokens"]
     settings = job["settings"]
-    before = current_rss_bytes()
-    started = time.perf_counter()
-    graph = attribute(ids, model, max_n_logits=settings["max_n_logits"],
-                      desired_logit_prob=settings["desired_logit_prob"], batch_size=settings["batch_size"],
-                      max_feature_nodes=settings["max_feature_nodes"], update_interval=settings["update_interval"])
-    seconds = time.perf_counter() - started
-    peak = peak_rss_bytes() - before
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    with PeakMemory() as peak:
+        started = time.perf_counter()
+        graph = attribute(ids, model, max_n_logits=settings["max_n_logits"],
+                          desired_logit_prob=settings["desired_logit_prob"], batch_size=settings["batch_size"],
+                          max_feature_nodes=settings["max_feature_nodes"], update_interval=settings["update_interval"])
+        seconds = time.perf_counter() - started
     pruned = prune_graph(graph, 0.8, 0.98)
     scores = compute_graph_scores(graph)
     if job.get("json"):
@@ -144,7 +139,7 @@ def attribute_job(job: dict) -> dict[str, torch.Tensor]:
             "selected_features": graph.selected_features, "activation_values": graph.activation_values,
             "logit_ids": graph.logit_token_ids, "logit_probabilities": graph.logit_probabilities,
             "node_mask": pruned.node_mask, "edge_mask": pruned.edge_mask, "cumulative_scores": pruned.cumulative_scores,
-            "scores": torch.tensor(scores), "seconds": torch.tensor(seconds), "peak_rss_bytes": torch.tensor(float(peak))}
+            "scores": torch.tensor(scores), "seconds": torch.tensor(seconds), "peak_bytes": torch.tensor(float(peak.bytes))}
 
 
 def write_graph_json(graph, pruned, model_folder: str, path: Path) -> None:

@@ -10,8 +10,8 @@ choices, so that the same settings give the same graph:
 3. **Rows of the logits**, then of the features: each batch of `batch_size` targets is one
    transposed pass. With `max_feature_nodes` below the number of active features, the features are
    visited in order of their influence on the logits through the rows computed so far
-   (`graph.partial_influence`), re-ranked every `update_interval` batches; the ranking sees exactly
-   the rows circuit-tracer's would. Within one re-ranking's queue the targets are sorted by layer and
+   (`RowInfluence`), re-ranked every `update_interval` batches; the ranking sees exactly the rows
+   circuit-tracer's would. Within one re-ranking's queue the targets are sorted by layer and
    position, which changes no row but lets each pass start at its batch's highest layer and stop at
    its last position.
 4. **The graph**: the rows of the visited features and the logits, restricted to the columns of the
@@ -38,7 +38,7 @@ from ..config import LanguageModelConfig
 from ..errors import AttributionError, ConfigError
 from ..lm import LanguageModel, check_model_matches, load_language_model
 from ..sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, load_dictionary
-from .graph import AttributionGraph, LogitTarget, partial_influence
+from .graph import AttributionGraph, LogitTarget
 from .local_model import ActiveFeatures, LocalReplacementModel, SourceVectors, error_vectors
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ MAX_EDGE_BYTES = 4 * 2**30
 BYTES_PER_EDGE = 4
 ASSEMBLY_CHUNK_ROWS = 1024
 PRUNING_COPIES = 6
+MAX_SERIES_TERMS = 1000
+"""The graph's depth bounds the influence series; this only guards against rows that are not a DAG."""
 """Square matrices of the graph's size that pruning and the scores hold at once."""
 
 Progress = Callable[[int, int], None]
@@ -128,12 +130,15 @@ def logit_targets(model: LanguageModel, logits: Tensor, W_U: Tensor, *, tokens: 
 
 
 def edge_memory(n_active: int, max_feature_nodes: Optional[int], n_layers: int, n_pos: int, n_logits: int) -> int:
-    """Bytes the edges of one graph take at their peak (module doc)."""
+    """Bytes the edges of one graph take at their peak (module doc): the rows and, with a cap below the
+    active features, the ranking's block while attributing; the rows and the graph while assembling it;
+    pruning's copies of the graph."""
     cap = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     n_cols = n_active + (n_layers + 1) * n_pos
     n_nodes = cap + (n_layers + 1) * n_pos + n_logits
     rows = (cap + n_logits) * (n_cols + 1)
-    return BYTES_PER_EDGE * max(rows + n_nodes ** 2, PRUNING_COPIES * n_nodes ** 2)
+    ranking = (cap + n_logits) * cap if cap < n_active else 0
+    return BYTES_PER_EDGE * max(rows + ranking, rows + n_nodes ** 2, PRUNING_COPIES * n_nodes ** 2)
 
 
 def attribute(prompt: str | Sequence[int], replacement, model: Optional[LanguageModel] = None, *,
@@ -197,24 +202,26 @@ def attribute(prompt: str | Sequence[int], replacement, model: Optional[Language
 
         weights = torch.zeros(n_cols + n_logits)
         weights[n_cols:] = torch.tensor([t.probability for t in targets])
+        influence = RowInfluence(rows, row_nodes, n_cols, n_logits, weights) if cap < n_active else None
         layers_cpu, positions_cpu = active.layers.cpu(), active.positions.cpu()
         visited = torch.zeros(n_active, dtype=torch.bool)
         done = n_logits
         while done - n_logits < cap:
-            if cap == n_active:
+            if influence is None:
                 pending = torch.arange(n_active)  # everything, in (layer, position, feature) order
             else:
-                ranking = partial_influence(rows[:done, :n_cols], row_nodes[:done], weights)[:n_active]
-                order = torch.argsort(ranking, descending=True)
+                influence.add(influence.done, done)
+                order = torch.argsort(influence.features(n_active), descending=True)
                 pending = order[~visited[order]][:min(update_interval * batch_size, cap - (done - n_logits))]
                 key = layers_cpu[pending] * P + positions_cpu[pending]
                 pending = pending[torch.argsort(key, stable=True)]
             for i in range(0, len(pending), batch_size):
                 batch = pending[i:i + batch_size]
-                compute(layers_cpu[batch], positions_cpu[batch], encoders[batch.to(encoders.device)], done)
                 row_nodes[done:done + len(batch)] = batch
+                compute(layers_cpu[batch], positions_cpu[batch], encoders[batch.to(encoders.device)], done)
                 visited[batch] = True
                 done += len(batch)
+        del influence
     attribution_seconds = time.perf_counter() - started - setup_seconds
 
     selected = visited.nonzero().squeeze(1)
@@ -223,8 +230,8 @@ def attribute(prompt: str | Sequence[int], replacement, model: Optional[Language
     adjacency = torch.zeros(n_nodes, n_nodes)
     by_feature = n_logits + torch.argsort(row_nodes[n_logits:])  # rows in the order of `selected`
     for i in range(0, cap, ASSEMBLY_CHUNK_ROWS):  # in chunks: no second copy of the rows at once
-        chunk = by_feature[i:i + ASSEMBLY_CHUNK_ROWS]
-        adjacency[i:i + len(chunk), :len(columns)] = rows[chunk][:, columns]
+        chunk = rows.index_select(0, by_feature[i:i + ASSEMBLY_CHUNK_ROWS])
+        adjacency[i:i + len(chunk), :len(columns)] = chunk[:, :n_cols] if cap == n_active else chunk[:, columns]
     adjacency[n_nodes - n_logits:, :len(columns)] = rows[:n_logits][:, columns]
     del rows
 
@@ -242,6 +249,59 @@ def attribute(prompt: str | Sequence[int], replacement, model: Optional[Language
         stats=dict(setup_seconds=setup_seconds, attribution_seconds=attribution_seconds,
                    seconds=time.perf_counter() - started, backward_passes=n_batches, feature_nodes=cap,
                    active_features=n_active, edge_bytes=needed))
+
+
+class RowInfluence:
+    """The influence of every node on the logits through the rows computed so far, for ranking the
+    features still to visit (circuit-tracer's `compute_partial_influences`: the power series
+    w Â + w Â² + ... over the computed rows, Â their absolute values each divided by its row's sum).
+
+    Only nodes with a row pass influence on, so the series runs on the block of Â between the rows
+    and the nodes that have rows (kept up to date as rows arrive: each entry is written once), and
+    the influence on every node is then one product of its sum with the rows, read in chunks:
+    rows x nodes-with-rows memory instead of another copy of all the rows, and one pass over them
+    per ranking instead of one per term of the series."""
+
+    CHUNK_ROWS = 1024
+
+    def __init__(self, rows: Tensor, row_nodes: Tensor, n_cols: int, n_logits: int, weights: Tensor):
+        self.rows, self.row_nodes, self.n_cols, self.n_logits, self.weights = rows, row_nodes, n_cols, n_logits, weights
+        capacity = rows.shape[0]
+        self.row_sums = torch.zeros(capacity)
+        self.block = torch.zeros(capacity, capacity - n_logits)  # Â[row, node of feature row j]
+        self.done = 0
+
+    def add(self, start: int, end: int) -> None:
+        """Rows start..end (their nodes in row_nodes) were computed."""
+        new = self.rows[start:end, :self.n_cols]
+        self.row_sums[start:end] = new.abs().sum(dim=1).clamp(min=1e-8)
+        f_end = max(end - self.n_logits, 0)
+        features = self.row_nodes[self.n_logits:end]
+        self.block[start:end, :f_end] = new[:, features].abs() / self.row_sums[start:end, None]
+        f_start = max(start - self.n_logits, 0)
+        if start and f_end > f_start:  # earlier rows, on the nodes of the new rows
+            self.block[:start, f_start:f_end] = (self.rows[:start, self.row_nodes[self.n_logits + f_start:end]].abs()
+                                                 / self.row_sums[:start, None])
+        self.done = end
+
+    def features(self, n_features: int) -> Tensor:
+        """[n_features] the influence of each feature node through the rows so far."""
+        r, f = self.done, self.done - self.n_logits
+        through = self.weights[self.row_nodes[:r]].clone()  # influence reaching each row's node
+        total = through.clone()
+        for _ in range(MAX_SERIES_TERMS):
+            reached = through @ self.block[:r, :f]  # on the nodes of the feature rows
+            if not bool(reached.any()):
+                break
+            through = torch.cat([torch.zeros(self.n_logits), reached])
+            total += through
+        else:
+            raise RuntimeError("the influence series did not end: the rows have a cycle.")
+        influence = torch.zeros(self.n_cols)
+        for i in range(0, r, self.CHUNK_ROWS):
+            j = min(i + self.CHUNK_ROWS, r)
+            influence += (total[i:j] / self.row_sums[i:j]) @ self.rows[i:j, :self.n_cols].abs()
+        return influence[:n_features]
 
 
 def check_settings(*, max_n_logits: int, desired_logit_prob: float, max_feature_nodes: Optional[int], batch_size: int,

@@ -77,25 +77,6 @@ def influence(normalized: Tensor, weights: Tensor) -> Tensor:
     raise RuntimeError("the influence series did not end: the adjacency matrix has a cycle.")
 
 
-def partial_influence(rows: Tensor, row_nodes: Tensor, weights: Tensor) -> Tensor:
-    """Influence on the weighted nodes from the rows computed so far (circuit-tracer's
-    `compute_partial_influences`, which ranks the features still to visit): rows [r, c] are the
-    direct effects on nodes `row_nodes` [r] (int64) from the first c nodes (the sources), weights [n]
-    the output weights (n >= c). A node without a row passes on no influence yet."""
-    absolute = rows.abs()
-    normalized = absolute / absolute.sum(dim=1, keepdim=True).clamp(min=1e-8)
-    current = weights.clone()
-    total = torch.zeros_like(weights)
-    for _ in range(MAX_INFLUENCE_ITERATIONS):
-        reached = current[row_nodes] @ normalized  # [c]
-        if not bool(reached.any()):
-            return total
-        current = torch.zeros_like(weights)
-        current[: len(reached)] = reached
-        total += current
-    raise RuntimeError("the influence series did not end: the adjacency matrix has a cycle.")
-
-
 def _threshold(scores: Tensor, fraction: float) -> Tensor:
     """The smallest score among the fewest largest scores that add up to `fraction` of the total."""
     ordered = torch.sort(scores, descending=True).values
@@ -247,5 +228,4 @@ class AttributionGraph:
         return int(match[0, 0]) if len(match) else None
 
 
-__all__ = ["AttributionGraph", "GraphScores", "LogitTarget", "PruneResult", "influence", "normalized_adjacency",
-           "partial_influence"]
+__all__ = ["AttributionGraph", "GraphScores", "LogitTarget", "PruneResult", "influence", "normalized_adjacency"]
