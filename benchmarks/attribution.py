@@ -47,6 +47,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from benchmarks.memory import PeakMemory  # noqa: E402
 from core import (CrossLayerTranscoder, LanguageModelConfig, SAEConfig, SparseAutoencoder, TranscoderSet,  # noqa: E402
+                  create_dictionary,
                   export_circuit_tracer, load_dictionary, load_language_model)
 from core.attribution import attribute  # noqa: E402
 from core.config import OFFLINE_MODEL_NAME  # noqa: E402
@@ -78,7 +79,7 @@ def randomized(model, seed: int):
 
 
 def member(model, layer: int, d_sae: int, *, skip: bool) -> SparseAutoencoder:
-    return SparseAutoencoder(SAEConfig(architecture="jumprelu", d_sae=d_sae, skip_connection=skip), model.d_model,
+    return create_dictionary(SAEConfig(architecture="jumprelu", d_sae=d_sae, skip_connection=skip), model.d_model,
                              hook_name=f"blocks.{layer}.mlp.hook_in", hook_out=f"blocks.{layer}.hook_mlp_out",
                              d_out=model.d_model, model_name=model.name)
 
@@ -123,7 +124,7 @@ def padded(replacement, n_layers: int):
     any_member = replacement.member(replacement.layers[0])
     members = {l: replacement.member(l) for l in replacement.layers}
     for layer in set(range(n_layers)) - set(members):
-        sae = SparseAutoencoder(SAEConfig(architecture="jumprelu", d_sae=replacement.d_sae), replacement.d_in,
+        sae = create_dictionary(SAEConfig(architecture="jumprelu", d_sae=replacement.d_sae), replacement.d_in,
                                 hook_name=any_member.hook_name.replace(f"blocks.{replacement.layers[0]}.",
                                                                        f"blocks.{layer}."),
                                 hook_out=f"blocks.{layer}.hook_mlp_out", d_out=replacement.d_out,

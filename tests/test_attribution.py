@@ -26,7 +26,7 @@ from core.attribution import (FeatureIntervention, attribute, graph_json, import
                               load_graph_file, read_graph, save_graph, save_subgraph)
 from core.attribution.graph_file import feature_store_index, graph_path
 from core.errors import AttributionError, ConfigError, GraphFileError
-from core.sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet
+from core.sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, create_dictionary
 from tests.test_circuit_tracer import circuit_tracer_python
 from tests.tiny_gpt2 import build_tiny_gpt2
 
@@ -86,7 +86,7 @@ def transcoder_set(model, layers, *, hook: str = "mlp.hook_in", skip: bool = Tru
                    architecture: str = "jumprelu") -> TranscoderSet:
     members = []
     for layer in layers:
-        sae = SparseAutoencoder(SAEConfig(architecture=architecture, d_sae=96, k=8, skip_connection=skip), model.d_model,
+        sae = create_dictionary(SAEConfig(architecture=architecture, d_sae=96, k=8, skip_connection=skip), model.d_model,
                                 hook_name=f"blocks.{layer}.{hook}", hook_out=f"blocks.{layer}.hook_mlp_out",
                                 d_out=model.d_model, model_name=model.name)
         members.append(randomized(sae, seed + layer))
@@ -409,17 +409,27 @@ def test_graph_files_follow_the_schema_and_round_trip(gpt2, set_graph, tmp_path)
         save_graph(graph, dictionary, slug="../escape")
 
 
-def test_labels_from_annotations_become_clerps(set_graph, tmp_path):
+def test_labels_and_explanations_become_clerps(set_graph, tmp_path):
+    """A person's label wins; a feature without one shows its explanation from an analysis' explanations file."""
+    from core.autointerp.explanations import Explanation, ExplanationsWriter
+
     _, graph = set_graph
     dictionary = tmp_path / "set"
-    node = next(n for n in graph_json(graph, slug="x")["nodes"] if n["feature_type"] == "cross layer transcoder")
-    layer, feature, _ = (int(x) for x in node["node_id"].split("_"))
-    Annotations.of_dictionary(dictionary).save(feature_store_index(graph.replacement_layers, graph.d_sae, layer, feature),
-                                               label="cats and mats", notes="", bookmarked=False, version=0)
+    nodes = [n for n in graph_json(graph, slug="x")["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    (l1, f1), (l2, f2) = [(int(n["layer"]), int(n["node_id"].split("_")[1])) for n in nodes[:2]]
+    index = lambda layer, feature: feature_store_index(graph.replacement_layers, graph.d_sae, layer, feature)  # noqa: E731
+    Annotations.of_dictionary(dictionary).save(index(l1, f1), label="cats and mats", notes="", bookmarked=False, version=0)
+    analysis = dictionary / "analysis" / "default"
+    analysis.mkdir(parents=True)
+    with ExplanationsWriter(analysis) as writer:
+        set_id = writer.explanation_set({"seed": 0}, explainer_model="hand", prompt_version=1)
+        writer.write_explanations([Explanation(set_id, i, "ok", text, "", [], [], [], 0, 0, "2026-01-01")
+                                   for i, text in ((index(l1, f1), "explained"), (index(l2, f2), "the word 'on'"))])
     data = load_graph_file(save_graph(graph, dictionary, slug="labelled"))
-    assert next(n for n in data["nodes"] if n["node_id"] == node["node_id"])["clerp"] == "cats and mats"
-    assert all(n["clerp"] == "" for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"
-               and (int(n["layer"]), int(n["node_id"].split("_")[1])) != (layer, feature))
+    clerps = {n["node_id"]: n["clerp"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    assert clerps[nodes[0]["node_id"]] == "cats and mats" and clerps[nodes[1]["node_id"]] == "the word 'on'"
+    labelled = {(l1, f1), (l2, f2)}
+    assert all(c == "" for i, c in clerps.items() if (int(i.split("_")[0]), int(i.split("_")[1])) not in labelled)
 
 
 def test_circuit_tracer_shared_ids_are_not_merged(tmp_path):
@@ -490,7 +500,7 @@ def test_bad_input_gives_one_clear_error(gpt2, tiny_model, set_graph, tmp_path):
     beyond = transcoder_set(gpt2, (0, 5))  # layer 5 of a 3-layer model
     with pytest.raises(ConfigError, match=r"covers layers \[0, 5\] but .* has 3; it belongs to another model"):
         attribute(PROMPT, beyond, gpt2)
-    sae = SparseAutoencoder(SAEConfig(architecture="topk", d_sae=32, k=4), gpt2.d_model,
+    sae = create_dictionary(SAEConfig(architecture="topk", d_sae=32, k=4), gpt2.d_model,
                             hook_name="blocks.1.hook_resid_post", model_name=gpt2.name)
     with pytest.raises(AttributionError, match="not a replacement model"):
         attribute(PROMPT, sae, gpt2)

@@ -27,9 +27,10 @@ node has no incoming edges; a source must sit at a lower layer and an earlier or
 its target); a link that either could make goes to the error node, as circuit-tracer's own viewer
 resolves it, and is counted in `metadata.info.ambiguous_links`.
 
-Feature labels (`clerp`) come from the dictionary's annotations (`core.annotations`; a replacement
-model's feature is annotated under `feature_store_index`, or under its own index in a transcoder
-set member's folder).
+Feature labels (`clerp`) come from the dictionary's annotations (`core.annotations`), else from the
+explanations of its analyses (`core.autointerp`, `core.layout.explanations_path`; skipped where there
+are none). A replacement model's feature is stored under `feature_store_index`, or under its own
+index in a transcoder set member's folder.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ..annotations import Annotations
+from ..autointerp.explanations import Explanations
 from ..errors import GraphFileError
 from ..files import atomic_write
-from ..layout import graphs_folder, transcoder_set_member
+from ..layout import analyses_folder, graphs_folder, transcoder_set_member
 from .graph import AttributionGraph
 
 SCHEMA_VERSION = 1
@@ -96,25 +98,38 @@ def check_slug(slug: str) -> str:
 
 
 def feature_labels(dictionary: Optional[str | Path], graph: AttributionGraph) -> dict[tuple[int, int], str]:
-    """{(layer, feature): label} of the graph's features that have one in the dictionary's annotations
-    (the replacement model's folder, then a transcoder set member's own folder)."""
+    """{(layer, feature): label} of the graph's features: the label a person gave it in the dictionary's
+    annotations, else its explanation in an analysis' explanations file (the first analysis, by name,
+    that explains it); for a transcoder set, then the member's own folder (its annotations and analyses,
+    under the feature's own index). Features with neither are left out."""
     if dictionary is None:
         return {}
-    folder = Path(dictionary)
     wanted = {(int(l), int(f)) for l, _, f in graph.features.tolist()}
-    labels: dict[tuple[int, int], str] = {}
-    index_of = {key: feature_store_index(graph.replacement_layers, graph.d_sae, *key) for key in wanted}
-    for index, note in Annotations.of_dictionary(folder).many(index_of.values()).items():
-        if note.label:
-            labels.update({key: note.label for key, i in index_of.items() if i == index})
+    places = [(Path(dictionary), {key: feature_store_index(graph.replacement_layers, graph.d_sae, *key)
+                                  for key in wanted})]
     if graph.replacement_kind == "transcoder_set":
-        for layer in {l for l, _ in wanted}:
-            member = folder / transcoder_set_member(layer)
-            if member.is_dir():
-                features = [f for l, f in wanted if l == layer and (l, f) not in labels]
-                for index, note in Annotations.of_dictionary(member).many(features).items():
-                    if note.label:
-                        labels[(layer, index)] = note.label
+        for layer in sorted({l for l, _ in wanted}):
+            places.append((Path(dictionary) / transcoder_set_member(layer), {k: k[1] for k in wanted if k[0] == layer}))
+    labels: dict[tuple[int, int], str] = {}
+    for folder, index_of in places:
+        if not folder.is_dir():
+            continue
+        keys_of: dict[int, list[tuple[int, int]]] = {}
+        for key, index in index_of.items():
+            keys_of.setdefault(index, []).append(key)
+        found = {i: n.label for i, n in Annotations.of_dictionary(folder).many(keys_of).items() if n.label}
+        analyses = sorted(p for p in analyses_folder(folder).glob("*") if p.is_dir()) \
+            if analyses_folder(folder).is_dir() else []
+        for analysis in analyses:
+            missing = [i for i in keys_of if i not in found]
+            if not missing:
+                break
+            with Explanations(analysis) as explanations:
+                found.update({e.feature_index: e.explanation for e in explanations.explanations(
+                    features=missing, status="ok", limit=len(missing))})
+        for index, text in found.items():
+            for key in keys_of[index]:
+                labels.setdefault(key, text)
     return labels
 
 
