@@ -518,3 +518,17 @@ def test_the_benchmark_runs_in_smoke_mode():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert "attribution" in out.stdout and "backward passes" in out.stdout
+
+
+def test_the_example_script_writes_a_graph(gpt2, tmp_path):
+    folder = REPLACEMENTS["set"](gpt2).save(tmp_path / "results" / "run" / "dictionaries" / "set")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "run_attribution_example.py"), "--dictionary", str(folder),
+                          "--prompt", PROMPT, "--max-feature-nodes", "200", "--slug", "cat"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert f"graph written to {folder / 'graphs' / 'cat.json'}" in out.stdout and "ablating L" in out.stdout
+    assert load_graph_file(folder / "graphs" / "cat.json")["metadata"]["prompt"] == PROMPT
+    bad = subprocess.run([sys.executable, str(ROOT / "run_attribution_example.py"), "--dictionary", str(folder),
+                          "--prompt", " "], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: The prompt is empty")
