@@ -26,10 +26,10 @@ sentence saying what to lower. Prompts longer than `max_prompt_tokens` are refus
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -40,8 +40,6 @@ from ..lm import LanguageModel, check_model_matches, load_language_model
 from ..sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, load_dictionary
 from .graph import AttributionGraph, LogitTarget
 from .local_model import ActiveFeatures, LocalReplacementModel, SourceVectors, error_vectors
-
-log = logging.getLogger(__name__)
 
 MAX_FEATURE_NODES = 8192
 MAX_PROMPT_TOKENS = 256
@@ -145,11 +143,13 @@ def attribute(prompt: str | Sequence[int], replacement, model: Optional[Language
               logit_tokens: Optional[Sequence[str | int]] = None, max_n_logits: int = 10,
               desired_logit_prob: float = 0.95, max_feature_nodes: Optional[int] = MAX_FEATURE_NODES,
               batch_size: int = 256, update_interval: int = 4, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
-              max_edge_bytes: int = MAX_EDGE_BYTES, progress: Optional[Progress] = None) -> AttributionGraph:
+              max_edge_bytes: int = MAX_EDGE_BYTES, progress: Optional[Progress] = None,
+              model_lock: ContextManager = contextlib.nullcontext()) -> AttributionGraph:
     """The attribution graph of `prompt` (text, or token ids BOS first) through `replacement` (a
     `TranscoderSet`, a `CrossLayerTranscoder`, a transcoder, or the folder of one) on `model` (loaded
     from the replacement model's `model_name` when None). See the module doc; errors a user can cause
-    are `AttributionError` / `ConfigError` with one sentence."""
+    are `AttributionError` / `ConfigError` with one sentence. `model_lock` is held while the model
+    runs (its one forward), e.g. a server's lock on a model that other requests share."""
     started = time.perf_counter()
     dictionary = str(Path(replacement).expanduser().resolve()) if isinstance(replacement, (str, Path)) else None
     replacement = as_replacement_model(replacement)
@@ -162,7 +162,8 @@ def attribute(prompt: str | Sequence[int], replacement, model: Optional[Language
     replacement = replacement.to(model.device).eval()
     tokens = prompt_tokens(model, prompt, max_prompt_tokens)
 
-    local = LocalReplacementModel.capture(model, replacement, tokens)
+    with model_lock:
+        local = LocalReplacementModel.capture(model, replacement, tokens)
     active = ActiveFeatures.encode(local, replacement)
     targets, logit_vectors = logit_targets(model, local.logits[-1], local.W_U, tokens=logit_tokens,
                                            max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob)
