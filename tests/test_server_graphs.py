@@ -12,8 +12,8 @@ import pytest
 
 from core.attribution import load_graph_file
 from server.app import create_app
-from tests.server_helpers import (DICT, GRAPH_DICT, GRAPH_PROMPT, GRAPH_RUN, GRAPH_SLUG, RUN, assert_error,  # noqa: F401
-                                  graph_run, local_client, make_settings)
+from tests.server_helpers import (DICT, GRAPH_DICT, GRAPH_PROMPT, GRAPH_RUN, GRAPH_SLUG, RUN, assert_error,
+                                  local_client, make_settings)
 
 
 @pytest.fixture()
