@@ -53,6 +53,7 @@ from core.attribution import attribute  # noqa: E402
 from core.config import OFFLINE_MODEL_NAME  # noqa: E402
 from core.errors import AttributionError  # noqa: E402
 from core.lm import resolve_model_source  # noqa: E402
+from tests.test_circuit_tracer import randomized  # noqa: E402  (random weights of order-1 pre-activations)
 from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
 
 TEXT = ("The Python standard library provides modules for reading and writing files, parsing JSON documents, "
@@ -60,22 +61,6 @@ TEXT = ("The Python standard library provides modules for reading and writing fi
         "at least one of them before it does anything else with the data it was given by the user.")
 VENV_PYTHON = Path(os.environ.get("GPT2DICT_CIRCUIT_TRACER_VENV", ROOT / ".venv-circuit-tracer")) / "bin" / "python"
 WARMUP_FEATURE_NODES = 16
-
-
-def randomized(model, seed: int):
-    """Random weights with pre-activations of order 1 (jumprelu thresholds in [0.05, 0.45))."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "threshold" in name:
-                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 0.4 + 0.05))
-            elif name.startswith("b_"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif name.startswith(("W_enc", "W_skip")):
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-2] ** 0.5)
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model
 
 
 def member(model, layer: int, d_sae: int, *, skip: bool) -> SparseAutoencoder:

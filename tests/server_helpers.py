@@ -89,6 +89,7 @@ def graph_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
 
     from core import SAEConfig, TranscoderSet, analyze, attribute, create_dictionary, save_graph
     from tests.conftest import tiny_analysis_config
+    from tests.test_circuit_tracer import randomized
 
     results = tmp_path_factory.mktemp("graph-results")
     folder = results / GRAPH_RUN / "dictionaries" / "mlp1"
@@ -96,12 +97,7 @@ def graph_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
     member = create_dictionary(SAEConfig(architecture="jumprelu", d_sae=96, skip_connection=True), tiny_model.d_model,
                                hook_name="blocks.1.mlp.hook_in", hook_out="blocks.1.hook_mlp_out",
                                d_out=tiny_model.d_model, model_name=str(tiny_gpt2_dir))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in member.named_parameters():
-            scale = 1 / p.shape[-2] ** 0.5 if name in ("W_enc", "W_skip") else 0.1
-            p.copy_(torch.log(torch.rand(p.shape, generator=g) * 0.4 + 0.05) if "threshold" in name else
-                    scale * torch.randn(p.shape, generator=g))
+    randomized(member, 3)
     TranscoderSet([member]).save(folder)
     analysis = analyze(tiny_analysis_config(folder / "layer_1", tiny_gpt2_dir), model=tiny_model)
     shutil.copytree(analysis, folder / "analysis" / analysis.name)

@@ -27,7 +27,7 @@ from core.attribution import (FeatureIntervention, attribute, graph_json, import
 from core.attribution.graph_file import feature_store_index, graph_path
 from core.errors import AttributionError, ConfigError, GraphFileError
 from core.sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, create_dictionary
-from tests.test_circuit_tracer import circuit_tracer_python
+from tests.test_circuit_tracer import circuit_tracer_python, randomized
 from tests.tiny_gpt2 import build_tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,22 +64,6 @@ def gpt2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def gpt2(gpt2_dir):
     return load_language_model(LanguageModelConfig(name=str(gpt2_dir)))
-
-
-def randomized(model, seed: int):
-    """Random weights that keep pre-activations of order 1 (about a third of jumprelu features fire)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "threshold" in name:
-                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 0.4 + 0.05))
-            elif name.startswith("b_"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif name.startswith(("W_enc", "W_skip")):
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-2] ** 0.5)
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model
 
 
 def transcoder_set(model, layers, *, hook: str = "mlp.hook_in", skip: bool = True, seed: int = 0,
