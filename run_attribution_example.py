@@ -32,8 +32,9 @@ from core.cli import run_entry_point
 
 @dataclass
 class AttributionExample:
-    dictionary: str = "results/smollm2-mlp3-transcoder/dictionaries/mlp3-transcoder"
-    """The replacement model's folder (`python run_train_example.py transcoder` trains this one)."""
+    dictionary: str = "results/smollm2-transcoders-demo/dictionaries/transcoders"
+    """The replacement model's folder (`python run_train_example.py transcoders` trains this one: MLPs 0-5 of
+    the offline model; `clt` a cross-layer transcoder)."""
     prompt: str = "The function reads the file and returns its"
     """The text whose next token the graph explains (a BOS token is put first)."""
     logit_tokens: Optional[tuple[str, ...]] = None

@@ -83,8 +83,7 @@ def tiny_sweep_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def graph_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
     """`<results>/tiny-graphs/`: a replacement model (a transcoder set of block 1's MLP, random jumprelu
-    weights), its analysis (the analyzer's, of its one member: a one-layer set's feature indices are the
-    member's) and the attribution graph of GRAPH_PROMPT saved as `graphs/cat.json`."""
+    weights), its analysis, and the attribution graph of GRAPH_PROMPT saved as `graphs/cat.json`."""
     import torch
 
     from core import SAEConfig, TranscoderSet, analyze, attribute, create_dictionary, save_graph
@@ -99,8 +98,7 @@ def graph_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
                                d_out=tiny_model.d_model, model_name=str(tiny_gpt2_dir))
     randomized(member, 3)
     TranscoderSet([member]).save(folder)
-    analysis = analyze(tiny_analysis_config(folder / "layer_1", tiny_gpt2_dir), model=tiny_model)
-    shutil.copytree(analysis, folder / "analysis" / analysis.name)
+    analyze(tiny_analysis_config(folder, tiny_gpt2_dir), model=tiny_model)
     graph = attribute(GRAPH_PROMPT, folder, tiny_model, max_feature_nodes=200)
     save_graph(graph, slug=GRAPH_SLUG)
     return results / GRAPH_RUN
