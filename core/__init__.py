@@ -17,6 +17,8 @@ from .annotations import Annotation, AnnotationConflict, Annotations, export_ann
 from .autointerp import (BackendConfig, ExplainConfig, Explanations, ScoreConfig, explain_features,
                          score_explanations)
 from .analysis import TextActivations, analyze, encode_text
+from .attribution import (AttributionGraph, FeatureIntervention, InterventionResult, attribute, import_graph, intervene,
+                          list_graphs, load_graph_file, save_graph)
 from .cache import CachedActivations, CacheError, cache_activations, read_manifest
 from .config import (AnalysisConfig, ActivationStoreConfig, CacheConfig, ConfigError, DatasetConfig, DictionaryConfig,
                      LanguageModelConfig, LoggingConfig, OptimizerConfig, SAEConfig, TrainerConfig, TrainingConfig,
@@ -25,7 +27,7 @@ from .data import (DatasetError, HeldOut, PackedSequences, TokenBatches, builtin
                    load_text_dataset)
 from .evals import (EvalDetails, EvalResult, evaluate, evaluate_dictionaries, evaluate_dictionaries_in_detail,
                     explained_variance, l0_norm, mean_squared_error)
-from .errors import BackendError, DictionaryFormatError, EvaluationError
+from .errors import AttributionError, BackendError, DictionaryFormatError, EvaluationError, GraphFileError
 from .evaluations import (AbsorptionConfig, CoreEvalConfig, EvaluationConfig, SparseProbingConfig, SyntheticActivations,
                           SyntheticConfig, SyntheticEvaluator, SyntheticFeatures, read_eval_outputs, run_evaluations,
                           synthetic_run)

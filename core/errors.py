@@ -39,6 +39,15 @@ class DictionaryFormatError(ValueError):
     """A dictionary cannot be written in the requested foreign format (the message says which to use)."""
 
 
+class AttributionError(ValueError):
+    """An attribution graph cannot be computed for this prompt or dictionary (empty or too long a prompt, a
+    dictionary that is not a replacement model, a model architecture attribution does not support)."""
+
+
+class GraphFileError(ValueError):
+    """A graph file is missing, not JSON, or not an attribution graph (Neuronpedia's graph schema)."""
+
+
 class StoreError(RuntimeError):
     """A feature store (or another results SQLite file) is missing, not one, incomplete, corrupt or too new."""
 
@@ -75,10 +84,10 @@ class TrainingInterrupted(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    BackendError, CacheError, ConfigError, DatasetError, DictionaryFormatError, DictionaryLoadError, EvaluationError,
-    HookNameError, ModelLoadError, StoreError, FileExistsError)
+    AttributionError, BackendError, CacheError, ConfigError, DatasetError, DictionaryFormatError, DictionaryLoadError,
+    EvaluationError, GraphFileError, HookNameError, ModelLoadError, StoreError, FileExistsError)
 """Errors whose message says what is wrong and what to do; an entry point prints it and exits 2."""
 
-__all__ = ["AnnotationError", "BackendError", "CacheError", "ConfigError", "DatasetError", "DictionaryFormatError",
-           "DictionaryLoadError", "DistributedError", "EvaluationError", "FeatureUnavailable", "HookNameError",
-           "ModelLoadError", "StoreError", "TrainingInterrupted", "USER_ERRORS"]
+__all__ = ["AnnotationError", "AttributionError", "BackendError", "CacheError", "ConfigError", "DatasetError",
+           "DictionaryFormatError", "DictionaryLoadError", "DistributedError", "EvaluationError", "FeatureUnavailable",
+           "GraphFileError", "HookNameError", "ModelLoadError", "StoreError", "TrainingInterrupted", "USER_ERRORS"]

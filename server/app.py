@@ -31,18 +31,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.annotations import AnnotationConflict, AnnotationError
+from core.errors import AttributionError, ConfigError, GraphFileError
 from core.store import FeatureUnavailable, StoreError
 
 from .guards import BodyLimit, HostCheck
 from .inference import InferenceBusy, ModelLoadFailed
 from .results import DictionaryError, NotFound
-from .routes import annotations, dictionaries, inference, runs, search, ui
+from .routes import annotations, dictionaries, graphs, inference, runs, search, ui
 from .settings import Settings
 from .state import ServerState
 
 log = logging.getLogger("server")
 
-AREA_ROUTERS = (dictionaries.router, search.router, annotations.router, inference.router, runs.router)
+AREA_ROUTERS = (dictionaries.router, search.router, annotations.router, inference.router, graphs.router, runs.router)
 """One router per area of the API (server/routes/); a new area (explanations, attribution graphs,
 evaluations / comparison) adds its module's router here. The catch-alls of `ui.router` come last."""
 
@@ -151,6 +152,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     # Errors whose message already says what is wrong and what to do.
     for kind, status, logged in ((ModelLoadFailed, 500, False), (NotFound, 404, False), (FeatureUnavailable, 404, False),
+                                 (AttributionError, 422, False), (GraphFileError, 422, False), (ConfigError, 422, False),
                                  (StoreError, 500, True), (DictionaryError, 500, True), (AnnotationError, 500, True)):
         app.add_exception_handler(kind, answer(status, logged))
 

@@ -32,6 +32,8 @@ class Neighbour(NamedTuple):
 def decoder_space(info: DictionaryInfo) -> tuple:
     """What makes decoder directions comparable: model, hook read, hook written."""
     c = info.config
+    if "hook_name" not in c:  # a replacement model: every layer's hooks
+        return c["model_name"], tuple(c.get("hook_names") or ()), tuple(c.get("hooks_out") or ())
     return c["model_name"], c["hook_name"], c.get("hook_out")
 
 

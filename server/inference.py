@@ -229,7 +229,10 @@ class ModelCache:
                 with self._lock:
                     self._models[model_key] = loaded
         # model_name as loaded (the path resolved against the results folder): the hook and width are checked.
-        check_model_matches(loaded.model, model_name=loaded.model.name, hook_name=sae.hook_name, d_in=sae.d_in)
+        hook = sae.hook_names[0] if hasattr(sae, "hook_names") else sae.hook_name  # a replacement model: its first layer's
+        check_model_matches(loaded.model, model_name=loaded.model.name, hook_name=hook, d_in=sae.d_in)
+        if hasattr(sae, "hook_names"):  # attribution checks the name again: the model as loaded (its path resolved)
+            sae.model_name = loaded.model.name
         log.info("Loaded dictionary %r and model %r on %s in %.1f s.", info.name, cfg.name, self.device,
                  time.perf_counter() - start)
         return LoadedPair(loaded_model=loaded, sae=sae)

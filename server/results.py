@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 ID_SEPARATOR = ":"
 """Between a run's name and a dictionary's name in a dictionary's id (neither may contain it)."""
 _REQUIRED_KEYS = {"model_name": str, "hook_name": str, "architecture": str, "d_in": int}
+REPLACEMENT_KINDS = ("transcoder_set", "cross_layer_transcoder")
+"""config.json "kind" of replacement models (core.sae.replacement): one folder for many layers."""
+_REPLACEMENT_KEYS = {"model_name": str, "d_in": int, "d_sae": int, "layers": list, "hook_names": list}
 
 
 class NotFound(LookupError):
@@ -105,6 +108,19 @@ class DictionaryInfo:
             return sae["d_sae"]
         factor = sae.get("expansion_factor", 8)  # SAEConfig's default
         return factor * self.config["d_in"] if isinstance(factor, int) else 0
+
+    @property
+    def n_features(self) -> int:
+        """Features in its analyses and annotations: d_sae, times the layers for a replacement model (whose
+        feature of layer position i is `i * d_sae + feature`)."""
+        layers = self.config.get("layers") if self.kind != "sparse_autoencoder" else None
+        return self.d_sae * (len(layers) if isinstance(layers, list) and layers else 1)
+
+    @property
+    def kind(self) -> str:
+        """"sparse_autoencoder" (an SAE or transcoder), or a replacement model's kind (REPLACEMENT_KINDS)."""
+        kind = self.config.get("kind")
+        return kind if kind in REPLACEMENT_KINDS else "sparse_autoencoder"
 
     @property
     def source(self) -> dict | None:
@@ -210,7 +226,8 @@ class ResultsFolder:
                     "save or copy the dictionary again.")
         if not isinstance(data, dict):
             return f"The config.json of dictionary {name!r} is not a JSON object; save or copy the dictionary again."
-        bad = [key for key, kind in _REQUIRED_KEYS.items()
+        required = _REPLACEMENT_KEYS if data.get("kind") in REPLACEMENT_KINDS else _REQUIRED_KEYS
+        bad = [key for key, kind in required.items()
                if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool)]
         if bad:
             return (f"The config.json of dictionary {name!r} lacks or has invalid {', '.join(bad)}; "
@@ -221,7 +238,7 @@ class ResultsFolder:
     def annotations(self, name: str) -> Annotations:
         """The annotations of dictionary `name` (NotFound for an unknown dictionary)."""
         info = self.dictionary(name)
-        return Annotations.of_dictionary(info.folder, d_sae=info.d_sae)
+        return Annotations.of_dictionary(info.folder, d_sae=info.n_features)
 
     # -- runs ------------------------------------------------------------------------------
 

@@ -76,10 +76,15 @@ class DictionarySummary(BaseModel):
     hook_name: str = Field(description="the hook it encodes (a transcoder's in-hook)")
     hook_out: Optional[str] = Field(None, description="a transcoder's out-hook, which it reconstructs; null for an SAE")
     architecture: str
+    kind: Literal["sparse_autoencoder", "transcoder_set", "cross_layer_transcoder"] = Field(
+        "sparse_autoencoder", description="an SAE or transcoder, or a replacement model (many layers' MLPs)")
+    layers: Optional[list[int]] = Field(None, description="a replacement model's covered layers (its hook_name and "
+                                                          "hook_out are its first layer's)")
     d_in: int
-    d_sae: int
+    d_sae: int = Field(description="features (per layer, for a replacement model)")
     metrics: Metrics
     analyses: list[str] = Field(description="names of the complete analyses, sorted")
+    graphs: int = Field(0, description="attribution graphs saved beside it (`<dictionary>/graphs/`)")
     source: Optional[Provenance] = Field(None, description="where an imported dictionary came from; null for one "
                                                            "trained here")
 
@@ -282,3 +287,151 @@ class RunDetail(RunSummary):
     lines: int = Field(description="complete lines of metrics.jsonl read")
     skipped_lines: int = Field(description="lines that are not a metrics record (e.g. a damaged line)")
     finished: bool = Field(description="every dictionary of the log has its final evaluation")
+
+
+# -- attribution graphs ------------------------------------------------------------------------
+
+
+class GraphScores(BaseModel):
+    replacement: float = Field(description="of the influence tokens and error nodes have on the logits, the tokens' share")
+    completeness: float = Field(description="the influence-weighted fraction of the nodes' inputs that is not error")
+
+
+class GraphSummary(BaseModel):
+    slug: str = Field(description="its name: the file <dictionary>/graphs/<slug>.json")
+    prompt: str
+    n_nodes: int
+    n_links: int
+    scores: Optional[GraphScores] = None
+    modified: float = Field(description="the file's modification time (seconds since the epoch)")
+    error: Optional[str] = Field(None, description="why the file cannot be read (null when it can)")
+
+
+class GraphList(BaseModel):
+    graphs: list[GraphSummary] = Field(description="newest first")
+
+
+class GraphNode(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    node_id: str = Field(description="unique: `{layer}_{feature}_{pos}`, `{layer}_-1_{pos}` (error), `E_{token}_{pos}`, "
+                                     "`{n_layers + 1}_{token}_{pos}` (logit)")
+    feature: Optional[int] = None
+    layer: str = Field(description="the block; \"E\" for token embeddings")
+    ctx_idx: int = Field(description="the token position")
+    feature_type: Literal["cross layer transcoder", "mlp reconstruction error", "embedding", "logit"]
+    jsNodeId: str = ""
+    clerp: str = Field("", description="the label (a feature's annotation or explanation; a logit's token and probability)")
+    influence: Optional[float] = Field(None, description="cumulative influence fraction: pruning at threshold t keeps "
+                                                         "the nodes at or below t")
+    activation: Optional[float] = None
+    token_prob: float = 0.0
+    is_target_logit: bool = False
+    feature_index: Optional[int] = Field(None, description="a feature's index in the dictionary's analyses and "
+                                                           "annotations")
+
+
+class GraphLink(BaseModel):
+    source: str
+    target: str
+    weight: float = Field(description="the source's direct effect on the target")
+
+
+class GraphQParams(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    pinnedIds: list[str] = Field(default_factory=list)
+    supernodes: list[list[str]] = Field(default_factory=list, description="each [name, node_id, ...]")
+    linkType: str = "both"
+    clickedId: str = ""
+    sg_pos: str = ""
+
+
+class GraphMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    slug: str
+    scan: str = Field("", description="the model")
+    prompt: str
+    prompt_tokens: list[str]
+    node_threshold: Optional[float] = None
+    scores: Optional[GraphScores] = None
+
+
+class GraphReplacement(BaseModel):
+    kind: str
+    layers: Optional[list[int]] = None
+    d_sae: Optional[int] = None
+
+
+class GraphFile(BaseModel):
+    metadata: GraphMetadata
+    qParams: GraphQParams
+    nodes: list[GraphNode]
+    links: list[GraphLink]
+    replacement: GraphReplacement = Field(description="the replacement model the graph was saved beside")
+
+
+class SubgraphEdit(BaseModel):
+    pinnedIds: list[str] = Field(default_factory=list, max_length=2000)
+    supernodes: list[list[str]] = Field(default_factory=list, max_length=200, description="each [name, node_id, ...]")
+    clickedId: str = Field("", max_length=200)
+
+
+class GraphRequest(BaseModel):
+    prompt: str = Field(min_length=1, description="the text whose next token the graph explains")
+    slug: Optional[str] = Field(None, max_length=128, description="the file name (default: from the prompt's words)")
+    logit_tokens: Optional[list[str]] = Field(None, max_length=20, description="output tokens to explain (single tokens); "
+                                                                               "default: the most probable")
+    max_n_logits: int = Field(10, ge=1, le=50)
+    desired_logit_prob: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
+    max_feature_nodes: Optional[int] = Field(None, ge=1, description="default and upper bound: "
+                                                                      "GPT2DICT_GRAPH_MAX_FEATURE_NODES")
+    node_threshold: float = Field(0.8, ge=0, le=1, allow_inf_nan=False)
+    edge_threshold: float = Field(0.98, ge=0, le=1, allow_inf_nan=False)
+
+
+class GraphJobStatus(BaseModel):
+    id: str
+    dictionary: str
+    slug: str = Field(description="the graph's name once saved")
+    prompt: str
+    status: Literal["loading", "running", "saving", "done", "failed"]
+    done: int = Field(description="rows computed (each one target node's edges)")
+    total: int = Field(description="rows in all (0 until known)")
+    error: Optional[str] = None
+    seconds: float
+
+
+class InterventionSpec(BaseModel):
+    node_id: str = Field(description="a feature node of the graph")
+    scale: float = Field(0.0, ge=-100, le=100, allow_inf_nan=False, description="its new activation is scale x its "
+                                                                                 "activation on the prompt (0: ablated)")
+
+
+class InterventionRequest(BaseModel):
+    interventions: list[InterventionSpec] = Field(min_length=1, max_length=64)
+    top_k: int = Field(10, ge=1, le=50)
+    propagate: bool = Field(True, description="later features respond to the change (false: direct effects only)")
+
+
+class TokenProbability(BaseModel):
+    token_id: int
+    token: str
+    probability: float
+    logit: float
+
+
+class AppliedIntervention(BaseModel):
+    layer: int
+    position: int
+    feature: int
+    activation: float = Field(description="on the prompt")
+    new_activation: float
+
+
+class InterventionResponse(BaseModel):
+    original: list[TokenProbability] = Field(description="the most probable next tokens without intervention")
+    intervened: list[TokenProbability] = Field(description="the most probable next tokens with the interventions")
+    applied: list[AppliedIntervention]
+

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     """Steering generates at most this many tokens per request (a request asking for more is a 422)."""
     steer_max_prompt_tokens: int = Field(128, gt=0)
     """Steering prompts are cut to their last this many tokens (every new token reruns the whole sequence)."""
+    graph_max_prompt_tokens: int = Field(64, gt=0)
+    """Attribution graphs computed in the viewer take prompts of at most this many tokens (longer: HTTP 422)."""
+    graph_max_feature_nodes: int = Field(4096, gt=0)
+    """Feature nodes of a graph computed in the viewer: the default and the most a request may ask for."""
+    graph_max_edge_bytes: int = Field(2 * 2**30, gt=0)
+    """Memory a graph computed in the viewer may take for its edges; a prompt needing more is refused (HTTP 422)."""
     allowed_hosts: str = ""
     """Comma-separated host names (without port) accepted in the Host header besides localhost and IP addresses,
     e.g. the name of this machine or of a reverse proxy; `*` accepts any. Guards against DNS rebinding."""

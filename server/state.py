@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from .directions import DecoderCache
+from .graphs import GraphJobs
 from .inference import ModelCache
 from .results import ResultsFolder
 from .runs import RunLogs
@@ -29,14 +30,17 @@ class ServerState:
     """Each run's metrics.jsonl, read incrementally."""
     inference_slots: threading.BoundedSemaphore
     """GPT2DICT_INFERENCE_CONCURRENCY slots; a request finding none free is answered 503 at once."""
+    graph_jobs: GraphJobs
+    """Attribution graphs being computed (each holds an inference slot while it runs)."""
 
     @classmethod
     def of(cls, settings: Settings) -> "ServerState":
         results = ResultsFolder(settings.results_dir)
         models = ModelCache(size=settings.model_cache_size, device=settings.device, results_root=results.root,
                             failure_ttl_s=settings.model_load_failure_ttl_s)
+        slots = threading.BoundedSemaphore(settings.inference_concurrency)
         return cls(settings=settings, results=results, models=models, decoders=DecoderCache(), run_logs=RunLogs(),
-                   inference_slots=threading.BoundedSemaphore(settings.inference_concurrency))
+                   inference_slots=slots, graph_jobs=GraphJobs(models, slots))
 
 
 async def server_state(request: Request) -> ServerState:

@@ -24,6 +24,11 @@ from tests.conftest import ROOT, TINY_HOOK
 RUN = "tiny-topk"
 DICT = f"{RUN}:{TINY_HOOK}"
 """The tiny dictionary's id: results/tiny-topk/dictionaries/blocks.0.hook_resid_post/."""
+GRAPH_RUN = "tiny-graphs"
+GRAPH_DICT = f"{GRAPH_RUN}:mlp1"
+"""A transcoder set of the tiny GPT-2's block 1 (random weights) with an analysis and a saved graph."""
+GRAPH_SLUG = "cat"
+GRAPH_PROMPT = "The cat sat on the mat because it was"
 SWEEP_RUN = "tiny-sweep"
 SWEEP_K = (4, 8, 16)
 """The sweep run trains one dictionary per k (on the tiny dictionary's model and hook)."""
@@ -73,6 +78,30 @@ def tiny_sweep_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
     cfg = tiny_training_config(tiny_gpt2_dir, results, exp_name=SWEEP_RUN, steps=30, eval_every_steps=10)
     train(replace(cfg, sweep=(f"sae.k={','.join(map(str, SWEEP_K))}",)), model=tiny_model)
     return results / SWEEP_RUN
+
+
+@pytest.fixture(scope="session")
+def graph_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
+    """`<results>/tiny-graphs/`: a replacement model (a transcoder set of block 1's MLP, random jumprelu
+    weights), its analysis, and the attribution graph of GRAPH_PROMPT saved as `graphs/cat.json`."""
+    import torch
+
+    from core import SAEConfig, TranscoderSet, analyze, attribute, create_dictionary, save_graph
+    from tests.conftest import tiny_analysis_config
+    from tests.test_circuit_tracer import randomized
+
+    results = tmp_path_factory.mktemp("graph-results")
+    folder = results / GRAPH_RUN / "dictionaries" / "mlp1"
+    torch.manual_seed(0)
+    member = create_dictionary(SAEConfig(architecture="jumprelu", d_sae=96, skip_connection=True), tiny_model.d_model,
+                               hook_name="blocks.1.mlp.hook_in", hook_out="blocks.1.hook_mlp_out",
+                               d_out=tiny_model.d_model, model_name=str(tiny_gpt2_dir))
+    randomized(member, 3)
+    TranscoderSet([member]).save(folder)
+    analyze(tiny_analysis_config(folder, tiny_gpt2_dir), model=tiny_model)
+    graph = attribute(GRAPH_PROMPT, folder, tiny_model, max_feature_nodes=200)
+    save_graph(graph, slug=GRAPH_SLUG)
+    return results / GRAPH_RUN
 
 
 @pytest.fixture()

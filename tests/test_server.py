@@ -53,8 +53,9 @@ def test_list_dictionaries(client, tiny_dictionary, tiny_gpt2_dir):
     assert [d["name"] for d in dictionaries] == [DICT]
     d = dictionaries[0]
     config = json.loads((tiny_dictionary / "config.json").read_text())
-    assert set(d) == {"name", "run", "model_name", "hook_name", "hook_out", "architecture", "d_in", "d_sae", "metrics",
-                      "analyses", "source"}
+    assert set(d) == {"name", "run", "model_name", "hook_name", "hook_out", "architecture", "kind", "d_in", "d_sae",
+                      "metrics", "analyses", "source", "graphs"}
+    assert (d["kind"], d["graphs"]) == ("sparse_autoencoder", 0)
     assert (d["run"], d["hook_out"], d["source"]) == (RUN, None, None)  # trained here: no provenance
     assert d["model_name"] == str(tiny_gpt2_dir) == config["model_name"]
     assert d["hook_name"] == TINY_HOOK

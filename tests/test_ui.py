@@ -69,13 +69,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def viewer_results(tiny_analysis, tiny_results_dir, tiny_sweep_run, tmp_path_factory) -> Path:
-    """The tiny run with its analysis and the sweep run, copied: the browser writes labels there."""
-    from tests.server_helpers import RUN, SWEEP_RUN
+def viewer_results(tiny_analysis, tiny_results_dir, tiny_sweep_run, graph_run, tmp_path_factory) -> Path:
+    """The tiny run with its analysis, the sweep run and a replacement model with a saved attribution graph,
+    copied: the browser writes labels and subgraphs there."""
+    from tests.server_helpers import GRAPH_RUN, RUN, SWEEP_RUN
 
     results = tmp_path_factory.mktemp("viewer-results")
     shutil.copytree(tiny_results_dir / RUN, results / RUN, ignore=shutil.ignore_patterns("checkpoints"))
     shutil.copytree(tiny_sweep_run, results / SWEEP_RUN, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(graph_run, results / GRAPH_RUN)
     # and a dictionary imported from a folder SAELens wrote, which the viewer shows with its provenance
     import_dictionary(FOREIGN / "saelens" / "topk_e2e", results)
     return results
@@ -134,14 +136,15 @@ def test_ui_component_tests(ui_dependencies, tmp_path):
 def test_ui_end_to_end_in_headless_chromium(ui_dependencies, viewer_url, tiny_analysis, tmp_path):
     if not Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")).exists():
         pytest.fail("Chromium is missing; install it with `apt-get install -y chromium` (or `bash .ci/run`).")
-    from tests.server_helpers import DICT, SWEEP_RUN
+    from tests.server_helpers import DICT, GRAPH_DICT, GRAPH_SLUG, SWEEP_RUN
 
     dictionary = DICT  # the server's id of the tiny dictionary: <run>:<dictionary name>
     started = time.time()
     report = _vitest(ui_dependencies, "test:e2e", tmp_path / "e2e.json", env={
         "VIEWER_URL": viewer_url, "E2E_DICTIONARY": dictionary, "E2E_ANALYSIS": tiny_analysis.name,
-        "E2E_SWEEP_RUN": SWEEP_RUN, "E2E_IMPORTED": IMPORTED})
-    _assert_all_passed(report, {"research.e2e.test.ts", "viewer.e2e.test.ts"})
+        "E2E_SWEEP_RUN": SWEEP_RUN, "E2E_IMPORTED": IMPORTED, "E2E_GRAPH_DICTIONARY": GRAPH_DICT,
+        "E2E_GRAPH": GRAPH_SLUG})
+    _assert_all_passed(report, {"research.e2e.test.ts", "viewer.e2e.test.ts", "graphs.e2e.test.ts"})
     saved = {p.name for p in (UI / "screenshots").glob("*.png") if p.stat().st_mtime >= started}
-    assert {"feature-desktop.png", "run-desktop.png", "steering-desktop.png"} <= saved, \
-        f"the e2e run did not save its screenshots (this run saved: {sorted(saved)})"
+    assert {"feature-desktop.png", "run-desktop.png", "steering-desktop.png", "graph-desktop.png",
+            "graph-intervention-desktop.png"} <= saved, f"the e2e run did not save its screenshots (this run saved: {sorted(saved)})"

@@ -23,5 +23,12 @@ def store_of(results: ResultsFolder, name: str, analysis: str) -> FeatureStore:
 
 
 def check_feature(info: DictionaryInfo, index: int) -> None:
-    if not index < info.d_sae:
-        raise HTTPException(404, f"feature {index} does not exist; this dictionary has features 0..{info.d_sae - 1}.")
+    if not index < info.n_features:
+        raise HTTPException(404, f"feature {index} does not exist; this dictionary has features 0..{info.n_features - 1}.")
+
+
+def check_single_dictionary(info: DictionaryInfo, what: str) -> None:
+    """422 for a replacement model where one SAE or transcoder is needed (custom text, steering)."""
+    if info.kind != "sparse_autoencoder":
+        raise HTTPException(422, f"{what} runs one SAE or transcoder; {info.name!r} is a replacement model (a "
+                                 f"{info.kind.replace('_', ' ')}): explore it through its attribution graphs.")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Response
 from core.store import FeatureRecord, FeatureStore, StoreError
 
 from .. import schemas
+from ..graphs import saved_graph_count
 from ..results import ID_SEPARATOR, DictionaryError, DictionaryInfo, NotFound, ResultsFolder
 from ..state import Server
 from .common import ERRORS, store_of
@@ -106,10 +107,15 @@ def get_feature(name: str, analysis: str, state: Server, index: int = PathParam(
 
 def _summary(results: ResultsFolder, info: DictionaryInfo) -> dict:
     c = info.config
-    return {"name": info.name, "run": info.name.partition(ID_SEPARATOR)[0], "model_name": c["model_name"],
-            "hook_name": c["hook_name"], "hook_out": c.get("hook_out"), "architecture": c["architecture"],
-            "d_in": c["d_in"], "d_sae": info.d_sae,
-            "metrics": info.metrics, "analyses": results.analysis_names(info.name), "source": _provenance(info)}
+    if info.kind != "sparse_autoencoder":  # a replacement model: its first layer's hooks, its kind
+        hooks = {"hook_name": c["hook_names"][0], "hook_out": (c.get("hooks_out") or [None])[0],
+                 "architecture": c.get("architecture") or info.kind, "layers": c["layers"]}
+    else:
+        hooks = {"hook_name": c["hook_name"], "hook_out": c.get("hook_out"), "architecture": c["architecture"]}
+    return {"name": info.name, "run": info.name.partition(ID_SEPARATOR)[0], "model_name": c["model_name"], **hooks,
+            "kind": info.kind, "d_in": c["d_in"], "d_sae": info.d_sae, "metrics": info.metrics,
+            "analyses": results.analysis_names(info.name), "source": _provenance(info),
+            "graphs": saved_graph_count(info.folder)}
 
 
 def _provenance(info: DictionaryInfo) -> dict | None:

@@ -12,7 +12,7 @@ from .. import schemas
 from ..inference import InferenceBusy
 from ..results import DictionaryInfo
 from ..state import Server, ServerState
-from .common import ERRORS, check_feature
+from .common import ERRORS, check_feature, check_single_dictionary
 
 router = APIRouter(tags=["viewer"])
 
@@ -39,9 +39,10 @@ async def activations(name: str, body: schemas.ActivationsRequest, state: Server
     # Up to the slot, nothing leaves the event loop (a stat, cached lookups): a request turned away
     # costs no thread hand-over, which under load would wait for the GIL.
     info = state.results.dictionary(name)
+    check_single_dictionary(info, "Custom text")
     if body.feature is not None:
         check_feature(info, body.feature)
-    out = await _in_slot(state, info, state.models.run, body.text, max_tokens=settings.max_text_tokens)
+    out = await in_slot(state, info, state.models.run, body.text, max_tokens=settings.max_text_tokens)
     acts = out.activations
     feature = None if body.feature is None else {"index": body.feature, "acts": acts.feature(body.feature).tolist()}
     top_features = [[{"index": i, "act": v} for i, v in row] for row in acts.top_features(body.top_k)]
@@ -64,15 +65,16 @@ async def steer(name: str, body: schemas.SteerRequest, state: Server,
         raise HTTPException(422, f"Malformed request: body field 'max_new_tokens' is {max_new_tokens}; the "
                                  f"limit is {settings.steer_max_new_tokens} (GPT2DICT_STEER_MAX_NEW_TOKENS).")
     info = state.results.dictionary(name)
+    check_single_dictionary(info, "Steering")
     check_feature(info, index)
-    out = await _in_slot(state, info, state.models.steer, index, body.prompt, strength=body.strength,
+    out = await in_slot(state, info, state.models.steer, index, body.prompt, strength=body.strength,
                          max_new_tokens=max_new_tokens, temperature=body.temperature, seed=body.seed,
                          max_prompt_tokens=settings.steer_max_prompt_tokens)
     return {"prompt_tokens": out.prompt_tokens, "prompt_cut": out.prompt_cut, "steered": out.steered._asdict(),
             "unsteered": out.unsteered._asdict(), "hook_name": out.hook_name, "direction_norm": out.direction_norm}
 
 
-async def _in_slot(state: ServerState, info: DictionaryInfo, compute, *args, **kwargs):
+async def in_slot(state: ServerState, info: DictionaryInfo, compute, *args, **kwargs):
     """`compute(pair, ...)` in a thread once the dictionary is loaded and an inference slot is free;
     InferenceBusy (503) at once when none is."""
     # A cold dictionary loads in a thread, outside the slots: it never blocks inference on loaded ones.

@@ -3,6 +3,7 @@ circuit-tracer 0.5, and what circuit-tracer computes with them on fixed inputs.
 
     python3 tests/data/make_circuit_tracer_fixtures.py              # make the environment if missing, write
     python3 tests/data/make_circuit_tracer_fixtures.py --setup-only # only make the environment (what CI does)
+    python3 tests/data/make_circuit_tracer_fixtures.py --graph-only # only write graph_shared_ids.json
 
 circuit-tracer pins transformers <= 4.57.3 (this project runs 5.x) and needs TransformerLens's
 `HookedTransformer` (gone in TransformerLens 4), so it lives in its own virtual environment,
@@ -100,6 +101,32 @@ def cross_layer_transcoder(folder: Path, seed: int, *, activation: str, negative
     write_config(folder, "cross_layer_transcoder")
 
 
+GRAPH_FIXTURE = OUT.parent / "circuit_tracer_graph_shared_ids.json"
+
+
+def graph_with_shared_ids(path: Path) -> None:
+    """A graph file written by circuit-tracer's frontend models (`frontend/graph_models.py`) in which the
+    error node of layer 2 at position 3 and feature 2 of layer 0 at position 3 share the id `0_2_3`
+    (circuit-tracer 0.5 names error nodes `0_{layer}_{pos}`), with links whose source is that id: one
+    only the feature can make (its target is at layer 1), two that either could (targets above layer 2)."""
+    from circuit_tracer.frontend.graph_models import Metadata, Model, Node, QParams
+
+    tokens = ["<|endoftext|>", "The", " cat", " sat"]
+    nodes = [Node.token_node(pos, vocab, influence=0.1) for pos, vocab in enumerate([50256, 464, 3797, 3332])]
+    nodes += [Node.feature_node(0, 3, 2, influence=0.3, activation=1.5), Node.error_node(2, 3, influence=0.4),
+              Node.feature_node(1, 3, 5, influence=0.5, activation=2.0), Node.feature_node(3, 3, 7, influence=0.6,
+                                                                                           activation=0.7),
+              Node.logit_node(pos=3, vocab_idx=319, token=" on", num_layers=4, target_logit=True, token_prob=0.4)]
+    links = [("E_3797_2", "0_2_3", 1.25), ("0_2_3", "1_5_3", 0.5), ("0_2_3", "3_7_3", -0.75), ("1_5_3", "3_7_3", 0.3),
+             ("3_7_3", "5_319_3", 2.0), ("0_2_3", "5_319_3", 1.0)]
+    metadata = Metadata(slug="shared-ids", scan="gpt2", transcoder_list=[], prompt_tokens=tokens,
+                        prompt="".join(tokens), node_threshold=0.8)
+    model = Model(metadata=metadata, qParams=QParams(pinnedIds=[], supernodes=[], linkType="both", clickedId="",
+                                                     sg_pos=""),
+                  nodes=nodes, links=[{"source": s, "target": t, "weight": w} for s, t, w in links])
+    path.write_text(model.model_dump_json(indent=2) + "\n")
+
+
 def inside() -> None:
     import shutil
 
@@ -137,14 +164,20 @@ def inside() -> None:
 
     versions = {name: version(name) for name in ("circuit-tracer", "torch", "transformers", "transformer-lens")}
     (OUT / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
+    graph_with_shared_ids(GRAPH_FIXTURE)
 
 
 def main() -> None:
     if sys.argv[1:] == ["--inside"]:
         return inside()
+    if sys.argv[1:] == ["--inside-graph"]:
+        return graph_with_shared_ids(GRAPH_FIXTURE)
     python = circuit_tracer_python()
     if "--setup-only" in sys.argv:
         return
+    if "--graph-only" in sys.argv:
+        subprocess.run([str(python), __file__, "--inside-graph"], check=True, cwd=ROOT)
+        return print(f"Wrote {GRAPH_FIXTURE}")
     subprocess.run([str(python), __file__, "--inside"], check=True, cwd=ROOT)
     print(f"Wrote {OUT}")
 

@@ -4,6 +4,7 @@ import { Link, Route, Routes, useLocation } from "react-router";
 import { DictionariesPage } from "./pages/DictionariesPage";
 import { DictionaryPage } from "./pages/DictionaryPage";
 import { FeaturePage } from "./pages/FeaturePage";
+import { GraphPage } from "./pages/GraphPage";
 import { NotFoundPage } from "./pages/NotFoundPage";
 import { RunPage } from "./pages/RunPage";
 import { RunsPage } from "./pages/RunsPage";
@@ -14,6 +15,7 @@ export function AppRoutes() {
       <Route path="/" element={<DictionariesPage />} />
       <Route path="/dictionaries/:name" element={<DictionaryPage />} />
       <Route path="/dictionaries/:name/analyses/:analysis/features/:index" element={<FeaturePage />} />
+      <Route path="/dictionaries/:name/graphs/:slug" element={<GraphPage />} />
       <Route path="/runs" element={<RunsPage />} />
       <Route path="/runs/:run" element={<RunPage />} />
       <Route path="*" element={<NotFoundPage />} />

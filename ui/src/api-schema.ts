@@ -254,6 +254,113 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/dictionaries/{name}/graphs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Graphs
+         * @description The attribution graphs saved beside a replacement model (`<dictionary>/graphs/`), newest first.
+         */
+        get: operations["list_graphs_api_dictionaries__name__graphs_get"];
+        put?: never;
+        /**
+         * Start Graph
+         * @description Start computing the attribution graph of `prompt` through this replacement model: answered at
+         *     once with a job whose progress GET /api/graph-jobs/{id} reports; the graph is saved when done.
+         */
+        post: operations["start_graph_api_dictionaries__name__graphs_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/dictionaries/{name}/graphs/{slug}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Graph
+         * @description One graph file (Neuronpedia's graph schema), its feature nodes with their index in the
+         *     dictionary's analyses and their current labels.
+         */
+        get: operations["get_graph_api_dictionaries__name__graphs__slug__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/dictionaries/{name}/graphs/{slug}/intervene": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Intervene On Graph
+         * @description Scale (0: ablate) feature nodes of the graph at their positions in the replacement model and
+         *     return the new most probable next tokens beside the original ones.
+         */
+        post: operations["intervene_on_graph_api_dictionaries__name__graphs__slug__intervene_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/dictionaries/{name}/graphs/{slug}/subgraph": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Put Subgraph
+         * @description Save the graph's subgraph: its pinned nodes and supernodes (named groups), in the file's qParams.
+         */
+        put: operations["put_subgraph_api_dictionaries__name__graphs__slug__subgraph_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/graph-jobs/{job_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Graph Job
+         * @description A graph job's progress: rows computed of all; `failed` with the reason; `done` once saved.
+         */
+        get: operations["graph_job_api_graph_jobs__job_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/health": {
         parameters: {
             query?: never;
@@ -447,6 +554,22 @@ export interface components {
             /** Annotations */
             annotations: components["schemas"]["Annotation"][];
         };
+        /** AppliedIntervention */
+        AppliedIntervention: {
+            /**
+             * Activation
+             * @description on the prompt
+             */
+            activation: number;
+            /** Feature */
+            feature: number;
+            /** Layer */
+            layer: number;
+            /** New Activation */
+            new_activation: number;
+            /** Position */
+            position: number;
+        };
         /** Continuation */
         Continuation: {
             /**
@@ -501,8 +624,17 @@ export interface components {
             };
             /** D In */
             d_in: number;
-            /** D Sae */
+            /**
+             * D Sae
+             * @description features (per layer, for a replacement model)
+             */
             d_sae: number;
+            /**
+             * Graphs
+             * @description attribution graphs saved beside it (`<dictionary>/graphs/`)
+             * @default 0
+             */
+            graphs?: number;
             /**
              * Hook Name
              * @description the hook it encodes (a transcoder's in-hook)
@@ -513,6 +645,18 @@ export interface components {
              * @description a transcoder's out-hook, which it reconstructs; null for an SAE
              */
             hook_out?: string | null;
+            /**
+             * Kind
+             * @description an SAE or transcoder, or a replacement model (many layers' MLPs)
+             * @default sparse_autoencoder
+             * @enum {string}
+             */
+            kind?: "sparse_autoencoder" | "transcoder_set" | "cross_layer_transcoder";
+            /**
+             * Layers
+             * @description a replacement model's covered layers (its hook_name and hook_out are its first layer's)
+             */
+            layers?: number[] | null;
             metrics: components["schemas"]["Metrics"];
             /** Model Name */
             model_name: string;
@@ -545,8 +689,17 @@ export interface components {
             architecture: string;
             /** D In */
             d_in: number;
-            /** D Sae */
+            /**
+             * D Sae
+             * @description features (per layer, for a replacement model)
+             */
             d_sae: number;
+            /**
+             * Graphs
+             * @description attribution graphs saved beside it (`<dictionary>/graphs/`)
+             * @default 0
+             */
+            graphs?: number;
             /**
              * Hook Name
              * @description the hook it encodes (a transcoder's in-hook)
@@ -557,6 +710,18 @@ export interface components {
              * @description a transcoder's out-hook, which it reconstructs; null for an SAE
              */
             hook_out?: string | null;
+            /**
+             * Kind
+             * @description an SAE or transcoder, or a replacement model (many layers' MLPs)
+             * @default sparse_autoencoder
+             * @enum {string}
+             */
+            kind?: "sparse_autoencoder" | "transcoder_set" | "cross_layer_transcoder";
+            /**
+             * Layers
+             * @description a replacement model's covered layers (its hook_name and hook_out are its first layer's)
+             */
+            layers?: number[] | null;
             metrics: components["schemas"]["Metrics"];
             /** Model Name */
             model_name: string;
@@ -674,6 +839,267 @@ export interface components {
              */
             mean_act: number;
         };
+        /** GraphFile */
+        GraphFile: {
+            /** Links */
+            links: components["schemas"]["GraphLink"][];
+            metadata: components["schemas"]["GraphMetadata"];
+            /** Nodes */
+            nodes: components["schemas"]["GraphNode"][];
+            qParams: components["schemas"]["GraphQParams"];
+            /** @description the replacement model the graph was saved beside */
+            replacement: components["schemas"]["GraphReplacement"];
+        };
+        /** GraphJobStatus */
+        GraphJobStatus: {
+            /** Dictionary */
+            dictionary: string;
+            /**
+             * Done
+             * @description rows computed (each one target node's edges)
+             */
+            done: number;
+            /** Error */
+            error?: string | null;
+            /** Id */
+            id: string;
+            /** Prompt */
+            prompt: string;
+            /** Seconds */
+            seconds: number;
+            /**
+             * Slug
+             * @description the graph's name once saved
+             */
+            slug: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "loading" | "running" | "saving" | "done" | "failed";
+            /**
+             * Total
+             * @description rows in all (0 until known)
+             */
+            total: number;
+        };
+        /** GraphLink */
+        GraphLink: {
+            /** Source */
+            source: string;
+            /** Target */
+            target: string;
+            /**
+             * Weight
+             * @description the source's direct effect on the target
+             */
+            weight: number;
+        };
+        /** GraphList */
+        GraphList: {
+            /**
+             * Graphs
+             * @description newest first
+             */
+            graphs: components["schemas"]["GraphSummary"][];
+        };
+        /** GraphMetadata */
+        GraphMetadata: {
+            /** Node Threshold */
+            node_threshold?: number | null;
+            /** Prompt */
+            prompt: string;
+            /** Prompt Tokens */
+            prompt_tokens: string[];
+            /**
+             * Scan
+             * @description the model
+             * @default
+             */
+            scan?: string;
+            scores?: components["schemas"]["GraphScores"] | null;
+            /** Slug */
+            slug: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /** GraphNode */
+        GraphNode: {
+            /** Activation */
+            activation?: number | null;
+            /**
+             * Clerp
+             * @description the label (a feature's annotation or explanation; a logit's token and probability)
+             * @default
+             */
+            clerp?: string;
+            /**
+             * Ctx Idx
+             * @description the token position
+             */
+            ctx_idx: number;
+            /** Feature */
+            feature?: number | null;
+            /**
+             * Feature Index
+             * @description a feature's index in the dictionary's analyses and annotations
+             */
+            feature_index?: number | null;
+            /**
+             * Feature Type
+             * @enum {string}
+             */
+            feature_type: "cross layer transcoder" | "mlp reconstruction error" | "embedding" | "logit";
+            /**
+             * Influence
+             * @description cumulative influence fraction: pruning at threshold t keeps the nodes at or below t
+             */
+            influence?: number | null;
+            /**
+             * Is Target Logit
+             * @default false
+             */
+            is_target_logit?: boolean;
+            /**
+             * Jsnodeid
+             * @default
+             */
+            jsNodeId?: string;
+            /**
+             * Layer
+             * @description the block; "E" for token embeddings
+             */
+            layer: string;
+            /**
+             * Node Id
+             * @description unique: `{layer}_{feature}_{pos}`, `{layer}_-1_{pos}` (error), `E_{token}_{pos}`, `{n_layers + 1}_{token}_{pos}` (logit)
+             */
+            node_id: string;
+            /**
+             * Token Prob
+             * @default 0
+             */
+            token_prob?: number;
+        } & {
+            [key: string]: unknown;
+        };
+        /** GraphQParams */
+        GraphQParams: {
+            /**
+             * Clickedid
+             * @default
+             */
+            clickedId?: string;
+            /**
+             * Linktype
+             * @default both
+             */
+            linkType?: string;
+            /** Pinnedids */
+            pinnedIds?: string[];
+            /**
+             * Sg Pos
+             * @default
+             */
+            sg_pos?: string;
+            /**
+             * Supernodes
+             * @description each [name, node_id, ...]
+             */
+            supernodes?: string[][];
+        } & {
+            [key: string]: unknown;
+        };
+        /** GraphReplacement */
+        GraphReplacement: {
+            /** D Sae */
+            d_sae?: number | null;
+            /** Kind */
+            kind: string;
+            /** Layers */
+            layers?: number[] | null;
+        };
+        /** GraphRequest */
+        GraphRequest: {
+            /**
+             * Desired Logit Prob
+             * @default 0.95
+             */
+            desired_logit_prob?: number;
+            /**
+             * Edge Threshold
+             * @default 0.98
+             */
+            edge_threshold?: number;
+            /**
+             * Logit Tokens
+             * @description output tokens to explain (single tokens); default: the most probable
+             */
+            logit_tokens?: string[] | null;
+            /**
+             * Max Feature Nodes
+             * @description default and upper bound: GPT2DICT_GRAPH_MAX_FEATURE_NODES
+             */
+            max_feature_nodes?: number | null;
+            /**
+             * Max N Logits
+             * @default 10
+             */
+            max_n_logits?: number;
+            /**
+             * Node Threshold
+             * @default 0.8
+             */
+            node_threshold?: number;
+            /**
+             * Prompt
+             * @description the text whose next token the graph explains
+             */
+            prompt: string;
+            /**
+             * Slug
+             * @description the file name (default: from the prompt's words)
+             */
+            slug?: string | null;
+        };
+        /** GraphScores */
+        GraphScores: {
+            /**
+             * Completeness
+             * @description the influence-weighted fraction of the nodes' inputs that is not error
+             */
+            completeness: number;
+            /**
+             * Replacement
+             * @description of the influence tokens and error nodes have on the logits, the tokens' share
+             */
+            replacement: number;
+        };
+        /** GraphSummary */
+        GraphSummary: {
+            /**
+             * Error
+             * @description why the file cannot be read (null when it can)
+             */
+            error?: string | null;
+            /**
+             * Modified
+             * @description the file's modification time (seconds since the epoch)
+             */
+            modified: number;
+            /** N Links */
+            n_links: number;
+            /** N Nodes */
+            n_nodes: number;
+            /** Prompt */
+            prompt: string;
+            scores?: components["schemas"]["GraphScores"] | null;
+            /**
+             * Slug
+             * @description its name: the file <dictionary>/graphs/<slug>.json
+             */
+            slug: string;
+        };
         /** Health */
         Health: {
             /** N Dictionaries */
@@ -698,6 +1124,51 @@ export interface components {
              * @description n + 1 bin edges
              */
             edges: number[];
+        };
+        /** InterventionRequest */
+        InterventionRequest: {
+            /** Interventions */
+            interventions: components["schemas"]["InterventionSpec"][];
+            /**
+             * Propagate
+             * @description later features respond to the change (false: direct effects only)
+             * @default true
+             */
+            propagate?: boolean;
+            /**
+             * Top K
+             * @default 10
+             */
+            top_k?: number;
+        };
+        /** InterventionResponse */
+        InterventionResponse: {
+            /** Applied */
+            applied: components["schemas"]["AppliedIntervention"][];
+            /**
+             * Intervened
+             * @description the most probable next tokens with the interventions
+             */
+            intervened: components["schemas"]["TokenProbability"][];
+            /**
+             * Original
+             * @description the most probable next tokens without intervention
+             */
+            original: components["schemas"]["TokenProbability"][];
+        };
+        /** InterventionSpec */
+        InterventionSpec: {
+            /**
+             * Node Id
+             * @description a feature node of the graph
+             */
+            node_id: string;
+            /**
+             * Scale
+             * @description its new activation is scale x its activation on the prompt (0: ablated)
+             * @default 0
+             */
+            scale?: number;
         };
         /** LabeledTokenMatch */
         LabeledTokenMatch: {
@@ -1119,12 +1590,38 @@ export interface components {
             steered: components["schemas"]["Continuation"];
             unsteered: components["schemas"]["Continuation"];
         };
+        /** SubgraphEdit */
+        SubgraphEdit: {
+            /**
+             * Clickedid
+             * @default
+             */
+            clickedId?: string;
+            /** Pinnedids */
+            pinnedIds?: string[];
+            /**
+             * Supernodes
+             * @description each [name, node_id, ...]
+             */
+            supernodes?: string[][];
+        };
         /** TokenFeature */
         TokenFeature: {
             /** Act */
             act: number;
             /** Index */
             index: number;
+        };
+        /** TokenProbability */
+        TokenProbability: {
+            /** Logit */
+            logit: number;
+            /** Probability */
+            probability: number;
+            /** Token */
+            token: string;
+            /** Token Id */
+            token_id: number;
         };
     };
     responses: never;
@@ -1829,6 +2326,333 @@ export interface operations {
             };
             /** @description busy: every inference slot is taken or the model is loading; see Retry-After */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    list_graphs_api_dictionaries__name__graphs_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GraphList"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    start_graph_api_dictionaries__name__graphs_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GraphRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GraphJobStatus"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description every inference slot is busy (or the model is loading); see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    get_graph_api_dictionaries__name__graphs__slug__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GraphFile"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    intervene_on_graph_api_dictionaries__name__graphs__slug__intervene_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["InterventionRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InterventionResponse"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description every inference slot is busy (or the model is loading); see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    put_subgraph_api_dictionaries__name__graphs__slug__subgraph_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SubgraphEdit"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GraphQParams"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    graph_job_api_graph_jobs__job_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GraphJobStatus"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -34,6 +34,17 @@ export type RunSummary = Schemas["RunSummary"];
 export type RunDetail = Schemas["RunDetail"];
 export type RunDictionary = Schemas["RunDictionary"];
 export type Curves = Schemas["Curves"];
+export type GraphSummary = Schemas["GraphSummary"];
+export type GraphFile = Schemas["GraphFile"];
+export type GraphNode = Schemas["GraphNode"];
+export type GraphLink = Schemas["GraphLink"];
+export type GraphQParams = Schemas["GraphQParams"];
+export type SubgraphEdit = Schemas["SubgraphEdit"];
+export type GraphRequest = Schemas["GraphRequest"];
+export type GraphJob = Schemas["GraphJobStatus"];
+export type InterventionRequest = Schemas["InterventionRequest"];
+export type InterventionResult = Schemas["InterventionResponse"];
+export type TokenProbability = Schemas["TokenProbability"];
 
 type Query<P extends keyof paths> = paths[P] extends { get: { parameters: { query?: infer Q } } } ? NonNullable<Q> : never;
 export type FeatureQuery = Query<"/api/dictionaries/{name}/analyses/{analysis}/features">;
@@ -163,6 +174,16 @@ export const api = {
     request<Annotation>(`${dictionaryUrl(name)}/features/${index}/annotation`, json("PUT", edit)),
   steer: (name: string, index: number, body: SteerRequest) =>
     request<SteerResult>(`${dictionaryUrl(name)}/features/${index}/steer`, json("POST", body)),
+  graphs: (name: string, signal?: AbortSignal) =>
+    request<{ graphs: GraphSummary[] }>(`${dictionaryUrl(name)}/graphs`, { signal, cache: "no-store" }).then((r) => r.graphs),
+  graph: (name: string, slug: string, signal?: AbortSignal) =>
+    request<GraphFile>(`${dictionaryUrl(name)}/graphs/${enc(slug)}`, { signal, cache: "no-store" }),
+  saveSubgraph: (name: string, slug: string, edit: SubgraphEdit) =>
+    request<GraphQParams>(`${dictionaryUrl(name)}/graphs/${enc(slug)}/subgraph`, json("PUT", edit)),
+  startGraph: (name: string, body: GraphRequest) => request<GraphJob>(`${dictionaryUrl(name)}/graphs`, json("POST", body)),
+  graphJob: (id: string, signal?: AbortSignal) => request<GraphJob>(`/api/graph-jobs/${enc(id)}`, { signal, cache: "no-store" }),
+  intervene: (name: string, slug: string, body: InterventionRequest) =>
+    request<InterventionResult>(`${dictionaryUrl(name)}/graphs/${enc(slug)}/intervene`, json("POST", body)),
   runs: (signal?: AbortSignal) => request<{ runs: RunSummary[] }>("/api/runs", { signal }).then((r) => r.runs),
   run: (run: string, signal?: AbortSignal) => request<RunDetail>(`/api/runs/${enc(run)}`, { signal }),
 };

@@ -9,6 +9,8 @@ export const featurePath = (name: string, analysis: string, index: number) =>
 
 export const runPath = (run: string) => `/runs/${enc(run)}`;
 
+export const graphPath = (name: string, slug: string) => `/dictionaries/${enc(name)}/graphs/${enc(slug)}`;
+
 /** A dictionary id `<run>:<name>` as its parts (an older run's only dictionary is just `<run>`). */
 export function dictionaryParts(id: string): { run: string; name: string | null } {
   const at = id.indexOf(":");

@@ -24,6 +24,8 @@ export const keys = {
   labels: (name: string) => ["labels", name] as const,
   similar: (name: string, index: number, other: string | undefined) => ["similar", name, index, other ?? ""] as const,
   tokenSearch: (name: string, analysis: string, q: string) => ["token-search", name, analysis, q] as const,
+  graphs: (name: string) => ["graphs", name] as const,
+  graph: (name: string, slug: string) => ["graph", name, slug] as const,
   runs: ["runs"] as const,
   run: (run: string) => ["run", run] as const,
 };
@@ -76,4 +78,21 @@ export const useRun = (run: string) =>
     queryFn: ({ signal }) => api.run(run, signal),
     staleTime: 0,
     refetchInterval: (query) => (query.state.data && !query.state.data.finished ? 10_000 : false),
+  });
+
+/** A replacement model's saved graphs (a finished job adds one). */
+export const useGraphs = (name: string, enabled: boolean) =>
+  useQuery({ queryKey: keys.graphs(name), queryFn: ({ signal }) => api.graphs(name, signal), enabled, staleTime: 0 });
+
+export const useGraph = (name: string, slug: string) =>
+  useQuery({ queryKey: keys.graph(name, slug), queryFn: ({ signal }) => api.graph(name, slug, signal), staleTime: 0 });
+
+/** A graph job, polled until it is done or failed. */
+export const useGraphJob = (id: string | null) =>
+  useQuery({
+    queryKey: ["graph-job", id ?? ""],
+    queryFn: ({ signal }) => api.graphJob(id!, signal),
+    enabled: id !== null,
+    staleTime: 0,
+    refetchInterval: (query) => (query.state.data && ["done", "failed"].includes(query.state.data.status) ? false : 500),
   });

@@ -2,6 +2,7 @@ import { Link, useParams, useSearchParams } from "react-router";
 import { api, FEATURE_SORTS, type AnalysisSummary, type DictionaryDetail, type FeatureQuery, type FeatureSort } from "../api";
 import { FeatureFilters, type FeatureFilterValues } from "../components/FeatureFilters";
 import { FeatureTable } from "../components/FeatureTable";
+import { GraphList } from "../components/GraphList";
 import { Histogram } from "../components/Histogram";
 import { MetricsGrid } from "../components/MetricsGrid";
 import { Pagination } from "../components/Pagination";
@@ -74,6 +75,7 @@ export function DictionaryPage() {
             <MetricsGrid metrics={detail.metrics} />
           </section>
           {detail.source && <ProvenanceCard source={detail.source} />}
+          {detail.kind && detail.kind !== "sparse_autoencoder" && <GraphList dictionary={name} />}
           {unknownAnalysis && (
             <ErrorMessage
               error={new Error(`Dictionary ${name} has no analysis named "${analysis}"; available: ${detail.analyses.join(", ")}.`)}
@@ -145,7 +147,9 @@ function DictionaryHeader({ detail }: { detail: DictionaryDetail }) {
           {hookLabel(detail)}
         </span>
         <span className="tag" title="architecture">
-          {detail.hook_out ? `${detail.architecture} transcoder` : detail.architecture}
+          {detail.kind && detail.kind !== "sparse_autoencoder"
+            ? `${detail.kind === "transcoder_set" ? "transcoder set" : "cross-layer transcoder"}, layers ${(detail.layers ?? []).join(", ")}`
+            : detail.hook_out ? `${detail.architecture} transcoder` : detail.architecture}
         </span>
         <span className="tag" title="d_in × d_sae">
           {fmtInt(detail.d_in)} → {fmtInt(detail.d_sae)}
