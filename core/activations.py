@@ -149,8 +149,10 @@ class ActivationBuffer:
         self.tokens_generated = 0
         self.total_tokens = total_tokens
         """The rows it will ever be asked for (batches served, and samples peeked at after the last one);
-        once the source has produced that many it produces no more, so a run's last refill does not
-        run the model for activations nobody trains on. None: no end."""
+        the source is asked for nothing more once that many rows exist, so a run's last refill does not run
+        the model for activations nobody trains on, and rows past that many are dropped, so what the
+        buffer holds does not depend on how the source chunks it (a cache's shards or the model's
+        batches). None: no end."""
 
     def __len__(self) -> int:
         return self._n
@@ -170,6 +172,9 @@ class ActivationBuffer:
                 break  # every row the run will need exists already
             else:
                 acts = next(self.source)
+                if self.total_tokens is not None:  # rows past the last needed are dropped, whatever the chunking
+                    keep = self.total_tokens - self.tokens_generated
+                    acts = {hook: t[:keep] for hook, t in acts.items()}
                 self.tokens_generated += len(next(iter(acts.values())))
             n = len(next(iter(acts.values())))
             take = min(n, self.buffer_tokens - self._n)
