@@ -131,7 +131,8 @@ class ActivationBuffer:
     """
 
     def __init__(self, source: ActivationStream, *, widths: dict[str, int], buffer_tokens: int, batch_size: int,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0):
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
+                 total_tokens: Optional[int] = None):
         if batch_size > buffer_tokens // 2:
             raise ValueError(f"batch_size {batch_size} must be at most half of buffer_tokens {buffer_tokens}.")
         self.source = source
@@ -146,6 +147,12 @@ class ActivationBuffer:
         self._leftover = {hook: torch.empty(0, d, dtype=dtype) for hook, d in self.widths.items()}
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.tokens_generated = 0
+        self.total_tokens = total_tokens
+        """The rows it will ever be asked for (batches served, and samples peeked at after the last one);
+        the source is asked for nothing more once that many rows exist, so a run's last refill does not run
+        the model for activations nobody trains on, and rows past that many are dropped, so what the
+        buffer holds does not depend on how the source chunks it (a cache's shards or the model's
+        batches). None: no end."""
 
     def __len__(self) -> int:
         return self._n
@@ -161,8 +168,13 @@ class ActivationBuffer:
             n_left = len(next(iter(self._leftover.values())))
             if n_left:
                 acts, self._leftover = self._leftover, {h: t[:0] for h, t in self._leftover.items()}
+            elif self.total_tokens is not None and self.tokens_generated >= self.total_tokens:
+                break  # every row the run will need exists already
             else:
                 acts = next(self.source)
+                if self.total_tokens is not None:  # rows past the last needed are dropped, whatever the chunking
+                    keep = self.total_tokens - self.tokens_generated
+                    acts = {hook: t[:keep] for hook, t in acts.items()}
                 self.tokens_generated += len(next(iter(acts.values())))
             n = len(next(iter(acts.values())))
             take = min(n, self.buffer_tokens - self._n)

@@ -17,6 +17,7 @@ from typing import Iterable, Optional, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from .hooks import hook_layer
 from .lm import LanguageModel
 from .sae import ReplacementModel
 from .store import density_histogram
@@ -163,10 +164,13 @@ def _masked_next_token_stats(logits: torch.Tensor, tokens: torch.Tensor, pred_ma
                              reference: Optional[torch.Tensor] = None, chunk_tokens: int = EVAL_CHUNK_TOKENS
                              ) -> tuple[float, float]:
     """(sum of next-token cross entropy, sum of KL(reference || logits)) over the positions of
-    `pred_mask` [batch, seq-1]; logits [batch, seq, vocab], computed `chunk_tokens` positions at a time."""
+    `pred_mask` [batch, seq-1]; logits [batch, seq, vocab], computed `chunk_tokens` positions at a time.
+    `reference`: logits like `logits`, or the log-probabilities of the kept positions already
+    computed (`next_token_log_probs`, [n_kept, vocab]), which spares computing them again."""
     vocab = logits.shape[-1]
     flat_logits = logits[:, :-1].reshape(-1, vocab)
-    flat_reference = None if reference is None else reference[:, :-1].reshape(-1, vocab)
+    given_log_probs = reference is not None and reference.ndim == 2
+    flat_reference = None if reference is None or given_log_probs else reference[:, :-1].reshape(-1, vocab)
     targets = tokens[:, 1:].reshape(-1)
     keep = pred_mask.reshape(-1).nonzero().squeeze(1)
     ce = kl = 0.0
@@ -174,10 +178,47 @@ def _masked_next_token_stats(logits: torch.Tensor, tokens: torch.Tensor, pred_ma
         rows = keep[start:start + chunk_tokens]
         logp = flat_logits[rows].float().log_softmax(-1)
         ce -= float(logp.gather(1, targets[rows, None]).sum())
-        if flat_reference is not None:
-            logp_ref = flat_reference[rows].float().log_softmax(-1)
+        if reference is not None:
+            logp_ref = reference[start:start + chunk_tokens] if given_log_probs else \
+                flat_reference[rows].float().log_softmax(-1)
             kl += float((logp_ref.exp() * (logp_ref - logp)).sum())
     return ce, kl
+
+
+def next_token_log_probs(logits: torch.Tensor, pred_mask: torch.Tensor,
+                         chunk_tokens: int = EVAL_CHUNK_TOKENS) -> torch.Tensor:
+    """float32 [n_kept, vocab]: the next-token log-probabilities at the positions of `pred_mask`
+    [batch, seq-1] (the clean run's, computed once and reused by every dictionary's KL)."""
+    vocab = logits.shape[-1]
+    flat = logits[:, :-1].reshape(-1, vocab)
+    keep = pred_mask.reshape(-1).nonzero().squeeze(1)
+    out = torch.empty(len(keep), vocab, dtype=torch.float32, device=logits.device)
+    for start in range(0, len(keep), chunk_tokens):
+        out[start:start + chunk_tokens] = flat[keep[start:start + chunk_tokens]].float().log_softmax(-1)
+    return out
+
+
+def resid_pre_of_block(hook: str) -> Optional[str]:
+    """The residual stream entering the block that holds `hook` (`blocks.5.hook_resid_pre` for any
+    hook of block 5), from which a forward that changes `hook` can start (`run_from_block`); None for
+    hooks outside the blocks, whose forwards start at the embedding."""
+    layer = hook_layer(hook)
+    return None if layer is None or layer < 0 else f"blocks.{layer}.hook_resid_pre"
+
+
+def run_from_block(model: LanguageModel, tokens: torch.Tensor, resid: dict[str, torch.Tensor], hook: str,
+                   fwd_hooks: list) -> torch.Tensor:
+    """The logits of `tokens` with `fwd_hooks` (which change `hook` and later hooks only), computed
+    from the block holding `hook`: the clean run's residual entering that block (`resid`, by
+    `resid_pre_of_block` name) stands for the blocks before it, which the hooks do not change. The
+    same logits as a forward from the embedding (TransformerBridge's `start_at_layer`), without
+    recomputing the blocks before."""
+    name = resid_pre_of_block(hook)
+    with model.autocast():
+        if name is None or name not in resid:
+            return model.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=fwd_hooks)
+        return model.bridge.run_with_hooks(resid[name], start_at_layer=hook_layer(hook), return_type="logits",
+                                           fwd_hooks=fwd_hooks)
 
 
 @dataclass
@@ -336,7 +377,8 @@ def _evaluation_sums(model: LanguageModel, saes: Sequence, token_batches: Iterab
     """(each dictionary's sums, the mean clean CE loss, the number of predictions) over the batches."""
     saes = list(saes)
     outputs = [getattr(sae, "hook_out", None) or sae.hook_name for sae in saes]
-    hooks = list(dict.fromkeys([sae.hook_name for sae in saes] + outputs))
+    starts = [name for name in dict.fromkeys(resid_pre_of_block(h) for h in outputs) if name is not None]
+    hooks = list(dict.fromkeys([sae.hook_name for sae in saes] + outputs + starts))
     was_training = [sae.training for sae in saes]
     for sae in saes:
         sae.eval()
@@ -351,6 +393,8 @@ def _evaluation_sums(model: LanguageModel, saes: Sequence, token_batches: Iterab
         with model.autocast():
             logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
         ce_clean += _masked_next_token_stats(logits_clean, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
+        clean_log_probs = next_token_log_probs(logits_clean, pred_mask, chunk_tokens)  # (once, for every KL)
+        del logits_clean
         zero_ablated: dict[str, tuple[float, float]] = {}
         for sae, hook_out, acc in zip(saes, outputs, sums):
             x = cache[sae.hook_name][mask].flatten(1).to(sae.dtype)  # [n, d_in]
@@ -358,19 +402,16 @@ def _evaluation_sums(model: LanguageModel, saes: Sequence, token_batches: Iterab
             feats = sae.encode(x)
             target_hat = sae(x)  # raw reconstruction (a transcoder's skip connection included)
             acc.add_reconstruction(target, target_hat, feats, sequence_index)
-            with model.autocast():
-                logits = model.bridge.run_with_hooks(tokens, return_type="logits",
-                                                     fwd_hooks=[(hook_out, _splice(mask, target_hat))])
-            ce, kl = _masked_next_token_stats(logits, tokens, pred_mask, logits_clean, chunk_tokens)
+            logits = run_from_block(model, tokens, cache, hook_out, [(hook_out, _splice(mask, target_hat))])
+            ce, kl = _masked_next_token_stats(logits, tokens, pred_mask, clean_log_probs, chunk_tokens)
             acc.ce_recon += ce
             acc.kl += kl
             del logits
             if hook_out not in zero_ablated:
-                with model.autocast():
-                    logits = model.bridge.run_with_hooks(
-                        tokens, return_type="logits", fwd_hooks=[(hook_out, _splice(mask, torch.zeros_like(target)))])
+                logits = run_from_block(model, tokens, cache, hook_out,
+                                        [(hook_out, _splice(mask, torch.zeros_like(target)))])
                 zero_ablated[hook_out] = _masked_next_token_stats(logits, tokens, pred_mask,
-                                                                  logits_clean if details else None, chunk_tokens)
+                                                                  clean_log_probs if details else None, chunk_tokens)
                 del logits
             acc.ce_zero += zero_ablated[hook_out][0]
             acc.kl_zero += zero_ablated[hook_out][1]
@@ -511,7 +552,8 @@ def evaluate_replacement(model: LanguageModel, replacement, token_batches: Itera
     r.eval()
     sums = _ReplacementSums(r)
     ce_clean = n_pred = 0.0
-    hooks = list(r.hook_names) + list(r.hooks_out)
+    start = resid_pre_of_block(r.hook_names[0])  # the replaced and zeroed runs start at the first covered block
+    hooks = list(r.hook_names) + list(r.hooks_out) + ([start] if start else [])
     for tokens in token_batches:
         tokens = tokens.to(model.device)
         mask = model.token_mask(tokens)
@@ -520,19 +562,19 @@ def evaluate_replacement(model: LanguageModel, replacement, token_batches: Itera
         with model.autocast():
             logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
         ce_clean += _masked_next_token_stats(logits_clean, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
+        clean_log_probs = next_token_log_probs(logits_clean, pred_mask, chunk_tokens)
+        del logits_clean
         x = torch.stack([cache[h][mask].flatten(1) for h in r.hook_names], dim=1)  # [n, L, d_in]
         y = torch.stack([cache[h][mask].flatten(1) for h in r.hooks_out], dim=1)  # [n, L, d_out]
-        del cache
         sums.add_clean(x, y)
-        with model.autocast():
-            logits = model.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=_replacing_hooks(r, mask))
-        ce, kl = _masked_next_token_stats(logits, tokens, pred_mask, logits_clean, chunk_tokens)
+        logits = run_from_block(model, tokens, cache, r.hook_names[0], _replacing_hooks(r, mask))
+        ce, kl = _masked_next_token_stats(logits, tokens, pred_mask, clean_log_probs, chunk_tokens)
         sums.ce_replaced += ce
         sums.kl += kl
         del logits
         zero = [(h, _splice(mask, torch.zeros(int(mask.sum()), r.d_out, device=model.device))) for h in r.hooks_out]
-        with model.autocast():
-            logits = model.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=zero)
+        logits = run_from_block(model, tokens, cache, r.hook_names[0], zero)
+        del cache
         sums.ce_zero += _masked_next_token_stats(logits, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
         del logits
     r.train(was_training)

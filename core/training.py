@@ -861,9 +861,14 @@ def build_trainer(cfg: TrainingConfig, model: Optional[LanguageModel] = None) ->
     if dist.active:  # each rank runs every world_size-th batch; all ranks hold every row
         source = ShardedActivations(source, dist)
     act_cfg = cfg.activations
+    # The rows the run will need: its batches, and the calibration sample of batch-level top-k
+    # dictionaries (peeked at after the last batch); the buffer computes no more.
+    calibrates = any(spec.sae.architecture in ("batchtopk", "matryoshka_batchtopk") for spec in specs)
+    needed = total_steps * act_cfg.train_batch_size + (THRESHOLD_CALIBRATION_BATCHES * act_cfg.train_batch_size
+                                                       if calibrates else 0)
     buffer = ActivationBuffer(source, widths=widths, buffer_tokens=act_cfg.buffer_tokens,
                               batch_size=act_cfg.train_batch_size, dtype=torch_dtype(act_cfg.store_dtype),
-                              device=device, seed=cfg.seed)
+                              device=device, seed=cfg.seed, total_tokens=needed)
     evaluator = HeldOutEvaluation(model, eval_sequences.split(act_cfg.model_batch_size),
                                   periodic_batches=cfg.trainer.eval_batches,
                                   dense_threshold=cfg.trainer.dense_feature_threshold)

@@ -134,7 +134,8 @@ def test_training_on_shuffled_shards_equals_the_same_rows_fed_from_memory(cache,
     total_steps = memory.trainer.total_training_tokens // memory.activations.train_batch_size
     stream = InMemoryRows(cache, (TINY_HOOK,), lambda epoch: reader._shard_order(epoch))
     buffer = ActivationBuffer(stream, widths=widths, buffer_tokens=memory.activations.buffer_tokens,
-                              batch_size=memory.activations.train_batch_size, seed=memory.seed)
+                              batch_size=memory.activations.train_batch_size, seed=memory.seed,
+                              total_tokens=total_steps * memory.activations.train_batch_size)  # as train() limits it
     torch.manual_seed(memory.seed)
     dictionary = DictionaryTrainer(spec, widths=widths, model_name=memory.model.name, total_steps=total_steps,
                                    total_training_tokens=memory.trainer.total_training_tokens,
@@ -239,6 +240,9 @@ def test_a_killed_writer_is_refused_then_finished_to_the_same_cache(cache, tiny_
     assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
     manifest = read_manifest(folder, require_complete=False)
     assert not manifest["complete"] and 0 < manifest["total_tokens"] < 3000
+    # The shards committed before the kill, as files: a writer that continues keeps them; one that
+    # started over would write them again (new files, new inodes).
+    written = {entry["file"]: (folder / entry["file"]).stat() for entry in manifest["shards"]}
 
     cfg = tiny_training_config(tiny_gpt2_dir, tmp_path, exp_name="on-killed")
     cfg.trainer.eval_batches = 1
@@ -248,6 +252,9 @@ def test_a_killed_writer_is_refused_then_finished_to_the_same_cache(cache, tiny_
 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    for name, before in written.items():  # continued after them, not started over
+        after = (folder / name).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
     finished, reference = read_manifest(folder), read_manifest(cache)
     assert [s["tokens"] for s in finished["shards"]] == [s["tokens"] for s in reference["shards"]]
     for ours, theirs in zip(finished["shards"], reference["shards"]):

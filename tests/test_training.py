@@ -165,6 +165,35 @@ def test_evaluate_an_exact_dictionary_recovers_all_loss(hook, tiny_model, tiny_g
         assert result.ce_loss_zero_ablation > result.ce_loss_clean and result.unfired_features == 0
 
 
+@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_pre", TINY_HOOK, "blocks.1.hook_mlp_out", "blocks.0.attn.hook_z",
+                                  "blocks.1.ln2.hook_normalized", "hook_embed"])
+def test_spliced_forwards_from_the_hooks_block_equal_forwards_from_the_embedding(hook, tiny_model, tiny_gpt2_dir):
+    """The evaluation runs its spliced and zero-ablated forwards from the block holding the hook (the
+    clean run's residual entering it stands for the blocks before): the same CE losses and KL as full
+    forwards with the splice, computed here the plain way."""
+    from core.evals import _masked_next_token_stats, _splice
+
+    d = tiny_model.hook_width(hook)
+    sae = create_dictionary(SAEConfig(architecture="topk", d_sae=4 * d, k=4), d, hook_name=hook,
+                            model_name=str(tiny_gpt2_dir))
+    tokens = _eval_batches(tiny_training_config(tiny_gpt2_dir, "unused"), tiny_model)[0]
+    result = evaluate(tiny_model, sae, [tokens])
+    mask = tiny_model.token_mask(tokens)
+    pred = mask[:, :-1] & mask[:, 1:]
+    with torch.no_grad():
+        clean, cache = tiny_model.bridge.run_with_cache(tokens, names_filter=[hook], return_cache_object=False)
+        x = cache[hook][mask].flatten(1)
+        spliced = tiny_model.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(hook, _splice(mask, sae(x)))])
+        zeroed = tiny_model.bridge.run_with_hooks(tokens, return_type="logits",
+                                                  fwd_hooks=[(hook, _splice(mask, torch.zeros_like(x)))])
+    n = float(pred.sum())
+    ce, kl = _masked_next_token_stats(spliced, tokens, pred, clean)
+    assert result.ce_loss_reconstructed == pytest.approx(ce / n, rel=1e-5)
+    assert result.kl_divergence == pytest.approx(kl / n, rel=1e-4, abs=1e-7)
+    assert result.ce_loss_zero_ablation == pytest.approx(_masked_next_token_stats(zeroed, tokens, pred)[0] / n, rel=1e-5)
+    assert result.ce_loss_reconstructed != pytest.approx(result.ce_loss_clean, abs=1e-4)  # the splice counts
+
+
 def test_explained_variance_formula():
     x = torch.randn(100, 8)
     assert explained_variance(x, x) == pytest.approx(1.0)
