@@ -106,8 +106,8 @@ def test_a_graph_is_computed_as_a_job(app, results):
                                              json={"prompt": "one two three four five six seven eight nine ten eleven "
                                                              "twelve thirteen"}).json())
         assert long["status"] == "failed" and "attribution graphs take at most 12" in long["error"]
-        assert_error(client.post(f"/api/dictionaries/{GRAPH_DICT}/activations", json={"text": "x"}), 422,
-                     "is a replacement model")
+        assert_error(client.post(f"/api/dictionaries/{GRAPH_DICT}/features/0/steer", json={"prompt": "x", "strength": 1}),
+                     422, "is a replacement model")
         assert_error(client.post(f"/api/dictionaries/{GRAPH_DICT}/graphs", json={"prompt": "x", "max_feature_nodes": 151}),
                      422, "GPT2DICT_GRAPH_MAX_FEATURE_NODES")
         assert_error(client.post(f"/api/dictionaries/{DICT}/graphs", json={"prompt": "x"}), 422,
