@@ -1,5 +1,5 @@
 """Background jobs: work that takes longer than a request should (explaining a feature with a language
-model), started by one request and followed by polling its status.
+model, computing an attribution graph), started by one request and followed by polling its status.
 
 A job takes one of the GPT2DICT_INFERENCE_CONCURRENCY slots when it is submitted (none free: HTTP
 503 at once, as for custom text and steering) and keeps it until it ends, so the server never runs
@@ -32,7 +32,7 @@ BUSY_RETRY_AFTER_S = 5
 class Job:
     id: str
     kind: str
-    """What it does, e.g. "explain"."""
+    """What it does: "explain" (server/explanations.py) or "graph" (server/graphs.py)."""
     dictionary: str
     subject: dict[str, Any]
     """What it works on, e.g. {"analysis": ..., "feature": ...}."""
@@ -51,11 +51,16 @@ class Job:
         """Say what it does now, `step` steps of `steps` being done."""
         self.step, self.stage = step, stage
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def seconds(self) -> float:
+        """Since it was submitted (until it ended)."""
         end = self.finished if self.finished is not None else time.monotonic()
+        return round(end - self.started, 2)
+
+    def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "dictionary": self.dictionary, **self.subject, "status": self.status,
                 "stage": self.stage, "step": self.step, "steps": self.steps, "error": self.error,
-                "result": self.result, "seconds": round(end - self.started, 2)}
+                "result": self.result, "seconds": self.seconds}
 
 
 class Jobs:
@@ -84,12 +89,19 @@ class Jobs:
             raise
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, *, kind: Optional[str] = None) -> Job:
+        """The job `job_id` (of this kind, when given); NotFound otherwise."""
         with self._lock:
             job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"No job {job_id!r} (finished jobs are forgotten after {KEEP_S:g} s).")
+        if job is None or kind not in (None, job.kind):
+            raise NotFound(f"No {kind + ' ' if kind else ''}job {job_id!r} (finished jobs are forgotten after "
+                           f"{KEEP_S:g} s).")
         return job
+
+    def of_kind(self, kind: str, dictionary: str) -> list[Job]:
+        """The jobs of this kind on this dictionary that are still kept, finished or not."""
+        with self._lock:
+            return [j for j in self._jobs.values() if j.kind == kind and j.dictionary == dictionary]
 
     def running(self, kind: str, dictionary: str, subject: dict[str, Any]) -> Job | None:
         """The unfinished job of this kind on this subject, if one is under way."""

@@ -536,16 +536,18 @@ class FeatureExplanations(BaseModel):
 
 class JobStatus(BaseModel):
     id: str
-    kind: Literal["explain"]
+    kind: Literal["explain", "graph"]
     dictionary: str
-    analysis: Optional[str] = None
-    feature: Optional[int] = None
+    analysis: Optional[str] = Field(None, description="explain: the analysis")
+    feature: Optional[int] = Field(None, description="explain: the feature")
+    slug: Optional[str] = Field(None, description="graph: the graph's name once saved")
+    prompt: Optional[str] = Field(None, description="graph: the prompt")
     status: Literal["queued", "running", "done", "failed"]
     stage: str = Field(description="what it is doing now")
     step: int = Field(description="steps done")
     steps: int
     error: Optional[str] = Field(description="why it failed (one sentence)")
-    result: dict[str, Any] = Field(description="explain: explanation_set, explained, already_done, scorers")
+    result: dict[str, Any] = Field(description="explain: explanation_set, explained, already_done, scorers; graph: slug")
     seconds: float = Field(description="since it was submitted (until it ended)")
 
 

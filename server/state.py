@@ -39,9 +39,10 @@ class ServerState:
     inference_slots: threading.BoundedSemaphore
     """GPT2DICT_INFERENCE_CONCURRENCY slots; a request finding none free is answered 503 at once."""
     graph_jobs: GraphJobs
-    """Attribution graphs being computed (each holds an inference slot while it runs)."""
+    """Attribution graphs being computed: jobs of `jobs`, in the graph page's shape."""
     jobs: Jobs
-    """Work that outlasts a request (explaining a feature), each job holding an inference slot."""
+    """Work that outlasts a request (explaining a feature, an attribution graph), each job holding an inference
+    slot."""
     explainer: Explainer
     """The language model that explains features on request (GPT2DICT_EXPLAIN_*)."""
 
@@ -51,9 +52,10 @@ class ServerState:
         models = ModelCache(size=settings.model_cache_size, device=settings.device, results_root=results.root,
                             failure_ttl_s=settings.model_load_failure_ttl_s)
         slots = threading.BoundedSemaphore(settings.inference_concurrency)
+        jobs = Jobs(slots, settings.inference_concurrency)
         return cls(settings=settings, results=results, models=models, decoders=DecoderCache(),
                    decoder_norms=DecoderNorms(), run_logs=RunLogs(), evals=EvalCache(), inference_slots=slots,
-                   graph_jobs=GraphJobs(models, slots), jobs=Jobs(slots, settings.inference_concurrency),
+                   jobs=jobs, graph_jobs=GraphJobs(jobs, models),
                    explainer=Explainer(settings.explain_backend_config, score=settings.explain_score))
 
 

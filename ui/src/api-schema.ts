@@ -1621,7 +1621,10 @@ export interface components {
         };
         /** JobStatus */
         JobStatus: {
-            /** Analysis */
+            /**
+             * Analysis
+             * @description explain: the analysis
+             */
             analysis?: string | null;
             /** Dictionary */
             dictionary: string;
@@ -1630,18 +1633,26 @@ export interface components {
              * @description why it failed (one sentence)
              */
             error: string | null;
-            /** Feature */
+            /**
+             * Feature
+             * @description explain: the feature
+             */
             feature?: number | null;
             /** Id */
             id: string;
             /**
              * Kind
-             * @constant
+             * @enum {string}
              */
-            kind: "explain";
+            kind: "explain" | "graph";
+            /**
+             * Prompt
+             * @description graph: the prompt
+             */
+            prompt?: string | null;
             /**
              * Result
-             * @description explain: explanation_set, explained, already_done, scorers
+             * @description explain: explanation_set, explained, already_done, scorers; graph: slug
              */
             result: {
                 [key: string]: unknown;
@@ -1651,6 +1662,11 @@ export interface components {
              * @description since it was submitted (until it ended)
              */
             seconds: number;
+            /**
+             * Slug
+             * @description graph: the graph's name once saved
+             */
+            slug?: string | null;
             /**
              * Stage
              * @description what it is doing now

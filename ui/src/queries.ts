@@ -88,6 +88,12 @@ export const useFeatureExplanations = (name: string, analysis: string, index: nu
     staleTime: 0,
   });
 
+/** Poll every `ms` until the job has ended (done or failed). */
+const untilEnded =
+  (ms: number) =>
+  (query: { state: { data?: { status: string } } }): number | false =>
+    query.state.data && ["done", "failed"].includes(query.state.data.status) ? false : ms;
+
 /** A job, polled until it is done or failed. */
 export const useJob = (id: string | null) =>
   useQuery({
@@ -95,7 +101,7 @@ export const useJob = (id: string | null) =>
     queryFn: ({ signal }) => api.job(id!, signal),
     enabled: id !== null,
     staleTime: 0,
-    refetchInterval: (query) => (query.state.data && ["done", "failed"].includes(query.state.data.status) ? false : 700),
+    refetchInterval: untilEnded(700),
   });
 
 export const useComparison = (run: string | undefined, space: number, dictionaries: string[]) =>
@@ -131,5 +137,5 @@ export const useGraphJob = (id: string | null) =>
     queryFn: ({ signal }) => api.graphJob(id!, signal),
     enabled: id !== null,
     staleTime: 0,
-    refetchInterval: (query) => (query.state.data && ["done", "failed"].includes(query.state.data.status) ? false : 500),
+    refetchInterval: untilEnded(500),
   });
