@@ -37,13 +37,14 @@ from core.store import FeatureUnavailable, StoreError
 from .guards import BodyLimit, HostCheck
 from .inference import InferenceBusy, ModelLoadFailed
 from .results import DictionaryError, NotFound
-from .routes import annotations, dictionaries, graphs, inference, runs, search, ui
+from .routes import annotations, compare, dictionaries, explanations, graphs, inference, replacement, runs, search, ui
 from .settings import Settings
 from .state import ServerState
 
 log = logging.getLogger("server")
 
-AREA_ROUTERS = (dictionaries.router, search.router, annotations.router, inference.router, graphs.router, runs.router)
+AREA_ROUTERS = (dictionaries.router, search.router, annotations.router, inference.router, graphs.router, runs.router,
+                replacement.router, explanations.router, compare.router)
 """One router per area of the API (server/routes/); a new area (explanations, attribution graphs,
 evaluations / comparison) adds its module's router here. The catch-alls of `ui.router` come last."""
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             torch.set_num_threads(previous_threads)
             state.results.close()
+            state.explainer.close()
 
     app = FastAPI(title="GPT-2 Dictionary feature viewer",
                   description="Browse the dictionaries (sparse autoencoders) and analyses of a results folder. "

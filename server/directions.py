@@ -4,15 +4,12 @@ Decoder rows live in the space the dictionary writes to (raw activations of its 
 transcoder's out-hook), so two dictionaries are comparable when they are on the same model, read
 the same hook and write the same one. The unit-normalized decoder of a dictionary ([d_sae, d_out],
 float32 on CPU) is computed once from its weights (`load_dictionary`, so every format the library
-reads works) and cached, keyed by the dictionary folder and its config's file signature, so a
-re-saved dictionary is read afresh; the cache holds at most `max_bytes` of decoders, least
-recently used dropped first.
+reads works) and cached (server/weights.py: a re-saved dictionary is read afresh; at most
+`max_bytes` of decoders, least recently used dropped first).
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -20,6 +17,7 @@ import torch
 from core.sae import load_dictionary
 
 from .results import DictionaryInfo
+from .weights import WeightsCache
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -32,7 +30,7 @@ class Neighbour(NamedTuple):
 def decoder_space(info: DictionaryInfo) -> tuple:
     """What makes decoder directions comparable: model, hook read, hook written."""
     c = info.config
-    if "hook_name" not in c:  # a replacement model: every layer's hooks
+    if info.layers:  # a replacement model: every layer's hooks
         return c["model_name"], tuple(c.get("hook_names") or ()), tuple(c.get("hooks_out") or ())
     return c["model_name"], c["hook_name"], c.get("hook_out")
 
@@ -41,35 +39,20 @@ def comparable(a: DictionaryInfo, b: DictionaryInfo) -> bool:
     return decoder_space(a) == decoder_space(b)
 
 
+def _normalized_decoder(info: DictionaryInfo) -> torch.Tensor:
+    w_dec = load_dictionary(info.folder, device="cpu").W_dec.detach().float()
+    return (w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)).contiguous()
+
+
 class DecoderCache:
+    """Unit-normalized decoders, computed once per dictionary (server/weights.py)."""
+
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._decoders: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._loading: dict[tuple, threading.Lock] = {}
+        self._cache = WeightsCache(_normalized_decoder, lambda d: d.numel() * d.element_size(), max_bytes)
 
     def normalized(self, info: DictionaryInfo) -> torch.Tensor:
         """[d_sae, d_out] float32 unit rows (a zero row stays zero)."""
-        key = (str(info.folder.resolve()), info.signature)
-        with self._lock:
-            if key in self._decoders:
-                self._decoders.move_to_end(key)
-                return self._decoders[key]
-            load_lock = self._loading.setdefault(key, threading.Lock())
-        with load_lock:  # one load per dictionary; others wait for it rather than loading again
-            with self._lock:
-                if key in self._decoders:
-                    return self._decoders[key]
-            w_dec = load_dictionary(info.folder, device="cpu").W_dec.detach().float()
-            decoder = (w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)).contiguous()
-            with self._lock:
-                self._loading.pop(key, None)
-                self._decoders[key] = decoder
-                total = sum(d.numel() * d.element_size() for d in self._decoders.values())
-                while total > self.max_bytes and len(self._decoders) > 1:
-                    _, dropped = self._decoders.popitem(last=False)
-                    total -= dropped.numel() * dropped.element_size()
-        return decoder
+        return self._cache.get(info)
 
     def nearest(self, source: DictionaryInfo, index: int, target: DictionaryInfo, k: int) -> list[Neighbour]:
         """The k features of `target` whose decoder rows are closest in cosine to feature `index` of

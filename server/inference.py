@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from core.analysis import TextActivations, encode_text
+from core.analysis import TextActivations, encode_text, encoded_hooks
 from core.config import OFFLINE_MODEL_NAME, ConfigError, LanguageModelConfig
 from core.lm import HookNameError, LanguageModel, ModelLoadError, check_model_matches, load_language_model
 from core.sae import DictionaryLoadError, SparseAutoencoder, load_dictionary
@@ -228,9 +228,10 @@ class ModelCache:
                 loaded = LoadedModel(load_language_model(cfg, device=self.device))
                 with self._lock:
                     self._models[model_key] = loaded
-        # model_name as loaded (the path resolved against the results folder): the hook and width are checked.
-        hook = sae.hook_names[0] if hasattr(sae, "hook_names") else sae.hook_name  # a replacement model: its first layer's
-        check_model_matches(loaded.model, model_name=loaded.model.name, hook_name=hook, d_in=sae.d_in)
+        # model_name as loaded (the path resolved against the results folder): the hooks and width are checked
+        # (a replacement model's every covered layer's input).
+        for hook in encoded_hooks(sae):
+            check_model_matches(loaded.model, model_name=loaded.model.name, hook_name=hook, d_in=sae.d_in)
         if hasattr(sae, "hook_names"):  # attribution checks the name again: the model as loaded (its path resolved)
             sae.model_name = loaded.model.name
         log.info("Loaded dictionary %r and model %r on %s in %.1f s.", info.name, cfg.name, self.device,

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from core import layout
 from core.annotations import Annotations
+from core.autointerp.explanations import Explanations
 from core.store import PARTIAL_SUFFIX, FeatureStore, StoreError, json_ready
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class DictionaryInfo:
     """config.json with NaN/inf replaced by None."""
     signature: FileSignature
     """Of config.json, which `SparseAutoencoder.save` writes last: a new save changes it."""
+    architecture: str
+    """config.json's architecture; a transcoder set's, its first member's (the set's own config names none)."""
 
     @property
     def d_sae(self) -> int:
@@ -110,17 +113,22 @@ class DictionaryInfo:
         return factor * self.config["d_in"] if isinstance(factor, int) else 0
 
     @property
-    def n_features(self) -> int:
-        """Features in its analyses and annotations: d_sae, times the layers for a replacement model (whose
-        feature of layer position i is `i * d_sae + feature`)."""
-        layers = self.config.get("layers") if self.kind != "sparse_autoencoder" else None
-        return self.d_sae * (len(layers) if isinstance(layers, list) and layers else 1)
-
-    @property
     def kind(self) -> str:
         """"sparse_autoencoder" (an SAE or transcoder), or a replacement model's kind (REPLACEMENT_KINDS)."""
         kind = self.config.get("kind")
         return kind if kind in REPLACEMENT_KINDS else "sparse_autoencoder"
+
+    @property
+    def layers(self) -> list[int] | None:
+        """A replacement model's covered layers (blocks), in order; None for an SAE or transcoder."""
+        layers = self.config.get("layers") if self.kind != "sparse_autoencoder" else None
+        return list(layers) if isinstance(layers, list) and layers else None
+
+    @property
+    def n_features(self) -> int:
+        """Features in its analyses and annotations: d_sae, times the layers for a replacement model (whose
+        feature of layer position i is `i * d_sae + feature`)."""
+        return self.d_sae * len(self.layers or [None])
 
     @property
     def source(self) -> dict | None:
@@ -144,8 +152,9 @@ class ResultsFolder:
         self.root = Path(root).expanduser().absolute()
         self._lock = threading.Lock()
         # Failures are cached as their message (re-raising one exception object would grow its traceback).
-        self._configs: dict[Path, tuple[FileSignature, dict | str]] = {}
+        self._configs: dict[Path, tuple[FileSignature, tuple[dict, str] | str]] = {}
         self._stores: dict[Path, tuple[FileSignature, FeatureStore | str]] = {}
+        self._explanations: dict[Path, tuple[tuple[int, int] | None, Explanations]] = {}
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -212,13 +221,16 @@ class ResultsFolder:
             cached = (signature, self._read_config(name, config_path))
             with self._lock:
                 self._configs[config_path] = cached
-        config = cached[1]
-        if isinstance(config, str):
-            raise DictionaryError(config)
-        return DictionaryInfo(name=name, folder=config_path.parent, config=config, signature=signature)
+        read = cached[1]
+        if isinstance(read, str):
+            raise DictionaryError(read)
+        config, architecture = read
+        return DictionaryInfo(name=name, folder=config_path.parent, config=config, signature=signature,
+                              architecture=architecture)
 
     @staticmethod
-    def _read_config(name: str, path: Path) -> dict | str:
+    def _read_config(name: str, path: Path) -> tuple[dict, str] | str:
+        """(config.json with NaN/inf made None, its architecture), or why it cannot be read."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -229,11 +241,21 @@ class ResultsFolder:
         required = _REPLACEMENT_KEYS if data.get("kind") in REPLACEMENT_KINDS else _REQUIRED_KEYS
         bad = [key for key, kind in required.items()
                if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool)]
+        if not bad and data.get("kind") in REPLACEMENT_KINDS and not (
+                data["layers"] and len(data["hook_names"]) == len(data["layers"])
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in data["layers"])):
+            bad = ["layers", "hook_names"]
         if bad:
             return (f"The config.json of dictionary {name!r} lacks or has invalid {', '.join(bad)}; "
                     "it was not written by SparseAutoencoder.save or is damaged, save the dictionary again.")
-
-        return json_ready(data)
+        architecture = data.get("architecture")
+        if not isinstance(architecture, str):  # a transcoder set: its members'
+            member = path.parent / layout.transcoder_set_member(data["layers"][0]) / layout.DICTIONARY_CONFIG_FILENAME
+            try:
+                architecture = json.loads(member.read_text(encoding="utf-8")).get("architecture")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                architecture = None
+        return json_ready(data), architecture if isinstance(architecture, str) else data.get("kind", "unknown")
 
     def annotations(self, name: str) -> Annotations:
         """The annotations of dictionary `name` (NotFound for an unknown dictionary)."""
@@ -313,8 +335,29 @@ class ResultsFolder:
             raise StoreError(store)
         return store
 
+    def explanations(self, name: str, analysis: str) -> Explanations:
+        """The reader of the explanations file of analysis `analysis` of dictionary `name` (empty when it has
+        none yet); NotFound or StoreError as `store` for the analysis. A reader is kept per file and made
+        anew when the file is replaced (a new inode) or appears."""
+        self.store(name, analysis)
+        path = self._inside(layout.explanations_path(layout.analysis_folder(self._dictionary_path(name), analysis)))
+        try:
+            st = os.stat(path)
+            identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            identity = None
+        with self._lock:
+            cached = self._explanations.get(path)
+            if cached is None or cached[0] != identity:  # the old reader closes once no request holds it
+                cached = (identity, Explanations(path))
+                self._explanations[path] = cached
+        return cached[1]
+
     def close(self) -> None:
         with self._lock:
+            for _, reader in self._explanations.values():
+                reader.close()
+            self._explanations.clear()
             for _, store in self._stores.values():
                 if isinstance(store, FeatureStore):
                     store.close()

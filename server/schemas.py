@@ -37,6 +37,23 @@ class Metrics(BaseModel):
     dense_features: Optional[Union[int, float]] = None
 
 
+class ExplanationsSummary(BaseModel):
+    """An analysis' default explanation set and score set (server/explanations.py)."""
+
+    set_id: int = Field(description="the explanation set shown (the newest with a parsed explanation)")
+    explainer_model: str
+    n_explained: int = Field(description="features of that set with a parsed explanation")
+    n_unparsable: int
+    n_sets: int = Field(description="explanation sets in the file (other explainers or settings)")
+    score_set_id: Optional[int] = Field(description="its newest score set that is not a control; null: not scored")
+    scorer_model: Optional[str]
+    n_scored: dict[str, int] = Field(description="per scorer: features with a score")
+    mean_balanced_accuracy: dict[str, Optional[float]] = Field(
+        description="per scorer: the mean balanced accuracy over its scored features (0.5 is chance)")
+    settings: dict[str, Any] = Field(description="the explainer's and scorers' settings (what makes two analyses' "
+                                                 "scores comparable)")
+
+
 class AnalysisSummary(BaseModel):
     name: str
     n_tokens: int
@@ -44,6 +61,8 @@ class AnalysisSummary(BaseModel):
     n_alive: int
     n_dead: int
     density_histogram: Histogram = Field(description="histogram of log10(density) over alive features")
+    explanations: Optional[ExplanationsSummary] = Field(None, description="its explanations by a language model "
+                                                                          "(null: none yet)")
 
 
 class Provenance(BaseModel):
@@ -82,6 +101,9 @@ class DictionarySummary(BaseModel):
                                                           "hook_out are its first layer's)")
     d_in: int
     d_sae: int = Field(description="features (per layer, for a replacement model)")
+    n_features: int = Field(description="features in its analyses and labels: d_sae, times the layers for a "
+                                        "replacement model (feature i is feature i % d_sae of layer "
+                                        "layers[i // d_sae])")
     metrics: Metrics
     analyses: list[str] = Field(description="names of the complete analyses, sorted")
     graphs: int = Field(0, description="attribution graphs saved beside it (`<dictionary>/graphs/`)")
@@ -89,9 +111,33 @@ class DictionarySummary(BaseModel):
                                                            "trained here")
 
 
+class LayerMetrics(BaseModel):
+    """A replacement model's final evaluation at one covered layer (on the clean run's activations)."""
+
+    layer: int
+    normalized_mse: Optional[float] = Field(description="squared error / squared norm of the MLP output")
+    explained_variance: Optional[float]
+    l0: Optional[float] = Field(description="this layer's active features per token")
+    unfired_features: Optional[float] = Field(description="this layer's features that never fired in the evaluation")
+
+
 class DictionaryDetail(DictionarySummary):
     config: dict[str, Any] = Field(description="the dictionary's config.json")
     analysis_summaries: list[AnalysisSummary]
+    layer_metrics: Optional[list[LayerMetrics]] = Field(
+        None, description="a replacement model's final evaluation per covered layer (its `metrics` are of the whole "
+                          "replacement: every covered MLP replaced at once); null otherwise")
+
+
+class ReplacementFeature(BaseModel):
+    """Where a replacement model's feature sits and writes."""
+
+    index: int = Field(description="its index in the analyses and labels")
+    layer: int = Field(description="the block whose MLP input it reads")
+    layer_index: int = Field(description="its index among that layer's d_sae features")
+    target_layers: list[int] = Field(description="the layers whose MLP output it writes to (a cross-layer transcoder: "
+                                                 "its own and every later covered one; a transcoder set: its own)")
+    decoder_norms: list[float] = Field(description="L2 norm of its decoder vector into each target layer")
 
 
 class DictionaryList(BaseModel):
@@ -108,6 +154,10 @@ class Health(BaseModel):
 class FeatureRow(FeatureStats):
     label: str = described("the feature's label ('' when it has none)")
     bookmarked: bool
+    explanation: Optional[str] = described("its explanation in the analysis' default explanation set (null: none)")
+    detection: Optional[float] = described("balanced accuracy of the explanation's detection score (null: none)")
+    fuzzing: Optional[float] = described("balanced accuracy of the explanation's fuzzing score (null: none)")
+    layer: Optional[int] = described("a replacement model's feature: the layer it belongs to (null otherwise)")
 
 
 class FeaturePage(BaseModel):
@@ -115,6 +165,7 @@ class FeaturePage(BaseModel):
     offset: int
     limit: int
     features: list[FeatureRow]
+    explanations: Optional[ExplanationsSummary] = Field(description="the explanations the rows show (null: none)")
 
 
 class ActivationsRequest(BaseModel):
@@ -435,3 +486,160 @@ class InterventionResponse(BaseModel):
     intervened: list[TokenProbability] = Field(description="the most probable next tokens with the interventions")
     applied: list[AppliedIntervention]
 
+
+# -- explanations ------------------------------------------------------------------------------
+
+Scorer = Literal["detection", "fuzzing"]
+
+
+class Score(BaseModel):
+    scorer: Scorer
+    status: str = Field(description="ok, no_explanation or too_few_contexts (metrics null)")
+    n_items: int = Field(description="questions asked")
+    n_failed: int = Field(description="answers that could not be read")
+    accuracy: Optional[float]
+    balanced_accuracy: Optional[float] = Field(description="0.5 is chance")
+    precision: Optional[float]
+    recall: Optional[float]
+    f1: Optional[float]
+    auroc: Optional[float] = Field(description="null when the backend gave no yes/no probabilities")
+
+
+class FeatureExplanation(BaseModel):
+    set_id: int
+    default: bool = Field(description="it belongs to the set shown by default (table, search)")
+    explainer_model: str
+    prompt_version: int
+    set_created_at: str
+    status: Literal["ok", "unparsable"]
+    explanation: Optional[str] = Field(description="one short line; null when the answer could not be parsed")
+    raw_response: str
+    created_at: str
+    n_shown: int = Field(description="contexts the explainer saw")
+    n_held_out: int = Field(description="contexts kept for the scorers")
+    scorer_model: Optional[str]
+    scores: list[Score] = Field(description="from the set's newest score set that is not a control")
+
+
+class Explainer(BaseModel):
+    backend: Literal["local", "openai"]
+    model: str
+    scores: bool = Field(description="a new explanation is scored at once (GPT2DICT_EXPLAIN_SCORE)")
+
+
+class FeatureExplanations(BaseModel):
+    index: int
+    explanations: list[FeatureExplanation] = Field(description="one per explanation set that has one, the default "
+                                                               "set's first, then newest first")
+    explainer: Explainer = Field(description="what POST .../explain would run")
+
+
+class JobStatus(BaseModel):
+    id: str
+    kind: Literal["explain", "graph"]
+    dictionary: str
+    analysis: Optional[str] = Field(None, description="explain: the analysis")
+    feature: Optional[int] = Field(None, description="explain: the feature")
+    slug: Optional[str] = Field(None, description="graph: the graph's name once saved")
+    prompt: Optional[str] = Field(None, description="graph: the prompt")
+    status: Literal["queued", "running", "done", "failed"]
+    stage: str = Field(description="what it is doing now")
+    step: int = Field(description="steps done")
+    steps: int
+    error: Optional[str] = Field(description="why it failed (one sentence)")
+    result: dict[str, Any] = Field(description="explain: explanation_set, explained, already_done, scorers; graph: slug")
+    seconds: float = Field(description="since it was submitted (until it ended)")
+
+
+class ExplanationMatch(BaseModel):
+    index: int
+    explanation: str
+    highlighted: str = Field(description="the explanation with the matched words between [ and ]")
+    rank: float = Field(description="bm25 (lower is better)")
+    max_act: float
+    density: float
+    label: str = Field(description="the feature's label ('' when it has none)")
+    detection: Optional[float] = Field(description="balanced accuracy of its detection score")
+    fuzzing: Optional[float] = Field(description="balanced accuracy of its fuzzing score")
+
+
+class ExplanationSearch(BaseModel):
+    set_id: Optional[int] = Field(description="the explanation set searched (null: the analysis has none)")
+    matches: list[ExplanationMatch] = Field(description="best first")
+
+
+# -- comparison --------------------------------------------------------------------------------
+
+
+class CompareSpace(BaseModel):
+    model_name: str
+    hook_name: str = Field(description="the hook read (a replacement model's first layer's)")
+    hook_out: Optional[str] = Field(description="the hook written by a transcoder (null for an SAE)")
+    layers: Optional[list[int]] = Field(description="a replacement model's covered layers")
+
+
+class RunSpace(CompareSpace):
+    dictionaries: list[str]
+
+
+class ComparedDictionary(BaseModel):
+    id: str
+    architecture: str
+    kind: str
+    d_sae: int
+    l0: Optional[float] = Field(description="x of the plots: its final evaluation's L0, else its core eval's")
+    errors: list[str] = Field(description="evaluation files that cannot be read")
+
+
+class ConfigDifference(BaseModel):
+    field: str
+    reference: Any = Field(description="the value in the reference config")
+    value: Any = Field(description="the value in this config")
+
+
+class SourceConfig(BaseModel):
+    source: str = Field(description="an eval type (`core`, `absorption_first_letter`, `sparse_probing`, "
+                                    "`synthetic_recovery`) or `explanations`")
+    dictionaries: list[str] = Field(description="the dictionaries whose results were computed with this config")
+    reference: bool = Field(description="the config of most dictionaries: only its results are plotted")
+    config: dict[str, Any] = Field(description="the eval_config (explanations: the explainer's and scorers' settings)")
+    differences: list[ConfigDifference] = Field(description="fields that differ from the reference config")
+
+
+class MetricRow(BaseModel):
+    source: str = Field(description="`final` (config.json metrics), an eval type, or `explanations`")
+    metric: str = Field(description="its key: `l0`, `<category>.<metric>` of an eval, `detection` / `fuzzing` / "
+                                    "`interpretability` of explanations")
+    values: list[Optional[float]] = Field(description="one per dictionary, in `dictionaries` order")
+    excluded: list[bool] = Field(description="per dictionary: computed with another config than the reference")
+
+
+class PlotPoint(BaseModel):
+    dictionary: str
+    x: float = Field(description="L0")
+    y: float
+    pareto: bool = Field(description="on the frontier: no other point has an L0 as low and a value as good")
+
+
+class ComparePlot(BaseModel):
+    key: str
+    title: str
+    y_label: str
+    source: str
+    metric: str
+    higher_is_better: bool
+    points: list[PlotPoint]
+    excluded: list[str] = Field(description="dictionaries left out: their result has another config")
+    missing: list[str] = Field(description="dictionaries without this metric (or without L0)")
+
+
+class Comparison(BaseModel):
+    run: Optional[str]
+    space: CompareSpace = Field(description="the model and hook of the dictionaries compared")
+    spaces: list[RunSpace] = Field(description="a run's groups of dictionaries by model and hook, most first "
+                                               "(the `space` parameter picks one); the compared ones otherwise")
+    dictionaries: list[ComparedDictionary]
+    candidates: list[str] = Field(description="other dictionaries of the same model and hook in the results folder")
+    configs: list[SourceConfig]
+    metrics: list[MetricRow]
+    plots: list[ComparePlot]

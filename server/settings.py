@@ -7,9 +7,13 @@ root) to set them there; real environment variables win over the file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.autointerp.config import BackendConfig
+from core.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -57,6 +61,20 @@ class Settings(BaseSettings):
     """Feature nodes of a graph computed in the viewer: the default and the most a request may ask for."""
     graph_max_edge_bytes: int = Field(2 * 2**30, gt=0)
     """Memory a graph computed in the viewer may take for its edges; a prompt needing more is refused (HTTP 422)."""
+    explain_backend: Literal["local", "openai"] = "local"
+    """What explains a feature when the viewer asks ("explain this feature"): `local`, a Hugging Face chat model in
+    the server's process (default the offline SmolLM2-135M-Instruct, on `device`), or `openai`, any
+    OpenAI-compatible server (vLLM, Ollama, `transformers serve`, hosted APIs; core.autointerp.BackendConfig)."""
+    explain_model: Optional[str] = None
+    """local: a model folder or hub name (unset: the offline SmolLM2-135M-Instruct); openai: the model's name (required)."""
+    explain_base_url: Optional[str] = None
+    """openai: the server's API root, e.g. http://127.0.0.1:8000/v1 (unset: $OPENAI_BASE_URL)."""
+    explain_api_key_env: str = "OPENAI_API_KEY"
+    """openai: the name of the environment variable holding the API key (the key is never written anywhere)."""
+    explain_probabilities: Literal["logprobs", "systemone", "none"] = "logprobs"
+    """openai: where the scorers' yes/no probabilities (AUROC) come from; see core.autointerp.BackendConfig."""
+    explain_score: bool = True
+    """Score a feature's new explanation (fuzzing and detection on held-out contexts) right after explaining it."""
     allowed_hosts: str = ""
     """Comma-separated host names (without port) accepted in the Host header besides localhost and IP addresses,
     e.g. the name of this machine or of a reverse proxy; `*` accepts any. Guards against DNS rebinding."""
@@ -69,6 +87,26 @@ class Settings(BaseSettings):
         if not (value in ("cpu", "mps", "cuda") or value.startswith("cuda:")):
             raise ValueError(f"GPT2DICT_DEVICE is {value!r}; allowed values: 'cpu', 'cuda', 'cuda:N', 'mps'.")
         return value
+
+    @field_validator("explain_model", "explain_base_url")
+    @classmethod
+    def _unset_when_empty(cls, value: Optional[str]) -> Optional[str]:
+        return value or None  # `GPT2DICT_EXPLAIN_MODEL=` in a .env file means "not set"
+
+    @property
+    def explain_backend_config(self) -> BackendConfig:
+        """The explainer's and scorers' language model (GPT2DICT_EXPLAIN_*)."""
+        return BackendConfig(kind=self.explain_backend, model=self.explain_model, base_url=self.explain_base_url,
+                             api_key_env=self.explain_api_key_env, probabilities=self.explain_probabilities,
+                             device=self.device)
+
+    @model_validator(mode="after")
+    def _check_explainer(self) -> "Settings":
+        try:
+            self.explain_backend_config.validate()
+        except ConfigError as e:
+            raise ValueError(f"GPT2DICT_EXPLAIN_*: {e}") from None
+        return self
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -9,9 +9,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .compare import EvalCache
 from .directions import DecoderCache
+from .explanations import Explainer
 from .graphs import GraphJobs
 from .inference import ModelCache
+from .jobs import Jobs
+from .replacement import DecoderNorms
 from .results import ResultsFolder
 from .runs import RunLogs
 from .settings import Settings
@@ -26,12 +30,21 @@ class ServerState:
     """Loaded (language model, dictionary) pairs for custom text and steering."""
     decoders: DecoderCache
     """Normalized decoders for nearest-feature search."""
+    decoder_norms: DecoderNorms
+    """Replacement models' decoder norms per target layer."""
     run_logs: RunLogs
     """Each run's metrics.jsonl, read incrementally."""
+    evals: EvalCache
+    """Each dictionary's evaluation results (SAEBench's shape), read once per version of its files."""
     inference_slots: threading.BoundedSemaphore
     """GPT2DICT_INFERENCE_CONCURRENCY slots; a request finding none free is answered 503 at once."""
     graph_jobs: GraphJobs
-    """Attribution graphs being computed (each holds an inference slot while it runs)."""
+    """Attribution graphs being computed: jobs of `jobs`, in the graph page's shape."""
+    jobs: Jobs
+    """Work that outlasts a request (explaining a feature, an attribution graph), each job holding an inference
+    slot."""
+    explainer: Explainer
+    """The language model that explains features on request (GPT2DICT_EXPLAIN_*)."""
 
     @classmethod
     def of(cls, settings: Settings) -> "ServerState":
@@ -39,8 +52,11 @@ class ServerState:
         models = ModelCache(size=settings.model_cache_size, device=settings.device, results_root=results.root,
                             failure_ttl_s=settings.model_load_failure_ttl_s)
         slots = threading.BoundedSemaphore(settings.inference_concurrency)
-        return cls(settings=settings, results=results, models=models, decoders=DecoderCache(), run_logs=RunLogs(),
-                   inference_slots=slots, graph_jobs=GraphJobs(models, slots))
+        jobs = Jobs(slots, settings.inference_concurrency)
+        return cls(settings=settings, results=results, models=models, decoders=DecoderCache(),
+                   decoder_norms=DecoderNorms(), run_logs=RunLogs(), evals=EvalCache(), inference_slots=slots,
+                   jobs=jobs, graph_jobs=GraphJobs(jobs, models),
+                   explainer=Explainer(settings.explain_backend_config, score=settings.explain_score))
 
 
 async def server_state(request: Request) -> ServerState:

@@ -97,3 +97,27 @@ def chat_answer(content: str | None, *, prompt_tokens: int = 50, completion_toke
                                     "message": {"role": "assistant", "content": content}}],
                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                  "total_tokens": prompt_tokens + completion_tokens}})
+
+
+def token_reader(path: str, body: dict, n: int) -> tuple[int, dict, str]:
+    """A `MisbehavingServer` script answering like a reader who only looks at tokens: asked to explain,
+    it names the token marked most often in the excerpts (`The token "x"`); asked about an excerpt, it
+    says yes when the token the explanation names is there (detection) or is every marked token
+    (fuzzing). Deterministic, so explanations are searchable and scores differ between features."""
+    import re
+    from collections import Counter
+
+    question = body["messages"][-1]["content"]
+    asked = re.match(r"Explanation: (.*)\nExcerpt: (.*)", question, re.S)
+    if asked is None:
+        marked = Counter(m.strip() or m for m in re.findall(r"<<(.*?)>>", question))
+        token = marked.most_common(1)[0][0] if marked else "nothing"
+        return 200, {}, chat_answer(f'The token "{token}"')
+    explanation, excerpt = asked.groups()
+    named = re.search(r'"(.*)"', explanation)
+    word = named.group(1) if named else explanation
+    if "<<" in excerpt:
+        yes = all((m.strip() or m) == word for m in re.findall(r"<<(.*?)>>", excerpt))
+    else:
+        yes = word in excerpt
+    return 200, {}, chat_answer("Yes" if yes else "No")

@@ -104,6 +104,85 @@ def graph_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
     return results / GRAPH_RUN
 
 
+REPLACEMENT_RUN = "tiny-replacement"
+CLT_DICT = f"{REPLACEMENT_RUN}:clt"
+SET_DICT = f"{REPLACEMENT_RUN}:transcoders"
+"""A cross-layer transcoder and a transcoder set over both blocks of the tiny GPT-2, each analyzed."""
+
+
+@pytest.fixture(scope="session")
+def replacement_run(tiny_gpt2_dir, tiny_model, tmp_path_factory) -> Path:
+    """`<folder>/tiny-replacement/`: a CLT (`clt`) and a transcoder set (`transcoders`) over blocks 0-1,
+    trained from one pass of the tiny GPT-2 (batchtopk, a few seconds) with their final per-layer
+    evaluation, and an analysis "default" of each."""
+    from dataclasses import replace
+
+    from core import DictionaryConfig, analyze, train
+    from tests.conftest import tiny_analysis_config, tiny_training_config
+
+    results = tmp_path_factory.mktemp("replacement-results")
+    cfg = tiny_training_config(tiny_gpt2_dir, results, exp_name=REPLACEMENT_RUN, steps=24)
+    cfg = replace(cfg, sae=replace(cfg.sae, architecture="batchtopk", normalize_activations="expected_average_only_in",
+                                   dead_tokens_threshold=10 ** 9),
+                  dictionaries=(DictionaryConfig(name="clt", kind="clt", layers="0..1"),
+                                DictionaryConfig(name="transcoders", kind="transcoder_set", layers="0..1")))
+    trained = train(cfg, model=tiny_model)
+    for folder in trained.dictionary_paths.values():
+        analyze(tiny_analysis_config(folder, tiny_gpt2_dir, total_analyzing_tokens=2000), model=tiny_model)
+    return results / REPLACEMENT_RUN
+
+
+EXPLAINED_FEATURES = 40
+"""Alive features of the tiny analysis that `tiny_explanations` explains."""
+
+
+@pytest.fixture(scope="session")
+def tiny_explanations(tiny_dictionary, tiny_analysis, tiny_model, tmp_path_factory) -> Path:
+    """An explanations.sqlite of the tiny analysis (EXPLAINED_FEATURES alive features, detection and fuzzing
+    scores) written by the real explainer and scorers through a real OpenAI-compatible HTTP server that
+    answers as a reader of tokens (`tests.autointerp_helpers.token_reader`). Copy it next to a copy of the
+    analysis' features.sqlite to use it."""
+    from core import BackendConfig, ExplainConfig, ScoreConfig, explain_features, score_explanations
+    from tests.autointerp_helpers import MisbehavingServer, token_reader
+
+    dictionary = tmp_path_factory.mktemp("explained") / RUN / "dictionaries" / TINY_HOOK
+    shutil.copytree(tiny_dictionary, dictionary)  # with its analysis: the scorers read the dictionary beside it
+    folder = dictionary / "analysis" / tiny_analysis.name
+    server = MisbehavingServer(token_reader)
+    try:
+        backend = BackendConfig(kind="openai", base_url=server.base_url, model="token-reader", probabilities="none")
+        explain_features(folder, EXPLAINED_FEATURES, config=ExplainConfig(n_top_shown=3, n_interval_shown=2),
+                         backend=backend, progress=False)
+        score_explanations(folder, config=ScoreConfig(n_activating=3, n_random_negatives=2, n_hard_negatives=1),
+                           backend=backend, model=tiny_model, progress=False)
+    finally:
+        server.close()
+    return folder / "explanations.sqlite"
+
+
+@pytest.fixture(scope="session")
+def evaluated_sweep(tiny_sweep_run, tiny_model, tmp_path_factory) -> Path:
+    """A copy of the sweep run whose three dictionaries have every evaluation (core, absorption with its gates
+    lowered for the random tiny model, sparse probing; seconds), except that the k=16 dictionary's sparse
+    probing was rerun with another `context_length`, so its config differs from the others'."""
+    from dataclasses import replace
+
+    from core import AbsorptionConfig, CoreEvalConfig, EvaluationConfig, SparseProbingConfig, run_evaluations
+
+    run = tmp_path_factory.mktemp("evaluated") / SWEEP_RUN
+    shutil.copytree(tiny_sweep_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    small = EvaluationConfig(
+        core=CoreEvalConfig(n_eval_reconstruction_batches=2, batch_size_prompts=4),
+        absorption=AbsorptionConfig(max_words=300, min_GT_probe_f1=0.0, min_feats_for_eval=1,
+                                    k_sparse_probe_num_epochs=5),
+        sparse_probing=SparseProbingConfig(probe_train_set_size=60, probe_test_set_size=30, context_length=24))
+    done = run_evaluations([run], small, model=tiny_model)
+    assert not done.skipped, done.skipped
+    other = replace(small, evals=("sparse_probing",), sparse_probing=replace(small.sparse_probing, context_length=20))
+    run_evaluations([run / "dictionaries" / f"{TINY_HOOK}-k16"], other, model=tiny_model)
+    return run
+
+
 @pytest.fixture()
 def results_copy(analysis_dir, tiny_results_dir, tmp_path) -> Path:
     """A private results folder holding a copy of the tiny dictionary's run and its analysis."""

@@ -53,10 +53,11 @@ def test_list_dictionaries(client, tiny_dictionary, tiny_gpt2_dir):
     assert [d["name"] for d in dictionaries] == [DICT]
     d = dictionaries[0]
     config = json.loads((tiny_dictionary / "config.json").read_text())
-    assert set(d) == {"name", "run", "model_name", "hook_name", "hook_out", "architecture", "kind", "d_in", "d_sae",
-                      "metrics", "analyses", "source", "graphs"}
-    assert (d["kind"], d["graphs"]) == ("sparse_autoencoder", 0)
+    assert set(d) == {"name", "run", "model_name", "hook_name", "hook_out", "architecture", "kind", "layers", "d_in",
+                      "d_sae", "n_features", "metrics", "analyses", "source", "graphs"}
+    assert d["graphs"] == 0
     assert (d["run"], d["hook_out"], d["source"]) == (RUN, None, None)  # trained here: no provenance
+    assert (d["kind"], d["layers"], d["n_features"]) == ("sparse_autoencoder", None, 128)
     assert d["model_name"] == str(tiny_gpt2_dir) == config["model_name"]
     assert d["hook_name"] == TINY_HOOK
     assert (d["architecture"], d["d_in"], d["d_sae"]) == ("topk", 64, 128)
@@ -76,13 +77,15 @@ def test_dictionary_detail(client, tiny_dictionary, store):
     summary = store.summary()
     assert body["analysis_summaries"] == [{
         "name": "default", "n_tokens": summary.n_tokens, "n_features": 128, "n_alive": summary.n_alive,
-        "n_dead": summary.n_dead, "density_histogram": json_ready(summary.density_histogram)}]
+        "n_dead": summary.n_dead, "density_histogram": json_ready(summary.density_histogram), "explanations": None}]
+    assert body["layer_metrics"] is None  # an SAE: no layers
     assert summary.n_tokens > 0 and summary.n_alive > 0
 
 
 def row(stats) -> dict:
     """A feature-table row: the store's statistics, and the label and bookmark (none in the shared folder)."""
-    return {**json_ready(stats), "label": "", "bookmarked": False}
+    return {**json_ready(stats), "label": "", "bookmarked": False, "explanation": None, "detection": None, "fuzzing": None,
+            "layer": None}
 
 
 @pytest.mark.parametrize("sort", SORT_KEYS)

@@ -1,5 +1,5 @@
 """Fuzzing a real uvicorn process: every endpoint (browsing, custom text, search, labels, steering,
-runs) with malformed, huge, negative, non-UTF-8, path-like and unicode path parameters, query
+runs, explanations, comparison; not the jobs, which start a language model) with malformed, huge, negative, non-UTF-8, path-like and unicode path parameters, query
 parameters, JSON and raw bodies and content types.
 
 Two passes, both sent byte for byte over a raw socket so nothing is normalized on the way:
@@ -45,10 +45,12 @@ NUMBERS = ["0", "1", "-1", "50", "500", "501", "1e400", "-1e400", "nan", "NaN", 
 FEATURE_QUERY = {"sort": "max_act", "order": "desc", "min_density": "0", "max_density": "1", "min_max_act": "0",
                  "offset": "10", "limit": "50"}
 QUERIES = {"features": FEATURE_QUERY, "search": {"q": "%20the", "limit": "5"}, "similar": {"limit": "5"},
-           "labels": {"q": "x"}}
+           "labels": {"q": "x"}, "search_explanations": {"q": "token", "limit": "5"}, "compare": {"run": DICT.split(":")[0]}}
 """A valid query string per route (routes without one take none)."""
-QUERY_KEYS = {"q": ["search", "labels"], "token_id": ["search"], "limit": ["features", "search", "similar", "labels"],
-              "dictionary": ["similar"], "bookmarked": ["features", "labels"]}
+QUERY_KEYS = {"q": ["search", "labels", "search_explanations"], "token_id": ["search"],
+              "limit": ["features", "search", "similar", "labels", "search_explanations"],
+              "dictionary": ["similar", "compare"], "bookmarked": ["features", "labels"], "run": ["compare"],
+              "space": ["compare"], "min_detection": ["features"], "min_fuzzing": ["features"]}
 """Which routes a query parameter means something to (FEATURE_QUERY's: features; others: features)."""
 BODIES = {"activations": {"text": "Hello world", "feature": 3, "top_k": 5},
           "steer": {"prompt": "Hello", "strength": 3.0, "max_new_tokens": 3, "temperature": 0.0, "seed": 1},
@@ -68,7 +70,8 @@ CONTENT_TYPES = [None, "application/json; charset=utf-8", "text/plain", "applica
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "FOO"]
 HOSTS = ["evil.example", "", "localhost:99999999", "[::1", "127.0.0.1:1@x", "127.0.0.1:24577"]
 ROUTES = ["health", "list", "dictionary", "features", "random", "feature", "activations", "ui", "api", "search",
-          "similar", "labels", "export", "annotation", "annotate", "steer", "runs", "run"]
+          "similar", "labels", "export", "annotation", "annotate", "steer", "runs", "run", "explanations",
+          "search_explanations", "compare"]
 ALLOWED = {200, 400, 404, 405, 409, 413, 422}
 
 
@@ -102,7 +105,9 @@ class Spec:
                   "similar": feature + b"/similar", "labels": name + b"/annotations",
                   "export": name + b"/annotations/export", "annotation": feature + b"/annotation",
                   "annotate": feature + b"/annotation", "steer": feature + b"/steer", "runs": b"/api/runs",
-                  "run": b"/api/runs/" + self.path["name"].split(b":")[0]}[self.route]  # the dictionary's run
+                  "run": b"/api/runs/" + self.path["name"].split(b":")[0],  # the dictionary's run
+                  "explanations": features + b"/" + self.path["index"] + b"/explanations",
+                  "search_explanations": analysis + b"/search/explanations", "compare": b"/api/compare"}[self.route]
         if self.query:
             target += b"?" + "&".join(f"{k}={v}" for k, v in self.query.items()).encode()
         method = self.method or {"activations": "POST", "steer": "POST", "annotate": "PUT"}.get(self.route, "GET")
@@ -115,7 +120,8 @@ class Spec:
     @property
     def corrupt(self) -> bool:
         """It reads the planted corrupt analysis, where a 500 is the documented answer."""
-        return (self.route in ("features", "random", "feature", "search") and self.path["analysis"] == b"broken"
+        return (self.route in ("features", "random", "feature", "search", "explanations", "search_explanations")
+                and self.path["analysis"] == b"broken"
                 and self.path["name"] == DICT.encode())
 
 
@@ -144,9 +150,9 @@ def routes_of(part: str, key: str) -> list[str]:
     """The routes a replacement of `part`/`key` means something to."""
     if part == "path":
         return {"name": ["dictionary", "features", "activations", "api", "search", "similar", "labels", "export",
-                         "annotation", "annotate", "steer", "run"],
-                "analysis": ["features", "feature", "search"],
-                "index": ["feature", "similar", "annotation", "annotate", "steer"]}[key]
+                         "annotation", "annotate", "steer", "run", "explanations", "search_explanations"],
+                "analysis": ["features", "feature", "search", "explanations", "search_explanations"],
+                "index": ["feature", "similar", "annotation", "annotate", "steer", "explanations"]}[key]
     if part == "query":
         return QUERY_KEYS.get(key, ["features"])
     if part == "body":

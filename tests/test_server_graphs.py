@@ -72,6 +72,33 @@ def test_a_graph_with_analysis_indices_and_current_labels(app, results):
         assert_error(client.get(f"/api/dictionaries/{GRAPH_DICT}/graphs/..%2Fx"), 404)
 
 
+def test_a_feature_without_a_label_shows_its_explanation_as_it_is_now(app, results):
+    """Explanations written after the graph was saved label its feature nodes; a person's label comes first."""
+    from core import BackendConfig, Explanations, explain_features
+    from tests.autointerp_helpers import MisbehavingServer, token_reader
+
+    with local_client(app) as client:
+        features = [n for n in client.get(graph_url()).json()["nodes"] if n["feature_type"] == "cross layer transcoder"]
+        alive = [i for i in sorted({n["feature_index"] for n in features})
+                 if client.get(f"/api/dictionaries/{GRAPH_DICT}/analyses/default/features/{i}").json()["act_count"]]
+        indices = alive[:2]
+        analysis = results / GRAPH_RUN / "dictionaries" / "mlp1" / "analysis" / "default"
+        server = MisbehavingServer(token_reader)
+        try:
+            explain_features(analysis, indices, progress=False, backend=BackendConfig(
+                kind="openai", base_url=server.base_url, model="token-reader", probabilities="none"))
+        finally:
+            server.close()
+        with Explanations(analysis) as reader:
+            explained = {e.feature_index: e.explanation for e in reader.explanations(features=indices, status="ok")}
+        assert set(explained) == set(indices)
+        client.put(f"/api/dictionaries/{GRAPH_DICT}/features/{indices[1]}/annotation",
+                   json={"label": "a person's label", "version": 0}).raise_for_status()
+        clerps = {n["feature_index"]: n["clerp"] for n in client.get(graph_url()).json()["nodes"]
+                  if n["feature_type"] == "cross layer transcoder"}
+        assert clerps[indices[0]] == explained[indices[0]] and clerps[indices[1]] == "a person's label"
+
+
 def test_a_subgraph_is_saved_in_the_file(app, results):
     with local_client(app) as client:
         nodes = client.get(graph_url()).json()["nodes"]
@@ -94,6 +121,9 @@ def test_a_graph_is_computed_as_a_job(app, results):
         job = wait_for(client, r.json())
         assert job["status"] == "done" and job["done"] == job["total"] > 0 and job["slug"] == "the-dog-ran-to-the"
         assert [g["slug"] for g in client.get(f"/api/dictionaries/{GRAPH_DICT}/graphs").json()["graphs"]][0] == job["slug"]
+        generic = client.get(f"/api/jobs/{job['id']}").json()  # one runner for every kind of job
+        assert (generic["kind"], generic["status"], generic["slug"], generic["result"]) == \
+            ("graph", "done", job["slug"], {"slug": job["slug"]})
         data = client.get(graph_url(job["slug"])).json()
         assert data["metadata"]["prompt"] == "The dog ran to the"
         assert data["metadata"]["generation_settings"]["max_feature_nodes"] == 150  # the server's limit is the default
@@ -106,8 +136,8 @@ def test_a_graph_is_computed_as_a_job(app, results):
                                              json={"prompt": "one two three four five six seven eight nine ten eleven "
                                                              "twelve thirteen"}).json())
         assert long["status"] == "failed" and "attribution graphs take at most 12" in long["error"]
-        assert_error(client.post(f"/api/dictionaries/{GRAPH_DICT}/activations", json={"text": "x"}), 422,
-                     "is a replacement model")
+        assert_error(client.post(f"/api/dictionaries/{GRAPH_DICT}/features/0/steer", json={"prompt": "x", "strength": 1}),
+                     422, "is a replacement model")
         assert_error(client.post(f"/api/dictionaries/{GRAPH_DICT}/graphs", json={"prompt": "x", "max_feature_nodes": 151}),
                      422, "GPT2DICT_GRAPH_MAX_FEATURE_NODES")
         assert_error(client.post(f"/api/dictionaries/{DICT}/graphs", json={"prompt": "x"}), 422,
@@ -117,7 +147,7 @@ def test_a_graph_is_computed_as_a_job(app, results):
 
 def test_a_graph_job_needs_an_inference_slot(app):
     with local_client(app) as client:
-        slots = app.state.server.graph_jobs.slots
+        slots = app.state.server.inference_slots
         assert slots.acquire(blocking=False)  # another computation holds the only slot
         try:
             r = client.post(f"/api/dictionaries/{GRAPH_DICT}/graphs", json={"prompt": "The dog ran to the"})

@@ -2,9 +2,12 @@
 
 - `bun run test`: Vitest component tests (token highlighting, page states).
 - `bun run test:e2e`: headless Debian Chromium (playwright-core) driving the built UI served by a
-  real uvicorn process over a real feature store built by the analyzer from the tiny GPT-2, and a
-  real sweep run of three dictionaries trained on it (search, steering, labels, run pages), and a
-  dictionary imported from a folder written by SAELens (its provenance).
+  real uvicorn process over a real feature store built by the analyzer from the tiny GPT-2 with real
+  explanations and scores, a real sweep run of three dictionaries trained on it and evaluated
+  (search, steering, labels, run and compare pages), a cross-layer transcoder and a transcoder set
+  trained and analyzed on it, a replacement model with a saved attribution graph (the graph page),
+  and a dictionary imported from a folder written by SAELens (its provenance). The server's explainer is a real OpenAI-compatible HTTP server that answers as a
+  reader of tokens (`tests.autointerp_helpers.token_reader`), so "explain this feature" takes seconds.
 
 They need bun and /usr/bin/chromium (`.ci/run` installs both); without them the tests fail with
 the install command rather than skipping, since a skipped viewer test proves nothing.
@@ -69,14 +72,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def viewer_results(tiny_analysis, tiny_results_dir, tiny_sweep_run, graph_run, tmp_path_factory) -> Path:
-    """The tiny run with its analysis, the sweep run and a replacement model with a saved attribution graph,
-    copied: the browser writes labels and subgraphs there."""
-    from tests.server_helpers import GRAPH_RUN, RUN, SWEEP_RUN
+def viewer_results(tiny_analysis, tiny_results_dir, tiny_explanations, evaluated_sweep, replacement_run, graph_run,
+                   tmp_path_factory) -> Path:
+    """The tiny run with its analysis and explanations, the evaluated sweep run, the replacement models and a
+    replacement model with a saved attribution graph, copied: the browser writes labels, explanations and
+    subgraphs there."""
+    from tests.server_helpers import GRAPH_RUN, REPLACEMENT_RUN, RUN, SWEEP_RUN, analyses_folder
 
     results = tmp_path_factory.mktemp("viewer-results")
     shutil.copytree(tiny_results_dir / RUN, results / RUN, ignore=shutil.ignore_patterns("checkpoints"))
-    shutil.copytree(tiny_sweep_run, results / SWEEP_RUN, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copy(tiny_explanations, analyses_folder(results) / tiny_analysis.name / "explanations.sqlite")
+    shutil.copytree(evaluated_sweep, results / SWEEP_RUN, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(replacement_run, results / REPLACEMENT_RUN, ignore=shutil.ignore_patterns("checkpoints"))
     shutil.copytree(graph_run, results / GRAPH_RUN)
     # and a dictionary imported from a folder SAELens wrote, which the viewer shows with its provenance
     import_dictionary(FOREIGN / "saelens" / "topk_e2e", results)
@@ -84,11 +91,23 @@ def viewer_results(tiny_analysis, tiny_results_dir, tiny_sweep_run, graph_run, t
 
 
 @pytest.fixture(scope="module")
-def viewer_url(built_ui, viewer_results, tmp_path_factory):
+def explainer_url():
+    """A real OpenAI-compatible server answering as a reader of tokens: the viewer's explainer."""
+    from tests.autointerp_helpers import MisbehavingServer, token_reader
+
+    server = MisbehavingServer(token_reader)
+    yield server.base_url
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def viewer_url(built_ui, viewer_results, explainer_url, tmp_path_factory):
     port = _free_port()
     log = (tmp_path_factory.mktemp("viewer") / "uvicorn.log").open("w")
     env = {**os.environ, "GPT2DICT_RESULTS_DIR": str(viewer_results), "GPT2DICT_UI_DIST": str(built_ui),
-           "GPT2DICT_STEER_MAX_NEW_TOKENS": "16"}
+           "GPT2DICT_STEER_MAX_NEW_TOKENS": "16", "GPT2DICT_EXPLAIN_BACKEND": "openai",
+           "GPT2DICT_EXPLAIN_BASE_URL": explainer_url, "GPT2DICT_EXPLAIN_MODEL": "token-reader",
+           "GPT2DICT_EXPLAIN_PROBABILITIES": "none"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1",
                              "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -136,15 +155,18 @@ def test_ui_component_tests(ui_dependencies, tmp_path):
 def test_ui_end_to_end_in_headless_chromium(ui_dependencies, viewer_url, tiny_analysis, tmp_path):
     if not Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")).exists():
         pytest.fail("Chromium is missing; install it with `apt-get install -y chromium` (or `bash .ci/run`).")
-    from tests.server_helpers import DICT, GRAPH_DICT, GRAPH_SLUG, SWEEP_RUN
+    from tests.server_helpers import CLT_DICT, DICT, GRAPH_DICT, GRAPH_SLUG, SWEEP_RUN
 
     dictionary = DICT  # the server's id of the tiny dictionary: <run>:<dictionary name>
     started = time.time()
     report = _vitest(ui_dependencies, "test:e2e", tmp_path / "e2e.json", env={
         "VIEWER_URL": viewer_url, "E2E_DICTIONARY": dictionary, "E2E_ANALYSIS": tiny_analysis.name,
-        "E2E_SWEEP_RUN": SWEEP_RUN, "E2E_IMPORTED": IMPORTED, "E2E_GRAPH_DICTIONARY": GRAPH_DICT,
-        "E2E_GRAPH": GRAPH_SLUG})
-    _assert_all_passed(report, {"research.e2e.test.ts", "viewer.e2e.test.ts", "graphs.e2e.test.ts"})
+        "E2E_SWEEP_RUN": SWEEP_RUN, "E2E_IMPORTED": IMPORTED, "E2E_REPLACEMENT": CLT_DICT,
+        "E2E_GRAPH_DICTIONARY": GRAPH_DICT, "E2E_GRAPH": GRAPH_SLUG})
+    _assert_all_passed(report, {"insights.e2e.test.ts", "research.e2e.test.ts", "viewer.e2e.test.ts",
+                                "graphs.e2e.test.ts"})
     saved = {p.name for p in (UI / "screenshots").glob("*.png") if p.stat().st_mtime >= started}
-    assert {"feature-desktop.png", "run-desktop.png", "steering-desktop.png", "graph-desktop.png",
-            "graph-intervention-desktop.png"} <= saved, f"the e2e run did not save its screenshots (this run saved: {sorted(saved)})"
+    assert {"feature-desktop.png", "run-desktop.png", "steering-desktop.png", "compare-desktop.png",
+            "feature-explanation-desktop.png", "replacement-feature-desktop.png", "graph-desktop.png",
+            "graph-intervention-desktop.png"} <= saved, \
+        f"the e2e run did not save its screenshots (this run saved: {sorted(saved)})"

@@ -63,6 +63,8 @@ from .metrics import ClassificationMetrics, classification_metrics
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
 MAX_SEARCH_CHARS = 200
+SCORE_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc")
+"""The per-feature metrics of a score (`scores` columns), as `core.autointerp.metrics` computes them."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -575,6 +577,30 @@ class Explanations:
                                 "ORDER BY feature_index, scorer", params).fetchall()
         return [_score(r) for r in rows]
 
+    def score_values(self, score_set_id: Optional[int] = None, *, metric: str = "balanced_accuracy",
+                     features: Optional[Iterable[int]] = None) -> dict[int, dict[str, float]]:
+        """{feature: {scorer: `metric`}} of a score set (default: `default_score_set()`), for the features with
+        a computed value: one column of `scores` (the questions are not read), so a table of every feature
+        can be sorted and filtered by it. `metric`: one of `SCORE_METRICS`."""
+        if metric not in SCORE_METRICS:
+            raise ValueError(f"metric is {metric!r}; allowed values: {', '.join(map(repr, SCORE_METRICS))}.")
+        score_set_id = self.default_score_set() if score_set_id is None else operator.index(score_set_id)
+        if score_set_id is None:
+            return {}
+        clauses, params = ["score_set_id = ?", f"{metric} IS NOT NULL"], [score_set_id]
+        if features is not None:
+            clauses.append("feature_index IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(sorted({operator.index(f) for f in features})))
+        with self._reading() as conn:
+            if conn is None:
+                return {}
+            rows = conn.execute(f"SELECT feature_index, scorer, {metric} FROM scores WHERE {' AND '.join(clauses)}",
+                                params).fetchall()
+        out: dict[int, dict[str, float]] = {}
+        for feature, scorer, value in rows:
+            out.setdefault(feature, {})[scorer] = value
+        return out
+
     def summary(self, score_set_id: Optional[int] = None) -> list[ScorerSummary]:
         """Per scorer: the mean of each per-feature metric over the scored features, and the pooled
         metrics of all their items."""
@@ -620,4 +646,4 @@ def _fts_query(query: str) -> str:
 
 
 __all__ = ["Explanation", "ExplanationSet", "Explanations", "ExplanationsWriter", "FeatureScore", "ScoreItem",
-           "ScoreSet", "ScorerSummary", "SearchMatch", "SCHEMA_VERSION", "settings_key"]
+           "ScoreSet", "ScorerSummary", "SearchMatch", "SCHEMA_VERSION", "SCORE_METRICS", "settings_key"]

@@ -28,7 +28,8 @@ def check_feature(info: DictionaryInfo, index: int) -> None:
 
 
 def check_single_dictionary(info: DictionaryInfo, what: str) -> None:
-    """422 for a replacement model where one SAE or transcoder is needed (custom text, steering)."""
+    """422 for a replacement model where one SAE or transcoder is needed (steering: one decoder direction at one
+    hook). Custom text runs a replacement model's every covered layer."""
     if info.kind != "sparse_autoencoder":
         raise HTTPException(422, f"{what} runs one SAE or transcoder; {info.name!r} is a replacement model (a "
                                  f"{info.kind.replace('_', ' ')}): explore it through its attribution graphs.")

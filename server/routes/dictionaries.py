@@ -10,7 +10,9 @@ from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Response
 from core.store import FeatureRecord, FeatureStore, StoreError
 
 from .. import schemas
+from ..explanations import SCORERS, TABLE_METRIC, explanations_summary, page_explanations, scored_page, table_scores
 from ..graphs import saved_graph_count
+from ..replacement import feature_layer, layer_features, layer_metrics
 from ..results import ID_SEPARATOR, DictionaryError, DictionaryInfo, NotFound, ResultsFolder
 from ..state import Server
 from .common import ERRORS, store_of
@@ -52,36 +54,66 @@ def get_dictionary(name: str, state: Server):
             log.warning("Skipping analysis %r of %r: %s", analysis, name, e)
             continue
         analysis_summaries.append({"name": analysis, "n_tokens": s.n_tokens, "n_features": s.n_features,
-                                   "n_alive": s.n_alive, "n_dead": s.n_dead, "density_histogram": s.density_histogram})
-    return {**summary, "config": info.config, "analysis_summaries": analysis_summaries}
+                                   "n_alive": s.n_alive, "n_dead": s.n_dead, "density_histogram": s.density_histogram,
+                                   "explanations": explanations_summary(results.explanations(name, analysis))})
+    return {**summary, "config": info.config, "analysis_summaries": analysis_summaries,
+            "layer_metrics": layer_metrics(info)}
 
 
 @router.get("/api/dictionaries/{name}/analyses/{analysis}/features", response_model=schemas.FeaturePage,
             responses=ERRORS)
 def list_features(
     name: str, analysis: str, state: Server,
-    sort: Literal["index", "density", "max_act", "mean_act", "act_count"] = "max_act",
+    sort: Literal["index", "density", "max_act", "mean_act", "act_count", "detection", "fuzzing"] = Query(
+        "max_act", description="a statistic, or a scorer (its balanced accuracy; only the features with that score "
+                               "are listed)"),
     order: Literal["asc", "desc"] = "desc",
     min_density: Optional[float] = Query(None, allow_inf_nan=False, description="inclusive lower bound on density"),
     max_density: Optional[float] = Query(None, allow_inf_nan=False, description="inclusive upper bound on density"),
     min_max_act: Optional[float] = Query(None, allow_inf_nan=False, description="inclusive lower bound on max_act"),
+    min_detection: Optional[float] = Query(None, ge=0, le=1, description="inclusive lower bound on the detection "
+                                                                         "score's balanced accuracy"),
+    min_fuzzing: Optional[float] = Query(None, ge=0, le=1, description="inclusive lower bound on the fuzzing "
+                                                                       "score's balanced accuracy"),
     bookmarked: bool = Query(False, description="only the bookmarked features"),
+    layer: Optional[int] = Query(None, ge=0, le=10_000, description="a replacement model's: only this layer's features"),
     offset: int = Query(0, ge=0, le=schemas.MAX_INT64),
     limit: int = Query(50, ge=1, le=500),
 ):
-    """One page of the features' statistics with their labels, sorted (ties by index) and filtered;
-    `total` counts every feature matching the filters."""
+    """One page of the features' statistics with their labels, explanations and scores, sorted (ties by
+    index) and filtered; `total` counts every feature matching the filters."""
     store = store_of(state.results, name, analysis)
+    info = state.results.dictionary(name)
     notes = state.results.annotations(name)
-    total, features = store.list_features(sort=sort, descending=order == "desc", min_density=min_density,
-                                          max_density=max_density, min_max_act=min_max_act,
-                                          indices=notes.bookmarked() if bookmarked else None,
-                                          offset=offset, limit=limit)
-    saved = notes.many(f.index for f in features)
+    reader = state.results.explanations(name, analysis)
+    indices = set(notes.bookmarked()) if bookmarked else None
+    if layer is not None:
+        if not info.layers:
+            raise HTTPException(422, f"Dictionary {name!r} is not a replacement model; its features have no layers.")
+        try:
+            in_layer = set(layer_features(info, layer))
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        indices = in_layer if indices is None else indices & in_layer
+    min_scores = {s: m for s, m in (("detection", min_detection), ("fuzzing", min_fuzzing)) if m is not None}
+    scores = table_scores(reader) if sort in SCORERS or min_scores else None
+    total, features = scored_page(store, scores or {}, sort=sort, descending=order == "desc", min_scores=min_scores,
+                                  indices=indices, offset=offset,
+                                  limit=limit, min_density=min_density, max_density=max_density,
+                                  min_max_act=min_max_act)
+    page = [f.index for f in features]
+    saved = notes.many(page)
+    explained = page_explanations(reader, page)
+    if scores is None:
+        scores = reader.score_values(metric=TABLE_METRIC, features=page) if explained else {}
     rows = [schemas.FeatureRow(**vars(f), label=saved[f.index].label if f.index in saved else "",
-                               bookmarked=saved[f.index].bookmarked if f.index in saved else False)
+                               bookmarked=saved[f.index].bookmarked if f.index in saved else False,
+                               explanation=explained.get(f.index), detection=scores.get(f.index, {}).get("detection"),
+                               fuzzing=scores.get(f.index, {}).get("fuzzing"),
+                               layer=feature_layer(info, f.index)[0] if info.layers else None)
             for f in features]
-    return {"total": total, "offset": offset, "limit": limit, "features": rows}
+    return {"total": total, "offset": offset, "limit": limit, "features": rows,
+            "explanations": explanations_summary(reader)}
 
 
 # Declared before /features/{index} so "random" is not read as an index.
@@ -107,13 +139,13 @@ def get_feature(name: str, analysis: str, state: Server, index: int = PathParam(
 
 def _summary(results: ResultsFolder, info: DictionaryInfo) -> dict:
     c = info.config
-    if info.kind != "sparse_autoencoder":  # a replacement model: its first layer's hooks, its kind
-        hooks = {"hook_name": c["hook_names"][0], "hook_out": (c.get("hooks_out") or [None])[0],
-                 "architecture": c.get("architecture") or info.kind, "layers": c["layers"]}
+    if info.layers:  # a replacement model: its first layer's hooks
+        hooks = {"hook_name": c["hook_names"][0], "hook_out": (c.get("hooks_out") or [None])[0]}
     else:
-        hooks = {"hook_name": c["hook_name"], "hook_out": c.get("hook_out"), "architecture": c["architecture"]}
+        hooks = {"hook_name": c["hook_name"], "hook_out": c.get("hook_out")}
     return {"name": info.name, "run": info.name.partition(ID_SEPARATOR)[0], "model_name": c["model_name"], **hooks,
-            "kind": info.kind, "d_in": c["d_in"], "d_sae": info.d_sae, "metrics": info.metrics,
+            "kind": info.kind, "layers": info.layers, "architecture": info.architecture, "d_in": c["d_in"],
+            "d_sae": info.d_sae, "n_features": info.n_features, "metrics": info.metrics,
             "analyses": results.analysis_names(info.name), "source": _provenance(info),
             "graphs": saved_graph_count(info.folder)}
 

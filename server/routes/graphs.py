@@ -31,14 +31,14 @@ def get_graph(name: str, slug: str, state: Server, response: Response):
     """One graph file (Neuronpedia's graph schema), its feature nodes with their index in the
     dictionary's analyses and their current labels."""
     response.headers["Cache-Control"] = "no-store"
-    return read_graph(state.results.dictionary(name), slug)
+    return read_graph(state.results, state.results.dictionary(name), slug)
 
 
 @router.put("/api/dictionaries/{name}/graphs/{slug}/subgraph", response_model=schemas.GraphQParams, responses=ERRORS)
 def put_subgraph(name: str, slug: str, body: schemas.SubgraphEdit, state: Server):
     """Save the graph's subgraph: its pinned nodes and supernodes (named groups), in the file's qParams."""
     info = state.results.dictionary(name)
-    read_graph(info, slug)  # 404 for a graph that does not exist
+    read_graph(state.results, info, slug)  # 404 for a graph that does not exist
     return save_subgraph(info.folder, slug, body.model_dump())["qParams"]
 
 
@@ -65,14 +65,14 @@ def start_graph(name: str, body: schemas.GraphRequest, state: Server):
                                                 desired_logit_prob=body.desired_logit_prob, max_feature_nodes=nodes,
                                                 max_prompt_tokens=settings.graph_max_prompt_tokens,
                                                 max_edge_bytes=settings.graph_max_edge_bytes))
-    return job.to_dict()
+    return state.graph_jobs.status(job)
 
 
 @router.get("/api/graph-jobs/{job_id}", response_model=schemas.GraphJobStatus, responses=ERRORS)
 def graph_job(job_id: str, state: Server, response: Response):
     """A graph job's progress: rows computed of all; `failed` with the reason; `done` once saved."""
     response.headers["Cache-Control"] = "no-store"
-    return state.graph_jobs.get(job_id).to_dict()
+    return state.graph_jobs.status(state.graph_jobs.get(job_id))
 
 
 @router.post("/api/dictionaries/{name}/graphs/{slug}/intervene", response_model=schemas.InterventionResponse,
@@ -81,7 +81,7 @@ async def intervene_on_graph(name: str, slug: str, body: schemas.InterventionReq
     """Scale (0: ablate) feature nodes of the graph at their positions in the replacement model and
     return the new most probable next tokens beside the original ones."""
     info = state.results.dictionary(name)
-    data = await run_in_threadpool(read_graph, info, slug)
+    data = await run_in_threadpool(read_graph, state.results, info, slug)
     planned = interventions_of(data, [(i.node_id, i.scale) for i in body.interventions])
     prompt = data["metadata"].get("prompt_token_ids") or data["metadata"]["prompt"]
 

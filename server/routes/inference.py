@@ -39,7 +39,6 @@ async def activations(name: str, body: schemas.ActivationsRequest, state: Server
     # Up to the slot, nothing leaves the event loop (a stat, cached lookups): a request turned away
     # costs no thread hand-over, which under load would wait for the GIL.
     info = state.results.dictionary(name)
-    check_single_dictionary(info, "Custom text")
     if body.feature is not None:
         check_feature(info, body.feature)
     out = await in_slot(state, info, state.models.run, body.text, max_tokens=settings.max_text_tokens)

@@ -61,6 +61,10 @@ def similar_features(
     dictionary or in another one of the same model and hook(s)."""
     results = state.results
     source = results.dictionary(name)
+    if source.layers:
+        raise HTTPException(422, f"Dictionary {name!r} is a replacement model; nearest features by decoder direction "
+                                 "compare the features of SAEs and single transcoders (a replacement model's "
+                                 "features write to several layers).")
     check_feature(source, index)
     others = []
     for other in results.dictionary_names():
@@ -91,5 +95,7 @@ def similar_features(
 
 
 def _hooks(info: DictionaryInfo) -> str:
+    if info.layers:
+        return f"the MLPs of layers {info.layers}"
     hook_out = info.config.get("hook_out")
     return info.config["hook_name"] + (f" -> {hook_out}" if hook_out else "")

@@ -1,6 +1,7 @@
 import { QueryClientProvider, type QueryClient } from "@tanstack/react-query";
 import { useEffect } from "react";
 import { Link, Route, Routes, useLocation } from "react-router";
+import { ComparePage } from "./pages/ComparePage";
 import { DictionariesPage } from "./pages/DictionariesPage";
 import { DictionaryPage } from "./pages/DictionaryPage";
 import { FeaturePage } from "./pages/FeaturePage";
@@ -18,6 +19,7 @@ export function AppRoutes() {
       <Route path="/dictionaries/:name/graphs/:slug" element={<GraphPage />} />
       <Route path="/runs" element={<RunsPage />} />
       <Route path="/runs/:run" element={<RunPage />} />
+      <Route path="/compare" element={<ComparePage />} />
       <Route path="*" element={<NotFoundPage />} />
     </Routes>
   );

@@ -4,6 +4,28 @@
  */
 
 export interface paths {
+    "/api/compare": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Comparison
+         * @description The metrics of dictionaries of one model and hook side by side, and L0 against explained variance,
+         *     CE loss recovered, absorption, sparse-probing accuracy and interpretability with the Pareto frontier;
+         *     results computed with other eval configs than most are listed but not plotted.
+         */
+        get: operations["get_comparison_api_compare_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/dictionaries": {
         parameters: {
             query?: never;
@@ -74,8 +96,8 @@ export interface paths {
         };
         /**
          * List Features
-         * @description One page of the features' statistics with their labels, sorted (ties by index) and filtered;
-         *     `total` counts every feature matching the filters.
+         * @description One page of the features' statistics with their labels, explanations and scores, sorted (ties by
+         *     index) and filtered; `total` counts every feature matching the filters.
          */
         get: operations["list_features_api_dictionaries__name__analyses__analysis__features_get"];
         put?: never;
@@ -118,6 +140,69 @@ export interface paths {
          * @description Statistics, activation histogram, logit lens, top contexts and interval samples of one feature.
          */
         get: operations["get_feature_api_dictionaries__name__analyses__analysis__features__index__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/dictionaries/{name}/analyses/{analysis}/features/{index}/explain": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Explain Feature
+         * @description Explain the feature with the server's explainer (GPT2DICT_EXPLAIN_*) and score the explanation: answered
+         *     at once with a job (it holds an inference slot until it ends; none free: 503) whose progress
+         *     GET /api/jobs/{id} reports. A job already explaining this feature is answered instead of a new one.
+         */
+        post: operations["explain_feature_api_dictionaries__name__analyses__analysis__features__index__explain_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/dictionaries/{name}/analyses/{analysis}/features/{index}/explanations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Feature Explanations
+         * @description The feature's explanation in every explanation set that has one (the default set's first) with its
+         *     detection and fuzzing scores, and what "explain" would run.
+         */
+        get: operations["get_feature_explanations_api_dictionaries__name__analyses__analysis__features__index__explanations_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/dictionaries/{name}/analyses/{analysis}/search/explanations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search Explanations
+         * @description Features whose explanation (in the default explanation set) matches `q`, best match (bm25) first.
+         */
+        get: operations["search_explanations_api_dictionaries__name__analyses__analysis__search_explanations_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -205,6 +290,27 @@ export interface paths {
          * @description Save the feature's label, notes and bookmark, based on the annotation of `version`.
          */
         put: operations["put_annotation_api_dictionaries__name__features__index__annotation_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/dictionaries/{name}/features/{index}/replacement": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Replacement Feature
+         * @description A replacement model's feature: its layer, its index within the layer, and the norm of its decoder
+         *     vector into each layer it writes to (computed from the weights once per dictionary, then cached).
+         */
+        get: operations["replacement_feature_api_dictionaries__name__features__index__replacement_get"];
+        put?: never;
         post?: never;
         delete?: never;
         options?: never;
@@ -378,6 +484,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/jobs/{job_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Job
+         * @description A job's progress: its stage, steps done, `failed` with the reason, `done` with its result.
+         */
+        get: operations["get_job_api_jobs__job_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/runs": {
         parameters: {
             query?: never;
@@ -464,6 +590,8 @@ export interface components {
         AnalysisSummary: {
             /** @description histogram of log10(density) over alive features */
             density_histogram: components["schemas"]["Histogram"];
+            /** @description its explanations by a language model (null: none yet) */
+            explanations?: components["schemas"]["ExplanationsSummary"] | null;
             /** N Alive */
             n_alive: number;
             /** N Dead */
@@ -570,6 +698,114 @@ export interface components {
             /** Position */
             position: number;
         };
+        /** ComparePlot */
+        ComparePlot: {
+            /**
+             * Excluded
+             * @description dictionaries left out: their result has another config
+             */
+            excluded: string[];
+            /** Higher Is Better */
+            higher_is_better: boolean;
+            /** Key */
+            key: string;
+            /** Metric */
+            metric: string;
+            /**
+             * Missing
+             * @description dictionaries without this metric (or without L0)
+             */
+            missing: string[];
+            /** Points */
+            points: components["schemas"]["PlotPoint"][];
+            /** Source */
+            source: string;
+            /** Title */
+            title: string;
+            /** Y Label */
+            y_label: string;
+        };
+        /** CompareSpace */
+        CompareSpace: {
+            /**
+             * Hook Name
+             * @description the hook read (a replacement model's first layer's)
+             */
+            hook_name: string;
+            /**
+             * Hook Out
+             * @description the hook written by a transcoder (null for an SAE)
+             */
+            hook_out: string | null;
+            /**
+             * Layers
+             * @description a replacement model's covered layers
+             */
+            layers: number[] | null;
+            /** Model Name */
+            model_name: string;
+        };
+        /** ComparedDictionary */
+        ComparedDictionary: {
+            /** Architecture */
+            architecture: string;
+            /** D Sae */
+            d_sae: number;
+            /**
+             * Errors
+             * @description evaluation files that cannot be read
+             */
+            errors: string[];
+            /** Id */
+            id: string;
+            /** Kind */
+            kind: string;
+            /**
+             * L0
+             * @description x of the plots: its final evaluation's L0, else its core eval's
+             */
+            l0: number | null;
+        };
+        /** Comparison */
+        Comparison: {
+            /**
+             * Candidates
+             * @description other dictionaries of the same model and hook in the results folder
+             */
+            candidates: string[];
+            /** Configs */
+            configs: components["schemas"]["SourceConfig"][];
+            /** Dictionaries */
+            dictionaries: components["schemas"]["ComparedDictionary"][];
+            /** Metrics */
+            metrics: components["schemas"]["MetricRow"][];
+            /** Plots */
+            plots: components["schemas"]["ComparePlot"][];
+            /** Run */
+            run: string | null;
+            /** @description the model and hook of the dictionaries compared */
+            space: components["schemas"]["CompareSpace"];
+            /**
+             * Spaces
+             * @description a run's groups of dictionaries by model and hook, most first (the `space` parameter picks one); the compared ones otherwise
+             */
+            spaces: components["schemas"]["RunSpace"][];
+        };
+        /** ConfigDifference */
+        ConfigDifference: {
+            /** Field */
+            field: string;
+            /**
+             * Reference
+             * @description the value in the reference config
+             */
+            reference: unknown;
+            /**
+             * Value
+             * @description the value in this config
+             */
+            value: unknown;
+        };
         /** Continuation */
         Continuation: {
             /**
@@ -653,6 +889,11 @@ export interface components {
              */
             kind?: "sparse_autoencoder" | "transcoder_set" | "cross_layer_transcoder";
             /**
+             * Layer Metrics
+             * @description a replacement model's final evaluation per covered layer (its `metrics` are of the whole replacement: every covered MLP replaced at once); null otherwise
+             */
+            layer_metrics?: components["schemas"]["LayerMetrics"][] | null;
+            /**
              * Layers
              * @description a replacement model's covered layers (its hook_name and hook_out are its first layer's)
              */
@@ -660,6 +901,11 @@ export interface components {
             metrics: components["schemas"]["Metrics"];
             /** Model Name */
             model_name: string;
+            /**
+             * N Features
+             * @description features in its analyses and labels: d_sae, times the layers for a replacement model (feature i is feature i % d_sae of layer layers[i // d_sae])
+             */
+            n_features: number;
             /**
              * Name
              * @description its id: `<run>:<dictionary>` (results/<run>/dictionaries/<dictionary>/), or `<run>` for an older run's only dictionary (results/<run>/dictionary/)
@@ -726,6 +972,11 @@ export interface components {
             /** Model Name */
             model_name: string;
             /**
+             * N Features
+             * @description features in its analyses and labels: d_sae, times the layers for a replacement model (feature i is feature i % d_sae of layer layers[i // d_sae])
+             */
+            n_features: number;
+            /**
              * Name
              * @description its id: `<run>:<dictionary>` (results/<run>/dictionaries/<dictionary>/), or `<run>` for an older run's only dictionary (results/<run>/dictionary/)
              */
@@ -746,6 +997,123 @@ export interface components {
              */
             detail: string;
         };
+        /** Explainer */
+        Explainer: {
+            /**
+             * Backend
+             * @enum {string}
+             */
+            backend: "local" | "openai";
+            /** Model */
+            model: string;
+            /**
+             * Scores
+             * @description a new explanation is scored at once (GPT2DICT_EXPLAIN_SCORE)
+             */
+            scores: boolean;
+        };
+        /** ExplanationMatch */
+        ExplanationMatch: {
+            /** Density */
+            density: number;
+            /**
+             * Detection
+             * @description balanced accuracy of its detection score
+             */
+            detection: number | null;
+            /** Explanation */
+            explanation: string;
+            /**
+             * Fuzzing
+             * @description balanced accuracy of its fuzzing score
+             */
+            fuzzing: number | null;
+            /**
+             * Highlighted
+             * @description the explanation with the matched words between [ and ]
+             */
+            highlighted: string;
+            /** Index */
+            index: number;
+            /**
+             * Label
+             * @description the feature's label ('' when it has none)
+             */
+            label: string;
+            /** Max Act */
+            max_act: number;
+            /**
+             * Rank
+             * @description bm25 (lower is better)
+             */
+            rank: number;
+        };
+        /** ExplanationSearch */
+        ExplanationSearch: {
+            /**
+             * Matches
+             * @description best first
+             */
+            matches: components["schemas"]["ExplanationMatch"][];
+            /**
+             * Set Id
+             * @description the explanation set searched (null: the analysis has none)
+             */
+            set_id: number | null;
+        };
+        /**
+         * ExplanationsSummary
+         * @description An analysis' default explanation set and score set (server/explanations.py).
+         */
+        ExplanationsSummary: {
+            /** Explainer Model */
+            explainer_model: string;
+            /**
+             * Mean Balanced Accuracy
+             * @description per scorer: the mean balanced accuracy over its scored features (0.5 is chance)
+             */
+            mean_balanced_accuracy: {
+                [key: string]: number | null;
+            };
+            /**
+             * N Explained
+             * @description features of that set with a parsed explanation
+             */
+            n_explained: number;
+            /**
+             * N Scored
+             * @description per scorer: features with a score
+             */
+            n_scored: {
+                [key: string]: number;
+            };
+            /**
+             * N Sets
+             * @description explanation sets in the file (other explainers or settings)
+             */
+            n_sets: number;
+            /** N Unparsable */
+            n_unparsable: number;
+            /**
+             * Score Set Id
+             * @description its newest score set that is not a control; null: not scored
+             */
+            score_set_id: number | null;
+            /** Scorer Model */
+            scorer_model: string | null;
+            /**
+             * Set Id
+             * @description the explanation set shown (the newest with a parsed explanation)
+             */
+            set_id: number;
+            /**
+             * Settings
+             * @description the explainer's and scorers' settings (what makes two analyses' scores comparable)
+             */
+            settings: {
+                [key: string]: unknown;
+            };
+        };
         /** FeatureActs */
         FeatureActs: {
             /**
@@ -756,8 +1124,69 @@ export interface components {
             /** Index */
             index: number;
         };
+        /** FeatureExplanation */
+        FeatureExplanation: {
+            /** Created At */
+            created_at: string;
+            /**
+             * Default
+             * @description it belongs to the set shown by default (table, search)
+             */
+            default: boolean;
+            /** Explainer Model */
+            explainer_model: string;
+            /**
+             * Explanation
+             * @description one short line; null when the answer could not be parsed
+             */
+            explanation: string | null;
+            /**
+             * N Held Out
+             * @description contexts kept for the scorers
+             */
+            n_held_out: number;
+            /**
+             * N Shown
+             * @description contexts the explainer saw
+             */
+            n_shown: number;
+            /** Prompt Version */
+            prompt_version: number;
+            /** Raw Response */
+            raw_response: string;
+            /** Scorer Model */
+            scorer_model: string | null;
+            /**
+             * Scores
+             * @description from the set's newest score set that is not a control
+             */
+            scores: components["schemas"]["Score"][];
+            /** Set Created At */
+            set_created_at: string;
+            /** Set Id */
+            set_id: number;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "ok" | "unparsable";
+        };
+        /** FeatureExplanations */
+        FeatureExplanations: {
+            /** @description what POST .../explain would run */
+            explainer: components["schemas"]["Explainer"];
+            /**
+             * Explanations
+             * @description one per explanation set that has one, the default set's first, then newest first
+             */
+            explanations: components["schemas"]["FeatureExplanation"][];
+            /** Index */
+            index: number;
+        };
         /** FeaturePage */
         FeaturePage: {
+            /** @description the explanations the rows show (null: none) */
+            explanations: components["schemas"]["ExplanationsSummary"] | null;
             /** Features */
             features: components["schemas"]["FeatureRow"][];
             /** Limit */
@@ -824,6 +1253,21 @@ export interface components {
              * @description act_count / n_tokens
              */
             density: number;
+            /**
+             * Detection
+             * @description balanced accuracy of the explanation's detection score (null: none)
+             */
+            detection: number | null;
+            /**
+             * Explanation
+             * @description its explanation in the analysis' default explanation set (null: none)
+             */
+            explanation: string | null;
+            /**
+             * Fuzzing
+             * @description balanced accuracy of the explanation's fuzzing score (null: none)
+             */
+            fuzzing: number | null;
             /** Index */
             index: number;
             /**
@@ -831,6 +1275,11 @@ export interface components {
              * @description the feature's label ('' when it has none)
              */
             label: string;
+            /**
+             * Layer
+             * @description a replacement model's feature: the layer it belongs to (null otherwise)
+             */
+            layer: number | null;
             /** Max Act */
             max_act: number;
             /**
@@ -1170,6 +1619,72 @@ export interface components {
              */
             scale?: number;
         };
+        /** JobStatus */
+        JobStatus: {
+            /**
+             * Analysis
+             * @description explain: the analysis
+             */
+            analysis?: string | null;
+            /** Dictionary */
+            dictionary: string;
+            /**
+             * Error
+             * @description why it failed (one sentence)
+             */
+            error: string | null;
+            /**
+             * Feature
+             * @description explain: the feature
+             */
+            feature?: number | null;
+            /** Id */
+            id: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "explain" | "graph";
+            /**
+             * Prompt
+             * @description graph: the prompt
+             */
+            prompt?: string | null;
+            /**
+             * Result
+             * @description explain: explanation_set, explained, already_done, scorers; graph: slug
+             */
+            result: {
+                [key: string]: unknown;
+            };
+            /**
+             * Seconds
+             * @description since it was submitted (until it ended)
+             */
+            seconds: number;
+            /**
+             * Slug
+             * @description graph: the graph's name once saved
+             */
+            slug?: string | null;
+            /**
+             * Stage
+             * @description what it is doing now
+             */
+            stage: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "done" | "failed";
+            /**
+             * Step
+             * @description steps done
+             */
+            step: number;
+            /** Steps */
+            steps: number;
+        };
         /** LabeledTokenMatch */
         LabeledTokenMatch: {
             /**
@@ -1223,6 +1738,31 @@ export interface components {
              */
             tokens: components["schemas"]["QueryToken"][];
         };
+        /**
+         * LayerMetrics
+         * @description A replacement model's final evaluation at one covered layer (on the clean run's activations).
+         */
+        LayerMetrics: {
+            /** Explained Variance */
+            explained_variance: number | null;
+            /**
+             * L0
+             * @description this layer's active features per token
+             */
+            l0: number | null;
+            /** Layer */
+            layer: number;
+            /**
+             * Normalized Mse
+             * @description squared error / squared norm of the MLP output
+             */
+            normalized_mse: number | null;
+            /**
+             * Unfired Features
+             * @description this layer's features that never fired in the evaluation
+             */
+            unfired_features: number | null;
+        };
         /** LogitLens */
         LogitLens: {
             /**
@@ -1249,6 +1789,29 @@ export interface components {
             token_id: number;
             /** Value */
             value: number;
+        };
+        /** MetricRow */
+        MetricRow: {
+            /**
+             * Excluded
+             * @description per dictionary: computed with another config than the reference
+             */
+            excluded: boolean[];
+            /**
+             * Metric
+             * @description its key: `l0`, `<category>.<metric>` of an eval, `detection` / `fuzzing` / `interpretability` of explanations
+             */
+            metric: string;
+            /**
+             * Source
+             * @description `final` (config.json metrics), an eval type, or `explanations`
+             */
+            source: string;
+            /**
+             * Values
+             * @description one per dictionary, in `dictionaries` order
+             */
+            values: (number | null)[];
         };
         /**
          * Metrics
@@ -1295,6 +1858,23 @@ export interface components {
             index: number;
             /** Label */
             label: string;
+        };
+        /** PlotPoint */
+        PlotPoint: {
+            /** Dictionary */
+            dictionary: string;
+            /**
+             * Pareto
+             * @description on the frontier: no other point has an L0 as low and a value as good
+             */
+            pareto: boolean;
+            /**
+             * X
+             * @description L0
+             */
+            x: number;
+            /** Y */
+            y: number;
         };
         /**
          * Provenance
@@ -1384,6 +1964,37 @@ export interface components {
             /** Token Id */
             token_id: number;
         };
+        /**
+         * ReplacementFeature
+         * @description Where a replacement model's feature sits and writes.
+         */
+        ReplacementFeature: {
+            /**
+             * Decoder Norms
+             * @description L2 norm of its decoder vector into each target layer
+             */
+            decoder_norms: number[];
+            /**
+             * Index
+             * @description its index in the analyses and labels
+             */
+            index: number;
+            /**
+             * Layer
+             * @description the block whose MLP input it reads
+             */
+            layer: number;
+            /**
+             * Layer Index
+             * @description its index among that layer's d_sae features
+             */
+            layer_index: number;
+            /**
+             * Target Layers
+             * @description the layers whose MLP output it writes to (a cross-layer transcoder: its own and every later covered one; a transcoder set: its own)
+             */
+            target_layers: number[];
+        };
         /** RunDetail */
         RunDetail: {
             /**
@@ -1455,6 +2066,28 @@ export interface components {
             /** Runs */
             runs: components["schemas"]["RunSummary"][];
         };
+        /** RunSpace */
+        RunSpace: {
+            /** Dictionaries */
+            dictionaries: string[];
+            /**
+             * Hook Name
+             * @description the hook read (a replacement model's first layer's)
+             */
+            hook_name: string;
+            /**
+             * Hook Out
+             * @description the hook written by a transcoder (null for an SAE)
+             */
+            hook_out: string | null;
+            /**
+             * Layers
+             * @description a replacement model's covered layers
+             */
+            layers: number[] | null;
+            /** Model Name */
+            model_name: string;
+        };
         /** RunSummary */
         RunSummary: {
             /**
@@ -1512,6 +2145,47 @@ export interface components {
              */
             upper: number | null;
         };
+        /** Score */
+        Score: {
+            /** Accuracy */
+            accuracy: number | null;
+            /**
+             * Auroc
+             * @description null when the backend gave no yes/no probabilities
+             */
+            auroc: number | null;
+            /**
+             * Balanced Accuracy
+             * @description 0.5 is chance
+             */
+            balanced_accuracy: number | null;
+            /** F1 */
+            f1: number | null;
+            /**
+             * N Failed
+             * @description answers that could not be read
+             */
+            n_failed: number;
+            /**
+             * N Items
+             * @description questions asked
+             */
+            n_items: number;
+            /** Precision */
+            precision: number | null;
+            /** Recall */
+            recall: number | null;
+            /**
+             * Scorer
+             * @enum {string}
+             */
+            scorer: "detection" | "fuzzing";
+            /**
+             * Status
+             * @description ok, no_explanation or too_few_contexts (metrics null)
+             */
+            status: string;
+        };
         /** SimilarResponse */
         SimilarResponse: {
             /**
@@ -1534,6 +2208,36 @@ export interface components {
              * @description most similar first; the feature itself left out
              */
             neighbours: components["schemas"]["Neighbour"][];
+        };
+        /** SourceConfig */
+        SourceConfig: {
+            /**
+             * Config
+             * @description the eval_config (explanations: the explainer's and scorers' settings)
+             */
+            config: {
+                [key: string]: unknown;
+            };
+            /**
+             * Dictionaries
+             * @description the dictionaries whose results were computed with this config
+             */
+            dictionaries: string[];
+            /**
+             * Differences
+             * @description fields that differ from the reference config
+             */
+            differences: components["schemas"]["ConfigDifference"][];
+            /**
+             * Reference
+             * @description the config of most dictionaries: only its results are plotted
+             */
+            reference: boolean;
+            /**
+             * Source
+             * @description an eval type (`core`, `absorption_first_letter`, `sparse_probing`, `synthetic_recovery`) or `explanations`
+             */
+            source: string;
         };
         /** SteerRequest */
         SteerRequest: {
@@ -1632,6 +2336,60 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    get_comparison_api_compare_get: {
+        parameters: {
+            query?: {
+                /** @description compare this run's dictionaries (of one model and hook: `space`) */
+                run?: string | null;
+                /** @description which of the run's model-and-hook groups (`spaces`) to compare; default: the first, the one of most dictionaries */
+                space?: number;
+                /** @description compare these dictionary ids instead (repeat the parameter); they must share model and hook */
+                dictionary?: string[] | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Comparison"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
     list_dictionaries_api_dictionaries_get: {
         parameters: {
             query?: never;
@@ -1775,7 +2533,8 @@ export interface operations {
     list_features_api_dictionaries__name__analyses__analysis__features_get: {
         parameters: {
             query?: {
-                sort?: "index" | "density" | "max_act" | "mean_act" | "act_count";
+                /** @description a statistic, or a scorer (its balanced accuracy; only the features with that score are listed) */
+                sort?: "index" | "density" | "max_act" | "mean_act" | "act_count" | "detection" | "fuzzing";
                 order?: "asc" | "desc";
                 /** @description inclusive lower bound on density */
                 min_density?: number | null;
@@ -1783,8 +2542,14 @@ export interface operations {
                 max_density?: number | null;
                 /** @description inclusive lower bound on max_act */
                 min_max_act?: number | null;
+                /** @description inclusive lower bound on the detection score's balanced accuracy */
+                min_detection?: number | null;
+                /** @description inclusive lower bound on the fuzzing score's balanced accuracy */
+                min_fuzzing?: number | null;
                 /** @description only the bookmarked features */
                 bookmarked?: boolean;
+                /** @description a replacement model's: only this layer's features */
+                layer?: number | null;
                 offset?: number;
                 limit?: number;
             };
@@ -1905,6 +2670,171 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["FeatureRecord"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    explain_feature_api_dictionaries__name__analyses__analysis__features__index__explain_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                analysis: string;
+                index: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobStatus"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description every inference slot is busy; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    get_feature_explanations_api_dictionaries__name__analyses__analysis__features__index__explanations_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                analysis: string;
+                index: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FeatureExplanations"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    search_explanations_api_dictionaries__name__analyses__analysis__search_explanations_get: {
+        parameters: {
+            query: {
+                /** @description words of the explanation (stemmed; every word must occur; `word*` matches a prefix) */
+                q: string;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                name: string;
+                analysis: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExplanationSearch"];
                 };
             };
             /** @description unknown dictionary, analysis or feature */
@@ -2187,6 +3117,56 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AnnotationConflict"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    replacement_feature_api_dictionaries__name__features__index__replacement_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                index: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReplacementFeature"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
                 };
             };
             /** @description malformed or out-of-range parameter */
@@ -2678,6 +3658,55 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Health"];
+                };
+            };
+        };
+    };
+    get_job_api_jobs__job_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobStatus"];
+                };
+            };
+            /** @description unknown dictionary, analysis or feature */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description malformed or out-of-range parameter */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description corrupt store or config; other requests still work */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
                 };
             };
         };

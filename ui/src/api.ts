@@ -17,6 +17,18 @@ export type DictionarySummary = Schemas["DictionarySummary"];
 export type DictionaryDetail = Schemas["DictionaryDetail"];
 export type Provenance = Schemas["Provenance"];
 export type Health = Schemas["Health"];
+export type LayerMetrics = Schemas["LayerMetrics"];
+export type ReplacementFeature = Schemas["ReplacementFeature"];
+export type ExplanationsSummary = Schemas["ExplanationsSummary"];
+export type FeatureExplanations = Schemas["FeatureExplanations"];
+export type FeatureExplanation = Schemas["FeatureExplanation"];
+export type Score = Schemas["Score"];
+export type Job = Schemas["JobStatus"];
+export type ExplanationSearch = Schemas["ExplanationSearch"];
+export type Comparison = Schemas["Comparison"];
+export type ComparePlot = Schemas["ComparePlot"];
+export type MetricRow = Schemas["MetricRow"];
+export type SourceConfig = Schemas["SourceConfig"];
 export type FeaturePage = Schemas["FeaturePage"];
 export type FeatureDetail = Schemas["FeatureRecord"];
 export type ActivationsRequest = Schemas["ActivationsRequest"];
@@ -49,9 +61,10 @@ export type TokenProbability = Schemas["TokenProbability"];
 type Query<P extends keyof paths> = paths[P] extends { get: { parameters: { query?: infer Q } } } ? NonNullable<Q> : never;
 export type FeatureQuery = Query<"/api/dictionaries/{name}/analyses/{analysis}/features">;
 export type FeatureSort = NonNullable<FeatureQuery["sort"]>;
-export const FEATURE_SORTS: FeatureSort[] = ["index", "density", "max_act", "mean_act", "act_count"];
+export const FEATURE_SORTS: FeatureSort[] = ["index", "density", "max_act", "mean_act", "act_count", "detection", "fuzzing"];
 export type TokenSearchQuery = Query<"/api/dictionaries/{name}/analyses/{analysis}/search/tokens">;
 export type LabelQuery = Query<"/api/dictionaries/{name}/annotations">;
+export type CompareQuery = Query<"/api/compare">;
 
 /** Base URL of the API server; empty means the page's own origin. */
 export const BACKEND_URL: string = (import.meta.env.VITE_BACKEND_URL ?? "").replace(/\/+$/, "");
@@ -165,6 +178,20 @@ export const api = {
     request<TokenSearch>(`${analysisUrl(name, analysis)}/search/tokens${query(q)}`, { signal }),
   similar: (name: string, index: number, q: { dictionary?: string; limit?: number }, signal?: AbortSignal) =>
     request<Similar>(`${dictionaryUrl(name)}/features/${index}/similar${query(q)}`, { signal }),
+  replacementFeature: (name: string, index: number, signal?: AbortSignal) =>
+    request<ReplacementFeature>(`${dictionaryUrl(name)}/features/${index}/replacement`, { signal }),
+  featureExplanations: (name: string, analysis: string, index: number, signal?: AbortSignal) =>
+    request<FeatureExplanations>(`${analysisUrl(name, analysis)}/features/${index}/explanations`, { signal, cache: "no-store" }),
+  explain: (name: string, analysis: string, index: number) =>
+    request<Job>(`${analysisUrl(name, analysis)}/features/${index}/explain`, { method: "POST" }),
+  job: (id: string, signal?: AbortSignal) => request<Job>(`/api/jobs/${enc(id)}`, { signal, cache: "no-store" }),
+  searchExplanations: (name: string, analysis: string, q: { q: string; limit?: number }, signal?: AbortSignal) =>
+    request<ExplanationSearch>(`${analysisUrl(name, analysis)}/search/explanations${query(q)}`, { signal }),
+  compare: (q: { run?: string; space?: number; dictionary?: string[] }, signal?: AbortSignal) => {
+    const params = new URLSearchParams(query({ run: q.run, space: q.space }).slice(1));
+    for (const d of q.dictionary ?? []) params.append("dictionary", d);
+    return request<Comparison>(`/api/compare?${params.toString()}`, { signal });
+  },
   searchLabels: (name: string, q: LabelQuery, signal?: AbortSignal) =>
     request<{ annotations: Annotation[] }>(`${dictionaryUrl(name)}/annotations${query(q)}`, { signal }).then((r) => r.annotations),
   exportUrl: (name: string) => `${BACKEND_URL}${dictionaryUrl(name)}/annotations/export`,

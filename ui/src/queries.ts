@@ -20,6 +20,10 @@ export const keys = {
   /** every feature-table page of a dictionary (their labels change when one is saved) */
   featureLists: (name: string) => ["features", name] as const,
   feature: (name: string, analysis: string, index: number) => ["feature", name, analysis, index] as const,
+  /** a feature's explanations (an explain job adds one) */
+  explanations: (name: string, analysis: string, index: number) => ["explanations", name, analysis, index] as const,
+  replacementFeature: (name: string, index: number) => ["replacement-feature", name, index] as const,
+  compare: (run: string | undefined, space: number, dictionaries: string[]) => ["compare", run ?? "", space, ...dictionaries] as const,
   annotation: (name: string, index: number) => ["annotation", name, index] as const,
   labels: (name: string) => ["labels", name] as const,
   similar: (name: string, index: number, other: string | undefined) => ["similar", name, index, other ?? ""] as const,
@@ -69,6 +73,45 @@ export const useSimilar = (name: string, index: number, other: string | undefine
     queryFn: ({ signal }) => api.similar(name, index, { dictionary: other, limit: 12 }, signal),
   });
 
+/** Where a replacement model's feature sits and writes (only asked for replacement models). */
+export const useReplacementFeature = (name: string, index: number, enabled: boolean) =>
+  useQuery({
+    queryKey: keys.replacementFeature(name, index),
+    queryFn: ({ signal }) => api.replacementFeature(name, index, signal),
+    enabled,
+  });
+
+export const useFeatureExplanations = (name: string, analysis: string, index: number) =>
+  useQuery({
+    queryKey: keys.explanations(name, analysis, index),
+    queryFn: ({ signal }) => api.featureExplanations(name, analysis, index, signal),
+    staleTime: 0,
+  });
+
+/** Poll every `ms` until the job has ended (done or failed). */
+const untilEnded =
+  (ms: number) =>
+  (query: { state: { data?: { status: string } } }): number | false =>
+    query.state.data && ["done", "failed"].includes(query.state.data.status) ? false : ms;
+
+/** A job, polled until it is done or failed. */
+export const useJob = (id: string | null) =>
+  useQuery({
+    queryKey: ["job", id ?? ""],
+    queryFn: ({ signal }) => api.job(id!, signal),
+    enabled: id !== null,
+    staleTime: 0,
+    refetchInterval: untilEnded(700),
+  });
+
+export const useComparison = (run: string | undefined, space: number, dictionaries: string[]) =>
+  useQuery({
+    queryKey: keys.compare(run, space, dictionaries),
+    queryFn: ({ signal }) => api.compare(run !== undefined ? { run, space } : { dictionary: dictionaries }, signal),
+    enabled: run !== undefined || dictionaries.length > 0,
+    placeholderData: keepPreviousData,
+  });
+
 export const useRuns = () => useQuery({ queryKey: keys.runs, queryFn: ({ signal }) => api.runs(signal) });
 
 /** A run still training is polled, so its curves grow on screen. */
@@ -94,5 +137,5 @@ export const useGraphJob = (id: string | null) =>
     queryFn: ({ signal }) => api.graphJob(id!, signal),
     enabled: id !== null,
     staleTime: 0,
-    refetchInterval: (query) => (query.state.data && ["done", "failed"].includes(query.state.data.status) ? false : 500),
+    refetchInterval: untilEnded(500),
   });

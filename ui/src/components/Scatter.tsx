@@ -11,6 +11,8 @@ export interface ScatterPoint {
   y: number;
   /** where clicking the point goes (none: the point is drawn without a link) */
   href?: string;
+  /** on the Pareto frontier (drawn filled, joined by the frontier line) */
+  pareto?: boolean;
 }
 
 export interface ScatterProps {
@@ -19,6 +21,10 @@ export interface ScatterProps {
   yLabel: string;
   points: ScatterPoint[];
   formatY?: (y: number) => string;
+  /** shown instead of the plot when there is no point */
+  emptyText?: string;
+  /** join the Pareto points (`pareto: true`) by a line, in order of x */
+  frontier?: boolean;
 }
 
 const W = 420;
@@ -44,12 +50,12 @@ function domain(values: number[]): [number, number] {
 }
 
 /** One point per item, each a link (an SVG scatter plot, so every point is a real, clickable element). */
-export function Scatter({ title, xLabel, yLabel, points, formatY = (y) => fmt(y, 3) }: ScatterProps) {
+export function Scatter({ title, xLabel, yLabel, points, formatY = (y) => fmt(y, 3), emptyText = "No dictionary has final metrics yet.", frontier = false }: ScatterProps) {
   if (points.length === 0) {
     return (
-      <figure className="scatter" aria-label={title}>
+      <figure className="scatter" aria-label={title} data-testid="scatter-empty">
         <h3>{title}</h3>
-        <div className="histogram-empty">No dictionary has final metrics yet.</div>
+        <div className="histogram-empty">{emptyText}</div>
       </figure>
     );
   }
@@ -57,6 +63,7 @@ export function Scatter({ title, xLabel, yLabel, points, formatY = (y) => fmt(y,
   const [y0, y1] = domain(points.map((p) => p.y));
   const sx = (x: number) => M.left + ((x - x0) / (x1 - x0)) * (W - M.left - M.right);
   const sy = (y: number) => H - M.bottom - ((y - y0) / (y1 - y0)) * (H - M.top - M.bottom);
+  const front = frontier ? points.filter((p) => p.pareto).sort((a, b) => a.x - b.x) : [];
   return (
     <figure className="scatter" aria-label={title} data-testid="scatter">
       <h3>{title}</h3>
@@ -81,11 +88,14 @@ export function Scatter({ title, xLabel, yLabel, points, formatY = (y) => fmt(y,
             {yLabel}
           </text>
         </g>
+        {front.length > 1 && (
+          <polyline className="pareto-line" data-testid="pareto-line" points={front.map((p) => `${sx(p.x)},${sy(p.y)}`).join(" ")} />
+        )}
         {points.map((p) => {
           const mark = (
             <>
-              <title>{`${p.name}: ${xLabel} ${fmt(p.x, 4)}, ${yLabel} ${formatY(p.y)}`}</title>
-              <circle cx={sx(p.x)} cy={sy(p.y)} r={6} />
+              <title>{`${p.name}: ${xLabel} ${fmt(p.x, 4)}, ${yLabel} ${formatY(p.y)}${frontier && p.pareto ? " (on the Pareto frontier)" : ""}`}</title>
+              <circle cx={sx(p.x)} cy={sy(p.y)} r={6} className={frontier ? (p.pareto ? "on-front" : "off-front") : undefined} />
               {/* labels of points in the right half go to their left, so they stay inside the plot */}
               <text x={sx(p.x) + (sx(p.x) > W / 2 ? -8 : 8)} y={sy(p.y) - 8} textAnchor={sx(p.x) > W / 2 ? "end" : "start"}>
                 {p.label}
@@ -93,11 +103,11 @@ export function Scatter({ title, xLabel, yLabel, points, formatY = (y) => fmt(y,
             </>
           );
           return p.href ? (
-            <Link key={p.key} to={p.href} className="point" data-point={p.key} aria-label={p.name}>
+            <Link key={p.key} to={p.href} className="point" data-point={p.key} data-pareto={frontier ? String(!!p.pareto) : undefined} aria-label={p.name}>
               {mark}
             </Link>
           ) : (
-            <g key={p.key} className="point" data-point={p.key}>
+            <g key={p.key} className="point" data-point={p.key} data-pareto={frontier ? String(!!p.pareto) : undefined}>
               {mark}
             </g>
           );

@@ -5,10 +5,17 @@ import { api, type TokenSearch } from "../api";
 import { fmt, fmtDensity } from "../format";
 import { featurePath } from "../paths";
 import { keys } from "../queries";
+import { ScoreValue } from "./FeatureTable";
 import { ErrorMessage, Loading } from "./QueryState";
 import { TokenText } from "./TokenText";
 
-export type SearchMode = "token" | "label";
+export type SearchMode = "token" | "label" | "explanation";
+
+const MODES: { mode: SearchMode; tab: string; input: string; placeholder: string }[] = [
+  { mode: "token", tab: "Token or phrase", input: "Token or phrase", placeholder: "e.g.  import   (a leading space is part of the token)" },
+  { mode: "label", tab: "Label or notes", input: "Label text", placeholder: "e.g. brackets" },
+  { mode: "explanation", tab: "Explanation", input: "Explanation words", placeholder: "e.g. import statements   (word* matches a prefix)" },
+];
 
 export interface SearchPanelProps {
   dictionary: string;
@@ -17,16 +24,20 @@ export interface SearchPanelProps {
   mode: SearchMode;
   query: string;
   onChange: (mode: SearchMode, query: string) => void;
+  /** the analysis has explanations (by a language model) to search */
+  explained?: boolean;
 }
 
-/** Search the dictionary's features: by token or phrase (the analysis' token index) or by label / notes. */
-export function SearchPanel({ dictionary, analysis, mode, query, onChange }: SearchPanelProps) {
+/** Search the dictionary's features: by token or phrase (the analysis' token index), by label / notes, or by
+ * the explanations a language model wrote (full-text). */
+export function SearchPanel({ dictionary, analysis, mode, query, onChange, explained = false }: SearchPanelProps) {
   const [draft, setDraft] = useState(query);
   useEffect(() => setDraft(query), [query]);
+  const current = MODES.find((m) => m.mode === mode)!;
   return (
     <div className="search-panel" data-testid="search-panel">
       <div className="search-modes" role="tablist" aria-label="Search by">
-        {(["token", "label"] as const).map((m) => (
+        {MODES.map(({ mode: m, tab }) => (
           <button
             key={m}
             type="button"
@@ -35,7 +46,7 @@ export function SearchPanel({ dictionary, analysis, mode, query, onChange }: Sea
             className={m === mode ? "tab active" : "tab"}
             onClick={() => onChange(m, query)}
           >
-            {m === "token" ? "Token or phrase" : "Label or notes"}
+            {tab}
           </button>
         ))}
       </div>
@@ -46,14 +57,8 @@ export function SearchPanel({ dictionary, analysis, mode, query, onChange }: Sea
           onChange(mode, draft);
         }}
       >
-        <input
-          type="search"
-          aria-label={mode === "token" ? "Token or phrase" : "Label text"}
-          placeholder={mode === "token" ? "e.g.  import   (a leading space is part of the token)" : "e.g. brackets"}
-          value={draft}
-          onChange={(e) => setDraft(e.target.value)}
-        />
-        <button type="submit" className="btn btn-primary" disabled={mode === "token" && !draft}>
+        <input type="search" aria-label={current.input} placeholder={current.placeholder} value={draft} onChange={(e) => setDraft(e.target.value)} />
+        <button type="submit" className="btn btn-primary" disabled={mode !== "label" && !draft}>
           Search
         </button>
       </form>
@@ -62,6 +67,15 @@ export function SearchPanel({ dictionary, analysis, mode, query, onChange }: Sea
           <p className="muted">Token search needs an analysis of this dictionary; run run_analyze_example.py.</p>
         ) : (
           query && <TokenResults dictionary={dictionary} analysis={analysis} query={query} />
+        )
+      ) : mode === "explanation" ? (
+        !analysis || !explained ? (
+          <p className="muted">
+            No explanations in this analysis yet: run run_explain_example.py to have a language model explain its features, or explain one from its
+            feature page.
+          </p>
+        ) : (
+          query && <ExplanationResults dictionary={dictionary} analysis={analysis} query={query} />
         )
       ) : (
         <LabelResults dictionary={dictionary} analysis={analysis} query={query} />
@@ -143,6 +157,66 @@ function TokenResultTable({ result, dictionary, analysis }: { result: TokenSearc
         </div>
       )}
     </div>
+  );
+}
+
+function ExplanationResults({ dictionary, analysis, query }: { dictionary: string; analysis: string; query: string }) {
+  const q = useQuery({
+    queryKey: ["explanation-search", dictionary, analysis, query],
+    queryFn: ({ signal }) => api.searchExplanations(dictionary, analysis, { q: query, limit: 50 }, signal),
+  });
+  if (q.isPending) return <Loading label="Searching…" />;
+  if (q.isError) return <ErrorMessage error={q.error} />;
+  if (q.data.matches.length === 0) return <p className="muted">No explanation matches "{query}".</p>;
+  return (
+    <div className="table-scroll tall" data-testid="explanation-results">
+      <table className="data compact">
+        <thead>
+          <tr>
+            <th className="num">Feature</th>
+            <th className="col-label">Label</th>
+            <th>Explanation</th>
+            <th className="num" title="detection score: balanced accuracy">Det.</th>
+            <th className="num" title="fuzzing score: balanced accuracy">Fuzz.</th>
+            <th className="num">Max act</th>
+          </tr>
+        </thead>
+        <tbody>
+          {q.data.matches.map((m) => (
+            <tr key={m.index} data-feature={m.index}>
+              <td className="num">
+                <Link to={featurePath(dictionary, analysis, m.index)} className="feature-link">
+                  #{m.index}
+                </Link>
+              </td>
+              <td className="col-label" title={m.label}>
+                {m.label}
+              </td>
+              <td className="explanation">
+                <Highlighted text={m.highlighted} />
+              </td>
+              <td className="num">
+                <ScoreValue value={m.detection} />
+              </td>
+              <td className="num">
+                <ScoreValue value={m.fuzzing} />
+              </td>
+              <td className="num">{fmt(m.max_act)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+/** FTS5's highlight: the matched words between [ and ], shown as <mark>. */
+function Highlighted({ text }: { text: string }) {
+  const parts = text.split(/(\[[^\]]*\])/);
+  return (
+    <>
+      {parts.map((p, i) => (p.startsWith("[") && p.endsWith("]") && p.length > 2 ? <mark key={i}>{p.slice(1, -1)}</mark> : <span key={i}>{p}</span>))}
+    </>
   );
 }
 

@@ -3,7 +3,7 @@ import { formatMetric } from "../components/MetricsGrid";
 import { SourceTag } from "../components/Provenance";
 import { ErrorMessage, Loading } from "../components/QueryState";
 import { fmtInt } from "../format";
-import { dictionaryLabel, dictionaryPath, hookLabel, runPath, dictionaryParts } from "../paths";
+import { architectureLabel, dictionaryLabel, dictionaryPath, hookLabel, runPath, dictionaryParts } from "../paths";
 import { useDictionaries, useHealth } from "../queries";
 import { useTitle } from "../useTitle";
 
@@ -59,12 +59,13 @@ export function DictionariesPage() {
                     </Link>
                   </td>
                   <td>{d.model_name}</td>
-                  <td className="mono" title={d.hook_out ? "transcoder: reads the first hook, writes the second" : undefined}>
+                  <td className="mono" title={d.layers ? `a replacement model of the MLPs of layers ${d.layers.join(", ")}` : d.hook_out ? "transcoder: reads the first hook, writes the second" : undefined}>
                     {hookLabel(d)}
                   </td>
-                  <td>{d.hook_out ? `${d.architecture} transcoder` : d.architecture}</td>
-                  <td className="num" title={`d_in ${d.d_in}`}>
+                  <td>{architectureLabel(d)}</td>
+                  <td className="num" title={d.layers ? `d_in ${d.d_in}; ${fmtInt(d.n_features)} features over ${d.layers.length} layers` : `d_in ${d.d_in}`}>
                     {fmtInt(d.d_sae)}
+                    {d.layers && <span className="muted small"> × {d.layers.length}</span>}
                   </td>
                   <td className="num">{formatMetric("l0", d.metrics.l0)}</td>
                   <td className="num">{formatMetric("explained_variance", d.metrics.explained_variance)}</td>

@@ -1,9 +1,10 @@
 import { Link, useParams, useSearchParams } from "react-router";
-import { api, FEATURE_SORTS, type AnalysisSummary, type DictionaryDetail, type FeatureQuery, type FeatureSort } from "../api";
+import { api, FEATURE_SORTS, type AnalysisSummary, type DictionaryDetail, type ExplanationsSummary, type FeatureQuery, type FeatureSort } from "../api";
 import { FeatureFilters, type FeatureFilterValues } from "../components/FeatureFilters";
-import { FeatureTable } from "../components/FeatureTable";
+import { FeatureTable, ScoreValue } from "../components/FeatureTable";
 import { GraphList } from "../components/GraphList";
 import { Histogram } from "../components/Histogram";
+import { LayerEvaluation } from "../components/LayerEvaluation";
 import { MetricsGrid } from "../components/MetricsGrid";
 import { Pagination } from "../components/Pagination";
 import { ProvenanceCard, SourceTag } from "../components/Provenance";
@@ -11,7 +12,7 @@ import { ErrorMessage, Loading } from "../components/QueryState";
 import { SearchPanel, type SearchMode } from "../components/SearchPanel";
 import { TextActivations } from "../components/TextActivations";
 import { fmtInt, fmtPercent } from "../format";
-import { dictionaryLabel, dictionaryParts, dictionaryPath, featurePath, hookLabel, runPath } from "../paths";
+import { architectureLabel, dictionaryLabel, dictionaryParts, dictionaryPath, featurePath, hookLabel, runPath } from "../paths";
 import { useDictionary, useFeatureList } from "../queries";
 import { useTitle } from "../useTitle";
 
@@ -33,6 +34,8 @@ function useTableState() {
     min_density: numParam(params.get("min_density")),
     max_density: numParam(params.get("max_density")),
     min_max_act: numParam(params.get("min_max_act")),
+    min_detection: numParam(params.get("min_detection")),
+    min_fuzzing: numParam(params.get("min_fuzzing")),
   };
   const update = (changes: Record<string, string | number | undefined>, replace = false) => {
     const next = new URLSearchParams(params);
@@ -43,9 +46,11 @@ function useTableState() {
     setParams(next, { replace });
   };
   const bookmarked = params.get("bookmarked") === "1";
-  const searchMode: SearchMode = params.get("search") === "label" ? "label" : "token";
+  const layer = numParam(params.get("layer"));
+  const searchParam = params.get("search");
+  const searchMode: SearchMode = searchParam === "label" || searchParam === "explanation" ? searchParam : "token";
   const searchQuery = params.get("q") ?? "";
-  return { analysisParam: params.get("analysis"), sort, order, limit, offset, filters, bookmarked, searchMode, searchQuery, update };
+  return { analysisParam: params.get("analysis"), sort, order, limit, offset, filters, bookmarked, layer, searchMode, searchQuery, update };
 }
 
 /** `/dictionaries/:name?analysis=...`: metrics, feature density, the feature table and a text probe. */
@@ -72,7 +77,11 @@ export function DictionaryPage() {
           <DictionaryHeader detail={detail} />
           <section className="card">
             <h2>Evaluation</h2>
+            {detail.layer_metrics && (
+              <p className="muted small">Of the whole replacement: every covered MLP replaced at once, errors compounding through the layers.</p>
+            )}
             <MetricsGrid metrics={detail.metrics} />
+            {detail.layer_metrics && <LayerEvaluation layers={detail.layer_metrics} />}
           </section>
           {detail.source && <ProvenanceCard source={detail.source} />}
           {detail.kind && detail.kind !== "sparse_autoencoder" && <GraphList dictionary={name} />}
@@ -103,6 +112,7 @@ export function DictionaryPage() {
               mode={table.searchMode}
               query={table.searchQuery}
               onChange={(mode, q) => table.update({ search: mode === "token" ? undefined : mode, q: q || undefined }, true)}
+              explained={!!summary?.explanations}
             />
           </section>
           <div className="dict-grid">
@@ -112,7 +122,7 @@ export function DictionaryPage() {
                 <p className="muted">No analysis yet for this dictionary. Run run_analyze_example.py to record what each feature responds to.</p>
               </section>
             ) : analysis && !unknownAnalysis ? (
-              <FeatureSection name={name} analysis={analysis} table={table} />
+              <FeatureSection name={name} analysis={analysis} table={table} explained={!!summary?.explanations} layers={detail.layers ?? null} />
             ) : (
               <div />
             )}
@@ -146,13 +156,12 @@ function DictionaryHeader({ detail }: { detail: DictionaryDetail }) {
         <span className="tag mono" title={detail.hook_out ? "transcoder: reads the first hook, writes the second" : "hook point"} data-testid="hook">
           {hookLabel(detail)}
         </span>
-        <span className="tag" title="architecture">
-          {detail.kind && detail.kind !== "sparse_autoencoder"
-            ? `${detail.kind === "transcoder_set" ? "transcoder set" : "cross-layer transcoder"}, layers ${(detail.layers ?? []).join(", ")}`
-            : detail.hook_out ? `${detail.architecture} transcoder` : detail.architecture}
+        <span className="tag" title="architecture" data-testid="architecture">
+          {architectureLabel(detail)}
         </span>
-        <span className="tag" title="d_in × d_sae">
+        <span className="tag" title={detail.layers ? "d_in × d_sae per layer" : "d_in × d_sae"}>
           {fmtInt(detail.d_in)} → {fmtInt(detail.d_sae)}
+          {detail.layers ? ` per layer (${fmtInt(detail.n_features)} features)` : ""}
         </span>
         {detail.source && <SourceTag source={detail.source} />}
       </span>
@@ -176,6 +185,8 @@ function AnalysisPicker({ detail, current }: { detail: DictionaryDetail; current
 function AnalysisOverview({ summary }: { summary: AnalysisSummary }) {
   const logEdges = summary.density_histogram.edges.some((e) => e < 0);
   return (
+    <>
+    {summary.explanations && <ExplanationsLine summary={summary.explanations} />}
     <div className="overview">
       <dl className="stat-grid narrow" data-testid="analysis-stats">
         <div className="stat">
@@ -202,12 +213,46 @@ function AnalysisOverview({ summary }: { summary: AnalysisSummary }) {
         <Histogram data={summary.density_histogram} xLabel={logEdges ? "log₁₀ density" : "density"} label="Feature density histogram" color="#2563eb" />
       </div>
     </div>
+    </>
+  );
+}
+
+/** Who explained the analysis' features and how well the explanations score. */
+function ExplanationsLine({ summary }: { summary: ExplanationsSummary }) {
+  const scorers = Object.entries(summary.mean_balanced_accuracy).filter(([, v]) => v !== null);
+  return (
+    <p className="explanations-line" data-testid="explanations-summary">
+      <strong>{fmtInt(summary.n_explained)}</strong> features explained by <span className="mono">{summary.explainer_model}</span>
+      {summary.n_unparsable > 0 && <span className="muted"> ({fmtInt(summary.n_unparsable)} answers unparsable)</span>}
+      {scorers.length > 0 && (
+        <>
+          ; mean balanced accuracy{" "}
+          {scorers.map(([scorer, v], i) => (
+            <span key={scorer}>
+              {i > 0 && ", "}
+              {scorer} <ScoreValue value={v} /> <span className="muted small">({fmtInt(summary.n_scored[scorer] ?? 0)} scored)</span>
+            </span>
+          ))}
+        </>
+      )}
+      {summary.n_sets > 1 && <span className="muted"> · {summary.n_sets} explanation sets (the newest shown)</span>}
+    </p>
   );
 }
 
 type TableState = ReturnType<typeof useTableState>;
 
-function FeatureSection({ name, analysis, table }: { name: string; analysis: string; table: TableState }) {
+interface FeatureSectionProps {
+  name: string;
+  analysis: string;
+  table: TableState;
+  /** the analysis has explanations: their columns, sorting and filters */
+  explained: boolean;
+  /** a replacement model's layers: the table can show one layer's features */
+  layers: number[] | null;
+}
+
+function FeatureSection({ name, analysis, table, explained, layers }: FeatureSectionProps) {
   const q: FeatureQuery = {
     sort: table.sort,
     order: table.order,
@@ -215,6 +260,7 @@ function FeatureSection({ name, analysis, table }: { name: string; analysis: str
     limit: table.limit,
     ...table.filters,
     ...(table.bookmarked ? { bookmarked: true } : {}),
+    ...(layers && table.layer !== undefined ? { layer: table.layer } : {}),
   };
   const list = useFeatureList(name, analysis, q);
   const onSort = (key: FeatureSort) => {
@@ -227,7 +273,17 @@ function FeatureSection({ name, analysis, table }: { name: string; analysis: str
         <h2>Features</h2>
         <FeatureFilters
           value={table.filters}
-          onApply={(f) => table.update({ min_density: f.min_density, max_density: f.max_density, min_max_act: f.min_max_act, offset: undefined })}
+          scores={explained}
+          onApply={(f) =>
+            table.update({
+              min_density: f.min_density,
+              max_density: f.max_density,
+              min_max_act: f.min_max_act,
+              min_detection: f.min_detection,
+              min_fuzzing: f.min_fuzzing,
+              offset: undefined,
+            })
+          }
         />
         <label className="checkbox">
           <input
@@ -237,6 +293,23 @@ function FeatureSection({ name, analysis, table }: { name: string; analysis: str
           />{" "}
           bookmarked only
         </label>
+        {layers && (
+          <label className="inline-field">
+            layer
+            <select
+              aria-label="Layer"
+              value={table.layer ?? ""}
+              onChange={(e) => table.update({ layer: e.target.value === "" ? undefined : Number(e.target.value), offset: undefined })}
+            >
+              <option value="">all</option>
+              {layers.map((l) => (
+                <option key={l} value={l}>
+                  {l}
+                </option>
+              ))}
+            </select>
+          </label>
+        )}
       </div>
       {list.isPending && <Loading label="Loading features…" />}
       {list.isError && <ErrorMessage error={list.error} onRetry={() => list.refetch()} />}
@@ -250,7 +323,10 @@ function FeatureSection({ name, analysis, table }: { name: string; analysis: str
             onLimit={(l) => table.update({ limit: l, offset: undefined })}
           />
           {list.data.features.length === 0 ? (
-            <p className="muted">{table.bookmarked ? "No bookmarked feature matches these filters." : "No feature matches these filters."}</p>
+            <p className="muted">
+              {table.bookmarked ? "No bookmarked feature matches these filters." : "No feature matches these filters."}
+              {(table.sort === "detection" || table.sort === "fuzzing") && " Sorting by a score lists only the features with that score."}
+            </p>
           ) : (
             <FeatureTable
               features={list.data.features}
@@ -258,6 +334,7 @@ function FeatureSection({ name, analysis, table }: { name: string; analysis: str
               order={table.order}
               onSort={onSort}
               featureHref={(i) => featurePath(name, analysis, i)}
+              explained={explained}
             />
           )}
         </div>

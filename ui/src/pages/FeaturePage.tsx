@@ -1,8 +1,10 @@
 import { useQueryClient } from "@tanstack/react-query";
 import { useCallback, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
-import { api, type FeatureDetail } from "../api";
+import { api, type FeatureDetail, type ReplacementFeature } from "../api";
 import { AnnotationEditor } from "../components/AnnotationEditor";
+import { DecoderNorms } from "../components/DecoderNorms";
+import { ExplanationPanel } from "../components/ExplanationPanel";
 import { FeatureActivationInput } from "../components/FeatureActivationInput";
 import { FeatureNav } from "../components/FeatureNav";
 import { Histogram } from "../components/Histogram";
@@ -14,8 +16,8 @@ import { SampleList } from "../components/SampleList";
 import { SimilarFeatures } from "../components/SimilarFeatures";
 import { SteeringPanel } from "../components/SteeringPanel";
 import { fmt, fmtDensity, fmtInt, log10Density } from "../format";
-import { dictionaryLabel, dictionaryParts, dictionaryPath, featurePath, hookLabel, runPath } from "../paths";
-import { keys, useAnnotation, useDictionary, useFeature } from "../queries";
+import { dictionaryLabel, dictionaryParts, dictionaryPath, featurePath, hookLabel, isReplacement, runPath } from "../paths";
+import { keys, useAnnotation, useDictionary, useFeature, useReplacementFeature } from "../queries";
 import { useTitle } from "../useTitle";
 
 const CONTEXT_WINDOW = { before: 24, after: 8 };
@@ -31,7 +33,9 @@ export function FeaturePage() {
   const dict = useDictionary(name); // for d_sae and n_tokens; its errors show through the feature query
   const annotation = useAnnotation(name, index);
   const summary = dict.data?.analysis_summaries.find((s) => s.name === analysis);
-  const dSae = feature.data?.d_sae ?? dict.data?.d_sae;
+  const dSae = feature.data?.d_sae ?? dict.data?.n_features;
+  const replacement = isReplacement(dict.data);
+  const place = useReplacementFeature(name, index ?? -1, replacement && index !== null && index < (dSae ?? 0));
 
   const [probeText, setProbeText] = useState<string | null>(null); // kept while moving between features
   const [randomError, setRandomError] = useState<unknown>(null);
@@ -78,6 +82,11 @@ export function FeaturePage() {
             <span className="tag">{dict.data.model_name}</span>
             <span className="tag mono">{hookLabel(dict.data)}</span>
             {dict.data.source && <SourceTag source={dict.data.source} />}
+            {place.data && (
+              <span className="tag" data-testid="feature-layer" title={`feature ${place.data.index} of the analysis is feature ${place.data.layer_index} of layer ${place.data.layer}`}>
+                layer {place.data.layer} · #{place.data.layer_index} of the layer
+              </span>
+            )}
           </span>
         )}
       </header>
@@ -90,7 +99,16 @@ export function FeaturePage() {
           {feature.isPending && <Loading label={`Loading feature ${index}…`} />}
           {feature.isError && <ErrorMessage error={feature.error} onRetry={() => feature.refetch()} />}
           {feature.data && (
-            <FeatureBody name={name} analysis={analysis} f={feature.data} nTokens={summary?.n_tokens} probeText={probeText} onProbe={setProbeText} />
+            <FeatureBody
+              name={name}
+              analysis={analysis}
+              f={feature.data}
+              nTokens={summary?.n_tokens}
+              probeText={probeText}
+              onProbe={setProbeText}
+              replacement={replacement}
+              place={place.data}
+            />
           )}
         </>
       )}
@@ -105,9 +123,12 @@ interface FeatureBodyProps {
   nTokens?: number;
   probeText: string | null;
   onProbe: (text: string) => void;
+  /** a replacement model's feature: no steering or nearest features; where it writes instead */
+  replacement: boolean;
+  place?: ReplacementFeature;
 }
 
-function FeatureBody({ name, analysis, f, nTokens, probeText, onProbe }: FeatureBodyProps) {
+function FeatureBody({ name, analysis, f, nTokens, probeText, onProbe, replacement, place }: FeatureBodyProps) {
   const [full, setFull] = useState(false);
   const contextWindow = full ? undefined : CONTEXT_WINDOW;
   const dead = f.act_count === 0 || f.max_act <= 0;
@@ -148,31 +169,51 @@ function FeatureBody({ name, analysis, f, nTokens, probeText, onProbe }: Feature
             <AnnotationEditor key={`${name}#${f.index}`} dictionary={name} index={f.index} />
           </section>
           <section className="card">
+            <h2>Explanation</h2>
+            <ExplanationPanel key={`${name}#${analysis}#${f.index}`} dictionary={name} analysis={analysis} index={f.index} alive={!dead} />
+          </section>
+          <section className="card">
             <h2>Activation histogram</h2>
             <Histogram data={f.histogram} xLabel="activation" label="Activation histogram" />
           </section>
           <section className="card" data-testid="logit-lens">
             <h2>Logit lens</h2>
             {f.logit_lens.note && <p className="muted small">{f.logit_lens.note}</p>}
+            {place && (
+              <p className="muted small">
+                Its decoder into layer {place.target_layers[place.target_layers.length - 1]}, the last layer it writes to, read through the
+                unembedding.
+              </p>
+            )}
             <div className="logit-columns">
               <LogitLensTable title="Promoted tokens" tokens={f.logit_lens.positive} sign="positive" />
               <LogitLensTable title="Suppressed tokens" tokens={f.logit_lens.negative} sign="negative" />
             </div>
           </section>
-          <section className="card">
-            <h2>Similar features</h2>
-            <SimilarFeatures key={`${name}#${f.index}`} dictionary={name} analysis={analysis} index={f.index} />
-          </section>
+          {place && (
+            <section className="card">
+              <h2>Writes to</h2>
+              <DecoderNorms place={place} />
+            </section>
+          )}
+          {!replacement && (
+            <section className="card">
+              <h2>Similar features</h2>
+              <SimilarFeatures key={`${name}#${f.index}`} dictionary={name} analysis={analysis} index={f.index} />
+            </section>
+          )}
         </aside>
         <div className="feature-main">
           <section className="card">
             <h2>Try it on text</h2>
             <FeatureActivationInput dictionary={name} feature={f.index} maxAct={f.max_act} text={probeText} onRun={onProbe} />
           </section>
-          <section className="card">
-            <h2>Steer the model with it</h2>
-            <SteeringPanel key={`${name}#${f.index}`} dictionary={name} feature={f.index} maxAct={f.max_act} />
-          </section>
+          {!replacement && (
+            <section className="card">
+              <h2>Steer the model with it</h2>
+              <SteeringPanel key={`${name}#${f.index}`} dictionary={name} feature={f.index} maxAct={f.max_act} />
+            </section>
+          )}
           <section className="card" data-testid="top-contexts">
             <div className="section-head">
               <h2>Top activations</h2>

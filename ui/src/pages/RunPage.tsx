@@ -6,7 +6,7 @@ import { formatMetric } from "../components/MetricsGrid";
 import { ErrorMessage, Loading } from "../components/QueryState";
 import { Scatter, type ScatterPoint } from "../components/Scatter";
 import { fmtInt } from "../format";
-import { dictionaryPath } from "../paths";
+import { comparePath, dictionaryPath, shortNames } from "../paths";
 import { useRun } from "../queries";
 import { useTitle } from "../useTitle";
 
@@ -18,18 +18,6 @@ const TRAIN_CHARTS: { key: string; title: string }[] = [
 ];
 
 const seriesName = (d: RunDictionary) => d.name || "dictionary";
-
-/** Short names for plot labels: what the dictionaries' names do not share ("k16" for "res3-k16" among "res3-k*"). */
-function shortNames(names: string[]): string[] {
-  if (names.length < 2) return names;
-  let prefix = names.reduce((a, b) => {
-    let i = 0;
-    while (i < a.length && i < b.length && a[i] === b[i]) i++;
-    return a.slice(0, i);
-  });
-  prefix = prefix.slice(0, Math.max(...[".", "-", "_", "/"].map((c) => prefix.lastIndexOf(c))) + 1); // whole words only
-  return names.map((n) => n.slice(prefix.length) || n);
-}
 
 /** `/runs/:run`: a training run's curves (one series per dictionary) and, for a sweep, its dictionaries' trade-offs. */
 export function RunPage() {
@@ -88,6 +76,11 @@ function RunBody({ run: unsorted }: { run: RunDetail }) {
           </span>
           <span className="tag muted">{fmtInt(run.lines)} log lines{run.skipped_lines ? `, ${run.skipped_lines} unreadable` : ""}</span>
         </span>
+        {run.dictionaries.length > 0 && (
+          <Link className="btn btn-small" to={comparePath({ run: run.name })} data-testid="compare-link">
+            Compare dictionaries (every metric and eval, Pareto frontiers)
+          </Link>
+        )}
       </header>
       <section className="card">
         <h2>Dictionaries</h2>

@@ -2,6 +2,8 @@
 import type {
   ActivationsResult,
   Annotation,
+  Comparison,
+  FeatureExplanations,
   DictionaryDetail,
   DictionarySummary,
   FeatureDetail,
@@ -22,6 +24,7 @@ export const dictionarySummary: DictionarySummary = {
   architecture: "topk",
   d_in: 768,
   d_sae: 4608,
+  n_features: 4608,
   metrics: { l0: 32, explained_variance: 0.8734, ce_loss_recovered: 0.9412, mse: 0.0041, unfired_features: 211 },
   analyses: ["default"],
 };
@@ -34,6 +37,7 @@ export const bareDictionary: DictionarySummary = {
   architecture: "relu",
   d_in: 576,
   d_sae: 64,
+  n_features: 64,
   metrics: {},
   analyses: [],
 };
@@ -61,6 +65,7 @@ export const importedDictionary: DictionaryDetail = {
   hook_name: "blocks.8.hook_resid_pre",
   architecture: "relu",
   d_sae: 24576,
+  n_features: 24576,
   metrics: {},
   analyses: [],
   analysis_summaries: [],
@@ -87,10 +92,11 @@ export const featurePage: FeaturePage = {
   offset: 0,
   limit: 50,
   features: [
-    { index: 1530, act_count: 33, density: 1.65e-5, max_act: 24.7, mean_act: 5.35, label: "Python imports", bookmarked: true },
-    { index: 12, act_count: 322807, density: 0.1614, max_act: 20.1, mean_act: 4.06, label: "", bookmarked: false },
-    { index: 3, act_count: 0, density: 0, max_act: 0, mean_act: 0, label: "", bookmarked: false },
+    { index: 1530, act_count: 33, density: 1.65e-5, max_act: 24.7, mean_act: 5.35, label: "Python imports", bookmarked: true, explanation: null, detection: null, fuzzing: null, layer: null },
+    { index: 12, act_count: 322807, density: 0.1614, max_act: 20.1, mean_act: 4.06, label: "", bookmarked: false, explanation: null, detection: null, fuzzing: null, layer: null },
+    { index: 3, act_count: 0, density: 0, max_act: 0, mean_act: 0, label: "", bookmarked: false, explanation: null, detection: null, fuzzing: null, layer: null },
   ],
+  explanations: null,
 };
 
 const sample = (tokens: string[], acts: number[]): Sample => {
@@ -160,6 +166,7 @@ export const transcoderSummary: DictionarySummary = {
   architecture: "topk",
   d_in: 576,
   d_sae: 4608,
+  n_features: 4608,
   metrics: { l0: 24, explained_variance: 0.71 },
   analyses: ["default"],
 };
@@ -234,4 +241,155 @@ export const liveRun: RunDetail = {
   dictionaries: [],
   series: [runDictionary("res3-k16", 16, 0.7, 0.8, false)],
   finished: false,
+};
+
+export const noExplanations: FeatureExplanations = {
+  index: 42,
+  explanations: [],
+  explainer: { backend: "local", model: "SmolLM2-135M-Instruct", scores: true },
+};
+
+export const explanationsSummary = {
+  set_id: 2,
+  explainer_model: "meta-llama/Llama-3.1-8B-Instruct",
+  n_explained: 500,
+  n_unparsable: 3,
+  n_sets: 2,
+  score_set_id: 4,
+  scorer_model: "meta-llama/Llama-3.1-8B-Instruct",
+  n_scored: { detection: 497, fuzzing: 497 },
+  mean_balanced_accuracy: { detection: 0.742, fuzzing: 0.681 },
+  settings: {},
+};
+
+export const featureExplanations: FeatureExplanations = {
+  index: 42,
+  explanations: [
+    {
+      set_id: 2,
+      default: true,
+      explainer_model: "meta-llama/Llama-3.1-8B-Instruct",
+      prompt_version: 1,
+      set_created_at: "2026-01-02T10:00:00+00:00",
+      status: "ok",
+      explanation: "Closing brackets of function calls",
+      raw_response: "Closing brackets of function calls",
+      created_at: "2026-01-02T10:05:00+00:00",
+      n_shown: 10,
+      n_held_out: 10,
+      scorer_model: "meta-llama/Llama-3.1-8B-Instruct",
+      scores: [
+        { scorer: "detection", status: "ok", n_items: 12, n_failed: 0, accuracy: 0.83, balanced_accuracy: 0.833, precision: 0.8, recall: 0.86, f1: 0.83, auroc: 0.91 },
+        { scorer: "fuzzing", status: "ok", n_items: 12, n_failed: 1, accuracy: 0.7, balanced_accuracy: 0.7, precision: 0.7, recall: 0.7, f1: 0.7, auroc: null },
+      ],
+    },
+    {
+      set_id: 1,
+      default: false,
+      explainer_model: "SmolLM2-135M-Instruct",
+      prompt_version: 1,
+      set_created_at: "2026-01-01T10:00:00+00:00",
+      status: "ok",
+      explanation: "Python code",
+      raw_response: "Python code",
+      created_at: "2026-01-01T10:05:00+00:00",
+      n_shown: 10,
+      n_held_out: 10,
+      scorer_model: null,
+      scores: [],
+    },
+  ],
+  explainer: { backend: "local", model: "SmolLM2-135M-Instruct", scores: true },
+};
+
+/** A cross-layer transcoder over layers 0-2 with its evaluation per layer. */
+export const cltDetail: DictionaryDetail = {
+  ...dictionaryDetail,
+  name: "smollm2-clt:clt",
+  run: "smollm2-clt",
+  model_name: "SmolLM2-135M-Instruct",
+  hook_name: "blocks.0.ln2.hook_normalized",
+  hook_out: "blocks.0.hook_mlp_out",
+  architecture: "batchtopk",
+  kind: "cross_layer_transcoder",
+  layers: [0, 1, 2],
+  d_in: 576,
+  d_sae: 100,
+  n_features: 300,
+  metrics: { l0: 96, explained_variance: 0.61, ce_loss_recovered: 0.82, kl_divergence: 0.4 },
+  analysis_summaries: [{ ...dictionaryDetail.analysis_summaries[0], n_features: 300, n_alive: 280, n_dead: 20 }],
+  layer_metrics: [
+    { layer: 0, normalized_mse: 0.31, explained_variance: 0.69, l0: 30, unfired_features: 4 },
+    { layer: 1, normalized_mse: 0.42, explained_variance: 0.58, l0: 33, unfired_features: 7 },
+    { layer: 2, normalized_mse: -0.05, explained_variance: 1.05, l0: 33, unfired_features: 9 },
+  ],
+};
+
+export const comparison: Comparison = {
+  run: "sweep",
+  space: { model_name: "gpt2", hook_name: "blocks.6.hook_resid_post", hook_out: null, layers: null },
+  spaces: [{ model_name: "gpt2", hook_name: "blocks.6.hook_resid_post", hook_out: null, layers: null, dictionaries: ["sweep:res6-k16", "sweep:res6-k32", "sweep:res6-k64"] }],
+  dictionaries: [
+    { id: "sweep:res6-k16", architecture: "topk", kind: "sparse_autoencoder", d_sae: 4608, l0: 16, errors: [] },
+    { id: "sweep:res6-k32", architecture: "topk", kind: "sparse_autoencoder", d_sae: 4608, l0: 32, errors: [] },
+    { id: "sweep:res6-k64", architecture: "topk", kind: "sparse_autoencoder", d_sae: 4608, l0: 64, errors: [] },
+  ],
+  candidates: ["other:res6"],
+  configs: [
+    { source: "sparse_probing", dictionaries: ["sweep:res6-k16", "sweep:res6-k32"], reference: true, config: { context_length: 128 }, differences: [] },
+    {
+      source: "sparse_probing",
+      dictionaries: ["sweep:res6-k64"],
+      reference: false,
+      config: { context_length: 64 },
+      differences: [{ field: "context_length", reference: 128, value: 64 }],
+    },
+  ],
+  metrics: [
+    { source: "final", metric: "l0", values: [16, 32, 64], excluded: [false, false, false] },
+    { source: "final", metric: "explained_variance", values: [0.7, 0.65, 0.86], excluded: [false, false, false] },
+    { source: "sparse_probing", metric: "sae.sae_top_1_test_accuracy", values: [0.6, 0.7, 0.9], excluded: [false, false, true] },
+  ],
+  plots: [
+    {
+      key: "explained_variance",
+      title: "Explained variance against L0",
+      y_label: "explained variance",
+      source: "final",
+      metric: "explained_variance",
+      higher_is_better: true,
+      points: [
+        { dictionary: "sweep:res6-k16", x: 16, y: 0.7, pareto: true },
+        { dictionary: "sweep:res6-k32", x: 32, y: 0.65, pareto: false },
+        { dictionary: "sweep:res6-k64", x: 64, y: 0.86, pareto: true },
+      ],
+      excluded: [],
+      missing: [],
+    },
+    {
+      key: "sparse_probing",
+      title: "Sparse probing accuracy (k = 1) against L0",
+      y_label: "top-1 test accuracy",
+      source: "sparse_probing",
+      metric: "sae.sae_top_1_test_accuracy",
+      higher_is_better: true,
+      points: [
+        { dictionary: "sweep:res6-k16", x: 16, y: 0.6, pareto: true },
+        { dictionary: "sweep:res6-k32", x: 32, y: 0.7, pareto: true },
+      ],
+      excluded: ["sweep:res6-k64"],
+      missing: [],
+    },
+    {
+      key: "interpretability",
+      title: "Interpretability against L0",
+      y_label: "mean balanced accuracy (detection, fuzzing)",
+      source: "explanations",
+      metric: "interpretability",
+      higher_is_better: true,
+      points: [],
+      excluded: [],
+      missing: ["sweep:res6-k16", "sweep:res6-k32", "sweep:res6-k64"],
+    },
+  ],
 };

@@ -1,7 +1,7 @@
 import { fireEvent, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { describe, expect, test } from "vitest";
-import { annotation, deadFeature, dictionaryDetail, featureDetail, similar, steerResult } from "../../test/fixtures";
+import { annotation, deadFeature, dictionaryDetail, featureDetail, noExplanations, similar, steerResult } from "../../test/fixtures";
 import { stubServer } from "../../test/http";
 import { renderAt } from "../../test/render";
 
@@ -20,6 +20,7 @@ const routes = () => [
     path: /activations$/,
     body: { token_ids: [1, 2, 3], tokens: ["Hi", " the", "\n"], feature: { index: 42, acts: [0, 4, 0] }, top_features: [[], [], []] },
   },
+  { path: /\/features\/\d+\/explanations$/, body: noExplanations },
 ];
 const url = (i: number | string) => `/dictionaries/gpt2-res6/analyses/default/features/${i}`;
 
@@ -109,7 +110,7 @@ describe("FeaturePage", () => {
   });
 
   test("a dead feature says so, and the logit-lens note replaces empty tables", async () => {
-    stubServer([...routes().slice(0, 3), { path: new RegExp(`^${base}/3$`), body: deadFeature }]);
+    stubServer([...routes().slice(0, 3), ...routes().slice(-1), { path: new RegExp(`^${base}/3$`), body: deadFeature }]);
     renderAt(url(3));
     expect(await screen.findByTestId("dead-notice")).toHaveTextContent("Dead feature");
     expect(screen.getByTestId("logit-lens")).toHaveTextContent("Logit lens is only computed for residual-stream hooks.");
