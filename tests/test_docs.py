@@ -237,7 +237,7 @@ def test_module_map_check_reports_what_the_table_gets_wrong():
     readme = README.read_text()
     rows = module_map(readme)
     assert len(rows) > 30 and rows["core.evals"] >= {"core.lm", "core.store"}
-    edited = readme.replace("| `lm`, `sae`, `store` |", "| `lm`, `sae` |", 1)  # core/evals.py's row
+    edited = readme.replace("| `hooks`, `lm`, `sae`, `store` |", "| `hooks`, `lm`, `sae` |", 1)  # core/evals.py's row
     assert edited != readme
     edited = re.sub(r"^\| `core/steering.py` .*\n", "", edited, flags=re.M)
     edited = edited.replace("| `core/cli.py` |", "| `core/no_such_module.py` | nothing | — |\n| `core/cli.py` |", 1)
