@@ -152,9 +152,11 @@ def ours(model, replacement, tokens: list[int], settings: dict) -> dict:
             "active": graph.n_active_features, "nodes": graph.n_features}
 
 
-def circuit_tracer(replacement, model_folder: Path, tokens: list[int], settings: dict, work: Path, *, nnsight: bool,
-                   threads: int, n_layers: int) -> dict:
-    folder = export_circuit_tracer(padded(replacement, n_layers), work / "exported")
+def circuit_tracer(replacement, model, model_folder: Path, tokens: list[int], settings: dict, work: Path, *,
+                   nnsight: bool, threads: int) -> dict:
+    # Its nnsight backend reads the MLP's input (mlp.hook_in) only: a replacement model reading the
+    # normalized vector before the norm's weight gets the weights folded into its encoders.
+    folder = export_circuit_tracer(padded(replacement, model.n_layers), work / "exported", model if nnsight else None)
     save_file({"tokens": torch.tensor(tokens)}, str(work / "tokens.safetensors"))
     job = {"job": "attribute", "folder": str(folder), "model": str(model_folder), "threads": threads,
            "tokens": str(work / "tokens.safetensors"), "settings": settings, **({"backend": "nnsight"} if nnsight else {})}
@@ -190,8 +192,8 @@ def compare(name: str, model, replacement, tokens: list[int], settings: dict, ar
                                                f" ({VENV_PYTHON} is missing: python3 tests/data/make_circuit_tracer_fixtures.py --setup-only)"))
         return
     with tempfile.TemporaryDirectory(prefix="attribution-bench-") as tmp:
-        theirs = circuit_tracer(replacement, model_folder, tokens, settings, Path(tmp), nnsight=nnsight,
-                                threads=torch.get_num_threads(), n_layers=model.n_layers)
+        theirs = circuit_tracer(replacement, model, model_folder, tokens, settings, Path(tmp), nnsight=nnsight,
+                                threads=torch.get_num_threads())
     print(row("circuit-tracer", theirs))
     print(f"  ratio circuit-tracer / ours: time {theirs['seconds'] / mine['seconds']:.2f}x, peak memory "
           f"{theirs['peak_bytes'] / max(mine['peak_bytes'], 1):.2f}x")

@@ -34,6 +34,20 @@ OFFLINE_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DOCUMENT_BOUNDARY_TOKEN = "<|endoftext|>"
 
 
+def normalization_affine(norm) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool]:
+    """A TransformerBridge norm's weight as applied (1 + w where the model stores an offset) and bias
+    (None for an RMSNorm), detached float32, and whether it is an RMSNorm: its output is
+    `hook_normalized * weight + bias` (`NormalizationBridge._apply_weight_and_bias`)."""
+    weight = getattr(norm, "weight", None)
+    if weight is not None:
+        weight = weight.detach().float()
+        if getattr(norm, "uses_weight_offset", False):
+            weight = 1.0 + weight
+    rms = bool(getattr(norm, "uses_rms_norm", False))
+    bias = None if rms else getattr(norm.original_component, "bias", None)
+    return weight, None if bias is None else bias.detach().float(), rms
+
+
 @dataclass
 class LanguageModel:
     """A TransformerBridge with the facts the rest of the library needs about it."""
@@ -124,6 +138,15 @@ class LanguageModel:
     @cached_property
     def hook_names(self) -> list[str]:
         return sorted(self.bridge.hook_dict.keys())
+
+    def mlp_input_affine(self) -> dict[int, tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """Every block's norm before its MLP as applied: `mlp.hook_in = ln2.hook_normalized * weight + bias`
+        (layer -> (weight [d_model], bias [d_model] or None); TransformerBridge folds no norm weights)."""
+        affine = {}
+        for layer, block in enumerate(self.bridge.blocks):
+            weight, bias, _ = normalization_affine(block.ln2)
+            affine[layer] = (torch.ones(self.d_model) if weight is None else weight, bias)
+        return affine
 
     def check_hook_name(self, hook_name: str) -> None:
         """Raise HookNameError listing similar valid names when `hook_name` is not a hook of this model."""

@@ -29,6 +29,8 @@ FIGURES: dict[str, list[str | tuple[str, int]]] = {
     "analysis_throughput.py": [rf"\(c\) analyzer \(streaming loop\)\s+{NUMBER} tokens/s",
                                rf"analyzer overhead over the forward: {NUMBER}%",
                                rf"writing the store {NUMBER} s"],
+    "attribution.py": [rf"attribution\s+{NUMBER} s\s+\d+ backward passes\s+\d+ active features",
+                       r"agreement: the same \d+ feature nodes, largest edge difference"],
     "autointerp.py": [r"local, batched \(4\) .* features/min",
                       rf"batching gain: {NUMBER}x; with the shared-prefix cache: {NUMBER}x"],
     "autointerp_quality.py": [rf"detection\s+balanced_accuracy\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
@@ -55,7 +57,7 @@ FIGURES: dict[str, list[str | tuple[str, int]]] = {
 }
 """Per script, what its smoke run must print: a regular expression found at least once, or
 (expression, n) found exactly n times."""
-HELPERS = {"__init__.py", "smoke.py", "timing.py"}
+HELPERS = {"__init__.py", "memory.py", "smoke.py", "timing.py"}
 SLOWEST = ("gpu_check.py", "sweep_throughput.py", "evaluations.py", "autointerp.py")
 """Started first, so that the two workers finish together."""
 

@@ -18,14 +18,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
-from core.config import SAEConfig
+from core.config import LanguageModelConfig, SAEConfig
 from core.errors import DictionaryFormatError, DictionaryLoadError
 from core.formats import export_circuit_tracer, export_saelens, import_dictionary
 from core.formats.__main__ import main as formats_command
+from core.lm import load_language_model
 from core.sae import CrossLayerTranscoder, SparseAutoencoder, TranscoderSet, create_dictionary, load_dictionary
 from tests.conftest import venv_python
+from tests.tiny_gpt2 import build_weighted_tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "data" / "foreign" / "circuit_tracer"
@@ -62,7 +65,7 @@ def max_differences(ours: dict, theirs: dict) -> dict[str, float]:
 def test_circuit_tracer_folders_load_exactly(name, kind, activation):
     model = load_dictionary(FIXTURES / name)
     assert isinstance(model, kind) and model.layers == (0, 1, 2) and model.model_name == "gpt2"
-    assert model.hook_names == tuple(f"blocks.{l}.ln2.hook_normalized" for l in range(3))
+    assert model.hook_names == tuple(f"blocks.{l}.mlp.hook_in" for l in range(3))  # the MLP's input, as theirs
     assert model.hooks_out == tuple(f"blocks.{l}.hook_mlp_out" for l in range(3))
     source = model.saved_config["source"]
     assert source["format"] == "circuit-tracer" and source["feature_input_hook"] == "mlp.hook_in"
@@ -83,13 +86,23 @@ def test_circuit_tracer_folders_load_exactly(name, kind, activation):
 
 @pytest.mark.parametrize("name, message", [
     ("clt_negative_thresholds", r"threshold_0 holds negative thresholds, with which circuit-tracer's JumpReLU lets "
-                                r"negative pre-activations through"),
-    ("transcoder_set_ln2_normalized", r"feature_input_hook is 'ln2.hook_normalized', which is the MLP input before "
-                                      r"LayerNorm's weight and bias")])
+                                r"negative pre-activations through")])
 def test_what_cannot_be_represented_is_refused_in_one_sentence(name, message):
     with pytest.raises(DictionaryLoadError, match=message) as info:
         load_dictionary(FIXTURES / name)
     assert "\n" not in str(info.value)
+
+
+def test_a_folder_reading_ln2_hook_normalized_reads_the_same_hook_here():
+    """circuit-tracer's TransformerLens `ln2.hook_normalized` is the norm's vector before its weight and
+    bias, as this library's hook of that name (TransformerBridge folds no norm weights)."""
+    model = load_dictionary(FIXTURES / "transcoder_set_ln2_normalized")
+    assert model.hook_names == tuple(f"blocks.{l}.ln2.hook_normalized" for l in model.layers)
+    assert model.saved_config["source"]["feature_input_hook"] == "ln2.hook_normalized"
+    x = load_file(str(FIXTURES / "transcoder_set_ln2_normalized" / "inputs.safetensors"))["x"]
+    expected = load_file(str(FIXTURES / "transcoder_set_ln2_normalized" / "circuit_tracer_outputs.safetensors"))
+    differences = max_differences(stacked(model, x), expected)
+    assert differences["features"] == 0.0 and differences["reconstruction"] <= TOLERANCE, differences
 
 
 def test_damaged_circuit_tracer_folders_are_refused(tmp_path):
@@ -182,32 +195,48 @@ def clt(architecture: str, d_model: int, seed: int, model_name: str) -> CrossLay
     return model
 
 
-def test_exports_are_loaded_by_circuit_tracer_and_compute_the_same(tiny_gpt2_dir, tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def weighted_gpt2_dir(tmp_path_factory) -> Path:
+    return build_weighted_tiny_gpt2(tmp_path_factory.mktemp("weighted-gpt2") / "model", n_layer=2)
+
+
+def test_exports_are_loaded_by_circuit_tracer_and_compute_the_same(weighted_gpt2_dir, tmp_path):
+    """On a GPT-2 whose norms have random weights and biases (so that `ln2.hook_normalized` and the MLP's
+    input differ): models reading `ln2.hook_normalized` exported as they are (circuit-tracer's hook of
+    that name) and with the norms folded in (its `mlp.hook_in`, for backends without the other)."""
     python = circuit_tracer_python()
-    d_model, model_name = tiny_model.d_model, str(tiny_gpt2_dir)
-    models = {
-        "transcoder_set": TranscoderSet([transcoder(0, "jumprelu", d_model, 1), transcoder(1, "batchtopk", d_model, 2)]),
-        "clt_jumprelu": clt("jumprelu", d_model, 3, model_name),
-        "clt_batchtopk": clt("batchtopk", d_model, 4, model_name),
-    }
-    for member in models["transcoder_set"]:
+    language_model = load_language_model(LanguageModelConfig(name=str(weighted_gpt2_dir)))
+    d_model, model_name = language_model.d_model, str(weighted_gpt2_dir)
+    transcoder_set = TranscoderSet([transcoder(0, "jumprelu", d_model, 1), transcoder(1, "batchtopk", d_model, 2)])
+    for member in transcoder_set:
         member.model_name = model_name
-    models["transcoder_set"].model_name = model_name
-    tokens = tiny_model.tokenize("The cat sat on the mat because it was warm there.").flatten()[:12]
+    transcoder_set.model_name = model_name
+    clt_jumprelu = clt("jumprelu", d_model, 3, model_name)
+    models = {"transcoder_set": (transcoder_set, False), "clt_jumprelu": (clt_jumprelu, False),
+              "clt_batchtopk": (clt("batchtopk", d_model, 4, model_name), False),
+              "transcoder_set_folded": (transcoder_set, True), "clt_jumprelu_folded": (clt_jumprelu, True)}
+    tokens = language_model.tokenize("The cat sat on the mat because it was warm there.").flatten()[:12]
     save_file({"tokens": tokens}, str(tmp_path / "tokens.safetensors"))
-    hooks = ["blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized", "blocks.0.hook_mlp_out",
-             "blocks.1.hook_mlp_out"]
+    hooks = [f"blocks.{l}.{h}" for h in ("ln2.hook_normalized", "mlp.hook_in", "hook_mlp_out") for l in (0, 1)]
     with torch.no_grad():
-        _, cache = tiny_model.bridge.run_with_cache(tokens[None], names_filter=lambda n: n in hooks)
-    mlp_in = torch.stack([cache[h][0] for h in hooks[:2]])  # [L, n_pos, d_model], this library's model
-    mlp_out = torch.stack([cache[h][0] for h in hooks[2:]])
+        _, cache = language_model.bridge.run_with_cache(tokens[None], names_filter=lambda n: n in hooks)
+    normalized, mlp_in, mlp_out = (torch.stack([cache[h][0] for h in hooks[i:i + 2]]) for i in (0, 2, 4))
+    assert (normalized - mlp_in).abs().max() > 0.1  # the norms' weights and biases are not the identity
+    affine = language_model.mlp_input_affine()
+
+    def applied(x: torch.Tensor) -> torch.Tensor:  # [L, n, d] normalized -> the MLP's input
+        return torch.stack([x[l] * affine[l][0] + affine[l][1] for l in range(len(x))])
+
     jobs = []
-    for name, model in models.items():
-        folder = export_circuit_tracer(model, tmp_path / name)
-        # The export reads back here as the same replacement model (this library's own reader).
-        assert max(max_differences(stacked(load_dictionary(folder), mlp_in), stacked(model, mlp_in)).values()) < 1e-5
+    for name, (model, fold) in models.items():
+        folder = export_circuit_tracer(model, tmp_path / name, language_model if fold else None)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["feature_input_hook"] == ("mlp.hook_in" if fold else "ln2.hook_normalized")
         x = 2.0 * torch.randn(2, 16, d_model, generator=torch.Generator().manual_seed(len(jobs)))
-        save_file({"x": x}, str(tmp_path / f"{name}.in.safetensors"))
+        their_x = applied(x) if fold else x
+        # The export reads back here as the same replacement model (this library's own reader).
+        assert max(max_differences(stacked(load_dictionary(folder), their_x), stacked(model, x)).values()) < 1e-5
+        save_file({"x": their_x.clone(), "normalized": x}, str(tmp_path / f"{name}.in.safetensors"))
         jobs.append({"job": "folder", "folder": str(folder), "inputs": str(tmp_path / f"{name}.in.safetensors"),
                      "out": str(tmp_path / f"{name}.folder.safetensors")})
         jobs.append({"job": "model", "folder": str(folder), "model": model_name,
@@ -217,25 +246,26 @@ def test_exports_are_loaded_by_circuit_tracer_and_compute_the_same(tiny_gpt2_dir
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
 
-    for name, model in models.items():
-        x = load_file(str(tmp_path / f"{name}.in.safetensors"))["x"]
+    for name, (model, fold) in models.items():
         theirs = load_file(str(tmp_path / f"{name}.folder.safetensors"))
-        ours = stacked(model, x)
+        ours = stacked(model, load_file(str(tmp_path / f"{name}.in.safetensors"))["normalized"])
         assert ours["features"].count_nonzero() > 0.05 * ours["features"].numel()
         differences = max_differences(ours, theirs)
         assert max(differences.values()) <= TOLERANCE, (name, differences)
         print(name, "on given inputs: max differences (scaled)", {k: f"{v:.1e}" for k, v in differences.items()})
 
         # Inside circuit-tracer's replacement model of the same GPT-2: the same hooks, the same activations
-        # (position 0 zeroed, as circuit-tracer does), the same reconstruction its attribution starts from.
+        # (position 0 zeroed, as circuit-tracer does), the same reconstruction its attribution starts from,
+        # computed here by the model as trained, from ln2.hook_normalized.
         theirs = load_file(str(tmp_path / f"{name}.model.safetensors"))
         assert max_differences({"logits": theirs["logits"]}, {"logits": theirs["hf_logits"]})["logits"] < TOLERANCE
-        features = stacked(model, mlp_in)["features"]
+        features = stacked(model, normalized)["features"]
         features[:, 0] = 0
         with torch.no_grad():
-            reconstruction = model.decode(features.transpose(0, 1), mlp_in.transpose(0, 1)).transpose(0, 1)
+            reconstruction = model.decode(features.transpose(0, 1), normalized.transpose(0, 1)).transpose(0, 1)
         assert features.count_nonzero() > 0.05 * features.numel()
-        ours = {"mlp_in": mlp_in, "mlp_out": mlp_out, "activations": features, "reconstruction": reconstruction}
+        ours = {"mlp_in": mlp_in if fold else normalized, "mlp_out": mlp_out, "activations": features,
+                "reconstruction": reconstruction}
         differences = max_differences(ours, theirs)
         assert max(differences.values()) <= TOLERANCE, (name, differences)
         print(name, "in its replacement model: max differences (scaled)", {k: f"{v:.1e}" for k, v in differences.items()})

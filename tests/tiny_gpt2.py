@@ -37,3 +37,22 @@ def build_tiny_gpt2(folder: Path, *, n_layer: int = 2, n_embd: int = 64, n_head:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_weighted_tiny_gpt2(folder: Path, *, n_layer: int = 3, seed: int = 1) -> Path:
+    """A tiny GPT-2 whose norms and attention have random weights and biases (a fresh GPT-2's norms
+    are the identity, under which a norm's normalized vector and its output cannot be told apart)."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    folder = build_tiny_gpt2(folder, n_layer=n_layer, seed=seed)
+    hf = GPT2LMHeadModel.from_pretrained(folder)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    hf.save_pretrained(folder)
+    return folder

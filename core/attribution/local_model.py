@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from ..errors import AttributionError
-from ..lm import LanguageModel
+from ..lm import LanguageModel, normalization_affine
 from ..sae import ReplacementModel
 
 READ_POINTS = {"mlp.hook_in": "mlp_input", "ln2.hook_out": "mlp_input", "ln2.hook_normalized": "normalized",
@@ -147,15 +147,8 @@ class FrozenAttention(NamedTuple):
 def _frozen_norm(norm, scale: Tensor) -> FrozenNorm:
     """A bridge's NormalizationBridge with its `hook_scale` values `scale` [P, 1] (as the bridge
     applies weight and bias: `NormalizationBridge._apply_weight_and_bias`)."""
-    weight = getattr(norm, "weight", None)
-    if weight is not None:
-        weight = weight.detach().float()
-        if getattr(norm, "uses_weight_offset", False):
-            weight = 1.0 + weight
-    rms = bool(getattr(norm, "uses_rms_norm", False))
-    bias = None if rms else getattr(norm.original_component, "bias", None)
-    return FrozenNorm(weight, None if bias is None else bias.detach().float(), not rms,
-                      1.0 / scale.reshape(-1).float())
+    weight, bias, rms = normalization_affine(norm)
+    return FrozenNorm(weight, bias, not rms, 1.0 / scale.reshape(-1).float())
 
 
 def _frozen_attention(attn, pattern: Tensor) -> FrozenAttention:

@@ -128,16 +128,27 @@ def export_sparsify(dictionary: SparseAutoencoder | str | Path, folder: str | Pa
     return write_sparsify(_one_dictionary(dictionary, "sparsify"), folder)
 
 
-def export_circuit_tracer(dictionary: CrossLayerTranscoder | TranscoderSet | str | Path, folder: str | Path) -> Path:
+def export_circuit_tracer(dictionary: CrossLayerTranscoder | TranscoderSet | str | Path, folder: str | Path,
+                          language_model: Optional[LanguageModel] = None) -> Path:
     """Write a transcoder set or a cross-layer transcoder (or the folder of one) as a circuit-tracer 0.5
     folder: config.yaml + layer_<i>.safetensors, or W_enc_<i> / W_dec_<i>.safetensors. circuit-tracer
     loads it from its absolute path (`ReplacementModel.from_pretrained(model, "/abs/folder")`) and
-    computes the same features and reconstructions up to float rounding."""
+    computes the same features and reconstructions up to float rounding. One that reads
+    `ln2.hook_normalized` (the replacement presets' default) is written for circuit-tracer's hook of
+    that name, which only its TransformerLens backend has; given the `language_model` it was trained
+    on, the norms' weights and biases are folded into its encoders instead and it reads `mlp.hook_in`,
+    as every backend can (its nnsight backend, for SmolLM2 and other Llama-style models, needs this)."""
     model = _as_dictionary(dictionary)
     if isinstance(model, SparseAutoencoder):
         raise DictionaryFormatError("circuit-tracer reads replacement models (a transcoder set or a cross-layer "
                                     "transcoder), and this is one dictionary; export it to SAELens instead.")
-    return write_circuit_tracer(model, folder)
+    affine = None
+    if language_model is not None:
+        if language_model.name != model.model_name:
+            raise DictionaryFormatError(f"this replacement model was trained on {model.model_name}, not on "
+                                        f"{language_model.name}; pass the model it reads.")
+        affine = language_model.mlp_input_affine()
+    return write_circuit_tracer(model, folder, mlp_input_affine=affine)
 
 
 # ----------------------------------------------------------------------------------------------

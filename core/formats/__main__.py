@@ -8,7 +8,10 @@ import logging
 from typing import Optional
 
 from ..cli import run_entry_point
-from ..sae import CONFIG_FILENAME
+from ..config import LanguageModelConfig
+from ..errors import ConfigError
+from ..lm import load_language_model
+from ..sae import CONFIG_FILENAME, load_dictionary
 from . import export_circuit_tracer, export_saelens, export_sparsify, import_dictionary, saelens_hub_location
 
 
@@ -29,6 +32,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     exp.add_argument("dictionary", help="a dictionary folder of this library")
     exp.add_argument("dest", help="the folder to write")
     exp.add_argument("--to", choices=("saelens", "sparsify", "circuit-tracer"), default="saelens")
+    exp.add_argument("--fold-norms", action="store_true",
+                     help="circuit-tracer: load the model the replacement model names and fold its norms' weights "
+                          "into encoders that read ln2.hook_normalized, so that they read mlp.hook_in (which "
+                          "circuit-tracer's nnsight backend needs: SmolLM2 and other Llama-style models)")
     loc = sub.add_parser("locate", help="print the Hugging Face repository and folder of a SAELens release's id")
     loc.add_argument("release")
     loc.add_argument("sae_id")
@@ -40,6 +47,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"Analyze it:  python run_analyze_example.py --dictionary-path {folder} --model.name "
               f"{json.loads((folder / CONFIG_FILENAME).read_text())['model_name']}")
     elif args.command == "export":
+        if args.fold_norms and args.to != "circuit-tracer":
+            raise ConfigError("--fold-norms is for --to circuit-tracer only.")
+        if args.fold_norms:
+            replacement = load_dictionary(args.dictionary)
+            language_model = load_language_model(LanguageModelConfig(name=replacement.model_name))
+            print(f"Wrote {export_circuit_tracer(replacement, args.dest, language_model)} (circuit-tracer, norms folded)")
+            return
         writer = {"saelens": export_saelens, "sparsify": export_sparsify, "circuit-tracer": export_circuit_tracer}[args.to]
         print(f"Wrote {writer(args.dictionary, args.dest)} ({args.to})")
     else:

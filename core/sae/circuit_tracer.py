@@ -21,13 +21,16 @@ Activations there: ReLU, and JumpReLU f = pre * (pre > t) (no ReLU before it). C
   relu(pre)), a JumpReLU CLT our `jumprelu` CLT with its thresholds. W_enc and W_skip transposed.
 - Out: relu and jumprelu as they are; batchtopk / matryoshka_batchtopk as JumpReLU with their one
   inference threshold for every feature (relu(pre * (pre > t)) = pre * (pre > t) for t >= 0).
-- Hooks: our `blocks.N.ln2.hook_normalized` (the MLP input, which circuit-tracer's TransformerLens
-  backend calls `mlp.hook_in`, a hook its nnsight backend maps for Llama, Gemma 3, Qwen 3 and
-  gpt-oss) <-> `mlp.hook_in`; `blocks.N.hook_resid_mid` <-> `hook_resid_mid`; `blocks.N.hook_mlp_out`
-  <-> `hook_mlp_out` (and `mlp.hook_out` in).
+- Hooks: our `blocks.N.mlp.hook_in` (= `ln2.hook_out`: the MLP's input, after the norm's weight and
+  bias) <-> `mlp.hook_in`, which every circuit-tracer backend reads (its nnsight backend maps it for
+  Llama, Gemma 3, Qwen 3 and gpt-oss); our `blocks.N.ln2.hook_normalized` (the normalized vector
+  before the weight and bias; TransformerBridge folds no norm weights) <-> `ln2.hook_normalized`,
+  which only circuit-tracer's TransformerLens backend has, so for its other backends the export
+  folds the model's norm weights and biases into the encoders and writes `mlp.hook_in` (given the
+  model: `write_circuit_tracer(..., mlp_input_affine=...)`); `blocks.N.hook_resid_mid` <->
+  `hook_resid_mid`; `blocks.N.hook_mlp_out` <-> `hook_mlp_out` (and `mlp.hook_out` in).
 
-Refused with one sentence: circuit-tracer's `ln2.hook_normalized` (the MLP input before LayerNorm's
-weight and bias there, a value this library's hooks do not have), negative thresholds (features that
+Refused with one sentence: negative thresholds (features that
 can be negative), missing or inconsistent files; out: topk (circuit-tracer has no top-k), a
 batchtopk threshold never calibrated, a CLT with skip paths (circuit-tracer's CLT files hold none),
 a set with skip paths on some members only, layers that are not 0..n-1 (circuit-tracer replaces
@@ -58,10 +61,12 @@ CIRCUIT_TRACER_KINDS = ("transcoder_set", "cross_layer_transcoder")
 _THRESHOLD = "activation_function.threshold"
 
 # circuit-tracer's hook (of a block) -> ours (with a {layer} placeholder), for reading.
-_HOOKS_IN = {"mlp.hook_in": "blocks.{layer}.ln2.hook_normalized", "hook_resid_mid": "blocks.{layer}.hook_resid_mid"}
+_HOOKS_IN = {"mlp.hook_in": "blocks.{layer}.mlp.hook_in", "ln2.hook_normalized": "blocks.{layer}.ln2.hook_normalized",
+             "hook_resid_mid": "blocks.{layer}.hook_resid_mid"}
 _HOOKS_OUT = {"hook_mlp_out": "blocks.{layer}.hook_mlp_out", "mlp.hook_out": "blocks.{layer}.hook_mlp_out"}
 # Ours (the part after `blocks.N.`) -> circuit-tracer's, for writing.
-_OUR_HOOKS_IN = {"ln2.hook_normalized": "mlp.hook_in", "mlp.hook_in": "mlp.hook_in", "hook_resid_mid": "hook_resid_mid"}
+_OUR_HOOKS_IN = {"ln2.hook_normalized": "ln2.hook_normalized", "mlp.hook_in": "mlp.hook_in", "ln2.hook_out": "mlp.hook_in",
+                 "hook_resid_mid": "hook_resid_mid"}
 _OUR_HOOKS_OUT = {"hook_mlp_out": "hook_mlp_out", "mlp.hook_out": "hook_mlp_out"}
 
 
@@ -95,10 +100,8 @@ def _read_config(folder: Path) -> dict:
 def _our_hooks(folder: Path, config: dict) -> tuple[str, str]:
     hook_in, hook_out = config["feature_input_hook"], config["feature_output_hook"]
     if hook_in not in _HOOKS_IN:
-        why = ("which is the MLP input before LayerNorm's weight and bias in circuit-tracer's TransformerLens backend, "
-               "a value this library's hooks do not have" if hook_in == "ln2.hook_normalized" else
-               f"a hook this library cannot map (it reads {', '.join(_HOOKS_IN)})")
-        raise _refuse(folder, f"feature_input_hook is {hook_in!r}", why)
+        raise _refuse(folder, f"feature_input_hook is {hook_in!r}",
+                      f"a hook this library cannot map (it reads {', '.join(_HOOKS_IN)})")
     if hook_out not in _HOOKS_OUT:
         raise _refuse(folder, f"feature_output_hook is {hook_out!r}",
                       f"a hook this library cannot map (it reads {', '.join(_HOOKS_OUT)})")
@@ -287,22 +290,58 @@ def _jumprelu_thresholds(architecture: str, threshold: Tensor, d_sae: int, what:
     return torch.full((d_sae,), float(threshold))
 
 
-def write_circuit_tracer(model: CrossLayerTranscoder | TranscoderSet, folder: str | Path) -> Path:
+MlpInputAffine = dict[int, tuple[Tensor, Optional[Tensor]]]
+"""Layer -> (weight [d], bias [d] or None) of the norm before its MLP, as applied: the MLP's input is
+`ln2.hook_normalized * weight + bias` (`LanguageModel.norm_affine`)."""
+
+
+def _fold_mlp_input(tensors: dict[str, Tensor], weight: Tensor, bias: Optional[Tensor], enc: str, b_enc: str,
+                    what: str) -> None:
+    """Rewrite an encoder (and skip path) that reads x = ln2.hook_normalized into one that reads the MLP's
+    input y = x * weight + bias: x W + b = y (W / weight) + (b - (bias / weight) W)."""
+    weight = weight.detach().float().cpu()
+    if bool((weight.abs() < 1e-6).any()):
+        raise DictionaryFormatError(f"{what} reads the normalized vector before a norm weight with (near) zero entries, "
+                                    f"which cannot be folded into its encoder; export it for circuit-tracer's "
+                                    f"TransformerLens backend without the model (its ln2.hook_normalized hook).")
+    shift = None if bias is None else bias.detach().float().cpu() / weight  # [d]
+    W = tensors[enc].float()  # [d, d_sae]
+    if shift is not None:
+        tensors[b_enc] = tensors[b_enc].float() - shift @ W
+    tensors[enc] = W / weight[:, None]
+    if "W_skip" in tensors:  # [d, d_out]: the skip path reads the same input
+        W_skip = tensors["W_skip"].float()
+        if shift is not None:
+            tensors["b_dec"] = tensors["b_dec"].float() - shift @ W_skip
+        tensors["W_skip"] = W_skip / weight[:, None]
+
+
+def write_circuit_tracer(model: CrossLayerTranscoder | TranscoderSet, folder: str | Path, *,
+                         mlp_input_affine: Optional[MlpInputAffine] = None) -> Path:
     """Write a transcoder set or CLT as a circuit-tracer folder (normalization folded) that
     circuit-tracer 0.5 loads as it is, from its absolute path; or refuse with one sentence. `folder`
     must be new, empty, or an earlier circuit-tracer folder (it is replaced as a whole, so that no
-    stale layer file stays behind)."""
+    stale layer file stays behind). A model reading `ln2.hook_normalized` is written for
+    circuit-tracer's `ln2.hook_normalized` (its TransformerLens backend only), or, given the model's
+    `mlp_input_affine` (every layer's), with the norms folded into its encoders for `mlp.hook_in`,
+    which every backend reads."""
     folder = Path(folder).expanduser()
     if folder.exists() and any(folder.iterdir()) and not is_circuit_tracer_folder(folder):
         raise DictionaryFormatError(f"{folder} exists and is not a circuit-tracer folder; export into a new folder.")
     _check_layers(model.layers, model.model_name)
+    hook_in = {_their_hook(h, l, _OUR_HOOKS_IN, "the input hook") for h, l in zip(model.hook_names, model.layers)}
+    fold = None
+    if mlp_input_affine is not None and hook_in == {"ln2.hook_normalized"}:
+        missing = sorted(set(model.layers) - set(mlp_input_affine))
+        if missing:
+            raise DictionaryFormatError(f"mlp_input_affine has no norm weight for layers {missing}; pass every layer's.")
+        fold, hook_in = mlp_input_affine, {"mlp.hook_in"}
     if isinstance(model, CrossLayerTranscoder):
-        files, hooks = _clt_files(model), (model.hook_names, model.hooks_out)
+        files, hooks = _clt_files(model, fold), (model.hook_names, model.hooks_out)
         kind = "cross_layer_transcoder"
     else:
-        files, hooks = _set_files(model), (model.hook_names, model.hooks_out)
+        files, hooks = _set_files(model, fold), (model.hook_names, model.hooks_out)
         kind = "transcoder_set"
-    hook_in = {_their_hook(h, l, _OUR_HOOKS_IN, "the input hook") for h, l in zip(hooks[0], model.layers)}
     hook_out = {_their_hook(h, l, _OUR_HOOKS_OUT, "the output hook") for h, l in zip(hooks[1], model.layers)}
     if len(hook_in) != 1 or len(hook_out) != 1:
         raise DictionaryFormatError(f"the layers read or write different hooks ({sorted(hook_in | hook_out)}); "
@@ -320,7 +359,7 @@ def write_circuit_tracer(model: CrossLayerTranscoder | TranscoderSet, folder: st
     return folder
 
 
-def _clt_files(clt: CrossLayerTranscoder) -> dict[str, dict[str, Tensor]]:
+def _clt_files(clt: CrossLayerTranscoder, fold: Optional[MlpInputAffine]) -> dict[str, dict[str, Tensor]]:
     if clt.d_in != clt.d_out:
         raise DictionaryFormatError(f"this CLT reads d_in={clt.d_in} and writes d_out={clt.d_out}; circuit-tracer's "
                                     f"CLTs have one width (d_model) for both.")
@@ -332,7 +371,10 @@ def _clt_files(clt: CrossLayerTranscoder) -> dict[str, dict[str, Tensor]]:
                                       t.get("threshold"), clt.d_sae, "this CLT")
     files: dict[str, dict[str, Tensor]] = {}
     for i in range(clt.n_layers):
-        enc = {f"W_enc_{i}": t["W_enc"][i].T, f"b_enc_{i}": t["b_enc"][i], f"b_dec_{i}": t["b_dec"][i]}
+        layer_t = {"W_enc": t["W_enc"][i], "b_enc": t["b_enc"][i]}
+        if fold is not None:
+            _fold_mlp_input(layer_t, *fold[clt.layers[i]], "W_enc", "b_enc", f"layer {clt.layers[i]} of this CLT")
+        enc = {f"W_enc_{i}": layer_t["W_enc"].T, f"b_enc_{i}": layer_t["b_enc"], f"b_dec_{i}": t["b_dec"][i]}
         if thresholds is not None:
             enc[f"threshold_{i}"] = thresholds[i] if thresholds.ndim == 2 else thresholds
         files[f"W_enc_{i}.safetensors"] = {k: v.float().contiguous() for k, v in enc.items()}
@@ -340,7 +382,7 @@ def _clt_files(clt: CrossLayerTranscoder) -> dict[str, dict[str, Tensor]]:
     return files
 
 
-def _set_files(transcoders: TranscoderSet) -> dict[str, dict[str, Tensor]]:
+def _set_files(transcoders: TranscoderSet, fold: Optional[MlpInputAffine]) -> dict[str, dict[str, Tensor]]:
     if transcoders.d_in != transcoders.d_out:
         raise DictionaryFormatError(f"this set's transcoders read d_in={transcoders.d_in} and write "
                                     f"d_out={transcoders.d_out}; circuit-tracer's have one width (d_model) for both.")
@@ -350,7 +392,9 @@ def _set_files(transcoders: TranscoderSet) -> dict[str, dict[str, Tensor]]:
                                     "member's for all, so export a set whose members all have one or none.")
     files = {}
     for layer, m in zip(transcoders.layers, transcoders):
-        t = m._folded_tensors()
+        t = dict(m._folded_tensors())
+        if fold is not None:
+            _fold_mlp_input(t, *fold[layer], "W_enc", "b_enc", f"the member of layer {layer}")
         out = {"W_enc": t["W_enc"].T, "W_dec": t["W_dec"], "b_enc": t["b_enc"], "b_dec": t["b_dec"]}
         if m.W_skip is not None:
             out["W_skip"] = t["W_skip"].T
@@ -362,4 +406,5 @@ def _set_files(transcoders: TranscoderSet) -> dict[str, dict[str, Tensor]]:
     return files
 
 
-__all__ = ["CIRCUIT_TRACER_CONFIG", "is_circuit_tracer_folder", "read_circuit_tracer", "write_circuit_tracer"]
+__all__ = ["CIRCUIT_TRACER_CONFIG", "MlpInputAffine", "is_circuit_tracer_folder", "read_circuit_tracer",
+           "write_circuit_tracer"]

@@ -140,7 +140,7 @@ def inside() -> None:
         "skip_transcoder_set": lambda f: transcoder_set(f, 10, jumprelu=True, skip=True),
         "clt_relu": lambda f: cross_layer_transcoder(f, 20, activation="relu"),
         "clt_jumprelu": lambda f: cross_layer_transcoder(f, 30, activation="jump_relu"),
-        # refused: negative thresholds; a hook this library does not have
+        # refused: negative thresholds; read as this library's hook of the same name: ln2.hook_normalized
         "clt_negative_thresholds": lambda f: cross_layer_transcoder(f, 40, activation="jump_relu",
                                                                     negative_thresholds=True),
         "transcoder_set_ln2_normalized": lambda f: transcoder_set(f, 50, jumprelu=False, skip=False,
