@@ -85,8 +85,8 @@ TRANSCODER_PRESET = replace(OFFLINE_PRESET, exp_name="smollm2-mlp3-transcoder", 
 # Replacement models of the offline model's first six MLPs (blocks 0 to 5), one config line each: a
 # transcoder per MLP (reading the MLP's input, predicting its output), or one cross-layer transcoder
 # whose features write to their own layer and every later one. batchtopk (exportable to
-# circuit-tracer), 2,304 features per layer; about 10-15 minutes each on a 2-core CPU. The next step is
-# attribution graphs of prompts through them (run_attribution_example.py).
+# circuit-tracer), 2,304 features per layer; about 9 (the set) and 10 (the CLT) minutes on a 2-core
+# CPU. The next step is attribution graphs of prompts through them (run_attribution_example.py).
 _REPLACEMENT = replace(
     OFFLINE_PRESET,
     activations=ActivationStoreConfig(model_batch_size=16, buffer_tokens=32_768, train_batch_size=2048),
@@ -115,8 +115,8 @@ Preset = tyro.extras.subcommand_type_from_defaults(
                            "gpt2": "GPT-2 small, OpenWebText, residual stream of block 6",
                            "sweep": "k x layer sweep on the offline model, six dictionaries from one pass",
                            "transcoder": "a transcoder of block 3's MLP and an SAE beside it, one pass",
-                           "transcoders": "a transcoder set replacing the offline model's MLPs 0-5 (~10-15 min)",
-                           "clt": "a cross-layer transcoder over the offline model's MLPs 0-5 (~10-15 min)",
+                           "transcoders": "a transcoder set replacing the offline model's MLPs 0-5 (~9 min)",
+                           "clt": "a cross-layer transcoder over the offline model's MLPs 0-5 (~10 min)",
                            "gpt2-clt": "a cross-layer transcoder over all 12 MLPs of GPT-2 small (GPU)"})
 
 
