@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import AnnotationError
-from .files import atomic_write
+from .files import atomic_write, shared_sqlite, sqlite_busy
 from .layout import ANNOTATIONS_FILENAME, DICTIONARY_CONFIG_FILENAME, annotations_path
 
 EXPORT_FORMAT = "gpt2-dictionary-annotations"
@@ -131,26 +131,33 @@ class Annotations:
         try:
             if write:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                conn = shared_sqlite(self.path, timeout_s=BUSY_TIMEOUT_MS / 1000)
             else:
                 conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                        timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except (sqlite3.Error, OSError) as e:
+        except OSError as e:
             raise AnnotationError(f"Cannot open the annotations file {self.path} ({e}); check that the folder is "
                                   "writable.") from e
+        except sqlite3.Error as e:
+            raise self._error(e) from e
         try:
             if write:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
                 conn.executescript(_SCHEMA)
             yield conn
-        except sqlite3.OperationalError as e:
-            raise AnnotationError(f"Cannot use the annotations file {self.path} ({e}).") from e
-        except sqlite3.DatabaseError as e:
-            raise AnnotationError(f"The annotations file {self.path} is damaged ({e}); move it away to start a "
-                                  "new one.") from e
+        except sqlite3.Error as e:
+            raise self._error(e) from e
         finally:
             conn.close()
+
+    def _error(self, e: sqlite3.Error) -> AnnotationError:
+        if sqlite_busy(e):
+            return AnnotationError(f"The annotations file {self.path} stayed locked by another writer for "
+                                   f"{BUSY_TIMEOUT_MS / 1000:g} s ({e}); try again.")
+        if isinstance(e, sqlite3.OperationalError):
+            return AnnotationError(f"Cannot use the annotations file {self.path} ({e}); check that the folder is "
+                                   "writable.")
+        return AnnotationError(f"The annotations file {self.path} is damaged ({e}); move it away to start a new "
+                               "one.")
 
     def _index(self, index: int) -> int:
         index = operator.index(index)

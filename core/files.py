@@ -5,13 +5,19 @@ every file, then of the folders holding them), given ordinary permissions (files
 0755; `tempfile` would leave them 0600) and only then renamed over the target, after which the
 parent folder is synced so the rename itself survives a power cut. A reader, or a run resumed
 after SIGKILL, sees the old content or the new one, never a mix.
+
+The files many writers share (a dictionary's annotations, an analysis' explanations) are SQLite
+files in WAL mode with synchronous=FULL, opened by `shared_sqlite`.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Union
 
@@ -102,4 +108,43 @@ def remove_tree(path: str | Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-__all__ = ["atomic_write", "publish", "temp_sibling", "fsync_path", "remove_tree", "FILE_MODE"]
+def sqlite_busy(error: sqlite3.Error) -> bool:
+    """Whether an SQLite error is another connection's lock (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def shared_sqlite(path: str | Path, *, timeout_s: float) -> sqlite3.Connection:
+    """A writer's connection to the SQLite file `path`, which other threads and processes write too:
+    autocommit (take `BEGIN IMMEDIATE` to write), WAL mode, synchronous=FULL, and waiting up to
+    `timeout_s` for another writer's lock.
+
+    Turning a new file to WAL mode needs the file's exclusive lock, and SQLite does not wait for
+    that lock (the busy handler is not called; several first writers at once get "database is
+    locked"), so the switch is retried here until `timeout_s`. On a file system without WAL support
+    the file keeps its rollback journal, which is just as safe, only slower with many readers.
+    sqlite3 errors propagate; the caller words them."""
+    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
+    try:
+        deadline, pause = time.monotonic() + timeout_s, 0.001
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if not sqlite_busy(e) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause * random.uniform(0.5, 1.5))  # jittered, so racing first writers spread out
+                pause = min(2 * pause, 0.05)
+        conn.execute("PRAGMA synchronous=FULL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+__all__ = ["atomic_write", "publish", "temp_sibling", "fsync_path", "remove_tree", "shared_sqlite", "sqlite_busy",
+           "FILE_MODE"]

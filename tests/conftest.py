@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,25 @@ from tests.tiny_gpt2 import build_tiny_gpt2  # noqa: E402
 pytest_plugins = ["tests.server_helpers"]  # the server tests' fixtures (results_copy, ...)
 
 TINY_HOOK = "blocks.0.hook_resid_post"
+
+
+def all_at_once(action, workers: int) -> list[str]:
+    """Run `action(worker)` in `workers` threads released together; the failures, as reprs."""
+    start, failures = threading.Barrier(workers), []
+
+    def run(worker: int) -> None:
+        start.wait()
+        try:
+            action(worker)
+        except Exception as e:  # noqa: BLE001 - every failure is collected for the caller to report
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
 
 
 def venv_python(env_var: str, default: str, command: str, holds: str) -> Path:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import sqlite3
 import threading
 
 import pytest
 
-from core.annotations import (MAX_LABEL_CHARS, MAX_NOTES_CHARS, Annotation, AnnotationConflict, Annotations,
-                              annotations_path, export_annotations)
+from core.annotations import (MAX_LABEL_CHARS, MAX_NOTES_CHARS, Annotation, AnnotationConflict, AnnotationError,
+                              Annotations, annotations_path, export_annotations)
+from tests.conftest import all_at_once
 
 
 @pytest.fixture()
@@ -83,6 +85,45 @@ def _bump(path: str, n: int, worker: int, out) -> None:
             except AnnotationConflict:
                 attempts.append((current.version, False))
     out.put((worker, attempts))
+
+
+def test_first_writers_of_a_new_file_all_get_in(tmp_path):
+    """Eight writers released at once on a file that does not exist yet, forty times over: the one
+    that creates the file turns it to WAL mode, which needs its exclusive lock, and SQLite does not
+    wait for that lock, so without retrying the switch some of them failed with 'database is locked'."""
+    failures = []
+    for round_ in range(40):
+        notes = Annotations(tmp_path / f"round-{round_}" / "annotations.sqlite")
+        failures += all_at_once(lambda w: notes.save(w, label=f"writer {w}", notes="", bookmarked=False, version=0), 8)
+        assert [a.label for a in notes.all()] == [f"writer {w}" for w in range(8)] or failures
+    assert failures == []
+    with sqlite3.connect(notes.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_writer_held_up_too_long_gets_one_clear_error_and_loses_nothing(notes, monkeypatch):
+    import core.annotations
+
+    notes.save(5, label="kept", notes="", bookmarked=False, version=0)
+    monkeypatch.setattr(core.annotations, "BUSY_TIMEOUT_MS", 300)
+    other = sqlite3.connect(notes.path, isolation_level=None)  # another process in the middle of a long write
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE annotations SET notes = 'theirs', version = 2 WHERE feature_index = 5")
+    with pytest.raises(AnnotationError, match=r"stayed locked by another writer for 0.3 s .*try again"):
+        notes.save(5, label="mine", notes="", bookmarked=False, version=1)
+    assert notes.get(5).label == "kept"  # readers are not held up by a writer in WAL mode
+    other.execute("COMMIT")
+    other.close()
+    assert (notes.get(5).notes, notes.get(5).version) == ("theirs", 2)
+    assert notes.save(5, label="mine", notes="theirs", bookmarked=False, version=2).version == 3
+
+
+def test_a_damaged_file_is_named_and_left_as_it_is(notes):
+    notes.path.write_bytes(b"not an SQLite file " * 100)
+    for attempt in (lambda: notes.get(1), lambda: notes.save(1, label="x", notes="", bookmarked=False, version=0)):
+        with pytest.raises(AnnotationError, match="is damaged .*move it away"):
+            attempt()
+    assert notes.path.read_bytes() == b"not an SQLite file " * 100
 
 
 @pytest.mark.parametrize("kind", ["threads", "processes"])

@@ -36,7 +36,7 @@ from core.lm import load_language_model, resolve_model_source
 from core.sae import load_dictionary
 from tests.autointerp_helpers import (RULE_EXPLANATIONS, RULE_TOKENS, MisbehavingServer, build_rule_dictionary,
                                       chat_answer, copy_dictionary)
-from tests.conftest import tiny_analysis_config
+from tests.conftest import all_at_once, tiny_analysis_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPLAIN = ExplainConfig(n_top_shown=3, n_interval_shown=2, context_left=6, context_right=2, max_new_tokens=10,
@@ -96,6 +96,23 @@ def test_metrics_follow_delphis_definitions():
     assert nothing.balanced_accuracy is None and nothing.n_failed == 2 and nothing.auroc is None
     one_class = classification_metrics([True, True], [True, False])
     assert one_class.balanced_accuracy == 0.25 and one_class.precision == 1.0  # delphi: a missing class adds 0
+
+
+def test_first_writers_of_a_new_explanations_file_all_get_in(tmp_path):
+    """Eight explainer runs start at once on an analysis with no explanations file yet, sixty times
+    over: every one opens the file (the first turns it to WAL mode) and writes its set."""
+    def first_write(analysis: Path, worker: int) -> None:
+        with ExplanationsWriter(analysis) as writer:
+            writer.explanation_set({"name": f"run {worker}"}, explainer_model="hand", prompt_version=1)
+
+    failures = []
+    for round_ in range(60):
+        analysis = tmp_path / f"round-{round_}"
+        analysis.mkdir()
+        failures += all_at_once(lambda w: first_write(analysis, w), 8)
+        with Explanations(analysis) as reader:
+            assert sorted(s.settings["name"] for s in reader.sets()) == [f"run {w}" for w in range(8)] or failures
+    assert failures == []
 
 
 def test_parsers_and_rendering():

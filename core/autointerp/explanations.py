@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from ..errors import StoreError
+from ..files import shared_sqlite, sqlite_busy
 from ..layout import explanations_path
 from .metrics import ClassificationMetrics, classification_metrics
 
@@ -304,9 +305,7 @@ class ExplanationsWriter:
         self.path = _resolve(analysis)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn = shared_sqlite(self.path, timeout_s=BUSY_TIMEOUT_S)
             with self._transaction() as conn:
                 _check_version(conn, self.path)
                 for statement in _statements(_SCHEMA):
@@ -314,6 +313,11 @@ class ExplanationsWriter:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (json.dumps(now()),))
         except sqlite3.DatabaseError as e:
+            if hasattr(self, "_conn"):
+                self._conn.close()
+            if sqlite_busy(e):
+                raise StoreError(f"The explanations file {self.path} stayed locked by another writer for "
+                                 f"{BUSY_TIMEOUT_S:g} s ({e}); try again when it is done.") from e
             raise StoreError(f"Cannot write the explanations file {self.path} ({e}); move it away to start a new one.") from e
 
     @contextlib.contextmanager
