@@ -71,7 +71,7 @@ class Step:
                  target: torch.Tensor | None = None):
         self.sae, self.dead_mask = sae, dead_mask
         self.kwargs = {} if target is None else {"target": target}
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=4e-4, betas=(0.9, 0.999))  # as the Trainer's
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=4e-4, betas=(0.9, 0.999), fused=True)  # as the Trainer's
         self.parts = {"forward": [], "backward": [], "optimizer": []}
 
     def __call__(self, x: torch.Tensor, device: str) -> None:

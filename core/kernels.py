@@ -328,6 +328,24 @@ def row_dots(out, a, a_rows, b, b_rows, lo, hi):
         out[e] = acc
 
 
+@njit(nogil=True, cache=True, fastmath=True)
+def project_out_rows(g, w, lo, hi):
+    """g[i] -= <g[i], w[i]> / |w[i]|^2 * w[i] for the rows lo <= i < hi: one pass over both, each
+    row's two dots and its update while the row is in cache."""
+    d = w.shape[1]
+    for i in range(lo, hi):
+        gi = g[i]
+        wi = w[i]
+        gw = 0.0
+        ww = 0.0
+        for j in range(d):
+            gw += gi[j] * wi[j]
+            ww += wi[j] * wi[j]
+        p = gw / max(ww, 1e-24)
+        for j in range(d):
+            gi[j] -= p * wi[j]
+
+
 # ----------------------------------------------------------------------------------------------
 # Feature records
 

@@ -148,6 +148,30 @@ def test_torch_fallback_matches_the_kernels(monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(kernel_counts, torch_counts))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_projecting_out_the_decoder_directions_kernel_and_torch_agree(monkeypatch, dtype):
+    """grad -= <grad, w> / |w|^2 * w per row, by the one-pass kernel (rows split over two threads)
+    and by the torch ops, against a float64 reference; a zero decoder row leaves its gradient alone."""
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(4100, 700, generator=generator, dtype=torch.float64) * torch.rand(4100, 1, generator=generator,
+                                                                                       dtype=torch.float64)
+    w[17] = 0
+    g = torch.randn(4100, 700, generator=generator, dtype=torch.float64)
+    expected = g - (g * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True).clamp_min(1e-24) * w
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for use_kernels in (True, False):
+            monkeypatch.setattr(sparse_module, "USE_KERNELS", use_kernels)
+            got = sparse_module.project_out_rows(g.to(dtype), w.to(dtype))
+            tolerance = 1e-12 if dtype == torch.float64 else 2e-5
+            assert torch.allclose(got.double(), expected, rtol=0, atol=tolerance), use_kernels
+            assert torch.equal(got[17], g[17].to(dtype))
+            assert ((got.double() * w).sum(1).abs() < 100 * tolerance).all()
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("aux_k", [None, 2])
 @pytest.mark.parametrize("architecture", TOPK_FAMILY)
 def test_bfloat16_step_runs_through_the_torch_ops(architecture, aux_k):

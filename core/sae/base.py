@@ -43,7 +43,7 @@ from ..config import ConfigError, SAEConfig
 from ..files import publish, temp_sibling
 from ..layout import DICTIONARY_CONFIG_FILENAME, DICTIONARY_WEIGHTS_FILENAME
 from .normalization import IMPORTED_NORMALIZATIONS, Normalization, Scaling
-from .sparse import SparseFeatureActs
+from .sparse import SparseFeatureActs, project_out_rows
 
 FORMAT_VERSION = 2
 """Version of the on-disk dictionary format written by `SparseAutoencoder.save`. 2 added
@@ -455,10 +455,7 @@ class SparseAutoencoder(nn.Module):
         """
         if self.W_dec.grad is None:
             return
-        # grad -= <grad, w> / |w|^2 * w for every row w: three passes over the weights.
-        squared_norms = torch.linalg.vecdot(self.W_dec, self.W_dec).clamp_min(1e-24)
-        parallel = torch.linalg.vecdot(self.W_dec.grad, self.W_dec) / squared_norms
-        self.W_dec.grad.addcmul_(self.W_dec, parallel[:, None], value=-1.0)
+        project_out_rows(self.W_dec.grad, self.W_dec.detach())  # grad -= <grad, w> / |w|^2 * w for every row w
 
     # ---------------------------------------------------------------- normalization and disk
 

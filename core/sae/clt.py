@@ -76,7 +76,7 @@ from .dense import _JumpReLUFunction
 from .foreign import check_tensors, read_weights
 from .replacement import (REPLACEMENT_FORMAT_VERSION, ReplacementOutput, check_layers, encode_sparse, layer_loss_weights,
                           layer_position, weighted_squared_error, write_config_last)
-from .sparse import SparseFeatureActs, decode_entries, encoder_entries
+from .sparse import SparseFeatureActs, decode_entries, encoder_entries, project_out_rows
 from .topk import AUXK_DENSE_RATIO, BatchTopKSAE, _rows_of_k, batch_top_k, top_k_per_row
 
 CLT_ARCHITECTURES = ("topk", "batchtopk", "jumprelu")
@@ -661,9 +661,7 @@ class CrossLayerTranscoder(nn.Module):
         for W_dec in self.W_dec:
             if W_dec.grad is None:
                 continue
-            w, g = W_dec.view(self.d_sae, -1), W_dec.grad.view(self.d_sae, -1)
-            parallel = torch.linalg.vecdot(g, w) / torch.linalg.vecdot(w, w).clamp_min(1e-24)
-            g.addcmul_(w, parallel[:, None], value=-1.0)
+            project_out_rows(W_dec.grad.view(self.d_sae, -1), W_dec.detach().view(self.d_sae, -1))
 
     # ---------------------------------------------------------------- normalization and disk
 

@@ -151,6 +151,20 @@ def row_dots(a: Tensor, a_rows: Tensor, b: Tensor, b_rows: Tensor) -> Tensor:
                       for s in range(0, len(a_rows), ENTRY_CHUNK)] or [a.new_zeros(0)])
 
 
+@torch.compiler.disable  # numba kernels: torch.compile runs them as they are
+def project_out_rows(g: Tensor, w: Tensor) -> Tensor:
+    """g[i] -= <g[i], w[i]> / |w[i]|^2 * w[i] for every row i of the 2-d `g` and `w`, in place (the part
+    of a decoder gradient along its decoder rows); returns g. On CPU one pass over both (the kernel);
+    elsewhere three (two row dots and the update)."""
+    if uses_kernels(g) and g.dtype == w.dtype and g.is_contiguous():
+        from ..kernels import project_out_rows as kernel
+
+        _in_parallel(kernel, g.shape[0], g.numpy(), _np(w))
+        return g
+    parallel = torch.linalg.vecdot(g, w) / torch.linalg.vecdot(w, w).clamp_min(1e-24)
+    return g.addcmul_(w, parallel[:, None], value=-1.0)
+
+
 class _EncoderEntries(torch.autograd.Function):
     """The selected pre-activations and the dense block pre[:, columns], differentiable in W_enc,
     b_enc and (an SAE's) b_dec with one backward for both."""
