@@ -71,11 +71,14 @@ def test_every_benchmark_script_has_a_smoke_run():
 def smoke_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """Every script's smoke run, two at a time, each in its own process and working folder."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    # Made here, not in the threads: pytest's first mktemp of a session creates the session's folder
+    # (and prunes old ones), which two threads at once would do twice.
+    folders = {script: tmp_path_factory.mktemp(script.removesuffix(".py")) for script in FIGURES}
 
     def run(script: str) -> subprocess.CompletedProcess:
         started = time.perf_counter()
         done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], env=env, capture_output=True,
-                              text=True, timeout=600, cwd=tmp_path_factory.mktemp(script.removesuffix(".py")))
+                              text=True, timeout=600, cwd=folders[script])
         print(f"{script} --smoke: {time.perf_counter() - started:.0f} s")  # shown by pytest -s
         return done
 
