@@ -161,16 +161,14 @@ chunk x vocabulary floats, whatever the batch and sequence sizes."""
 
 
 def _masked_next_token_stats(logits: torch.Tensor, tokens: torch.Tensor, pred_mask: torch.Tensor,
-                             reference: Optional[torch.Tensor] = None, chunk_tokens: int = EVAL_CHUNK_TOKENS
-                             ) -> tuple[float, float]:
+                             reference_log_probs: Optional[torch.Tensor] = None,
+                             chunk_tokens: int = EVAL_CHUNK_TOKENS) -> tuple[float, float]:
     """(sum of next-token cross entropy, sum of KL(reference || logits)) over the positions of
     `pred_mask` [batch, seq-1]; logits [batch, seq, vocab], computed `chunk_tokens` positions at a time.
-    `reference`: logits like `logits`, or the log-probabilities of the kept positions already
-    computed (`next_token_log_probs`, [n_kept, vocab]), which spares computing them again."""
+    `reference_log_probs`: the reference run's log-probabilities at those positions
+    (`next_token_log_probs`, [n_kept, vocab]), computed once for every run compared with it."""
     vocab = logits.shape[-1]
     flat_logits = logits[:, :-1].reshape(-1, vocab)
-    given_log_probs = reference is not None and reference.ndim == 2
-    flat_reference = None if reference is None or given_log_probs else reference[:, :-1].reshape(-1, vocab)
     targets = tokens[:, 1:].reshape(-1)
     keep = pred_mask.reshape(-1).nonzero().squeeze(1)
     ce = kl = 0.0
@@ -178,11 +176,19 @@ def _masked_next_token_stats(logits: torch.Tensor, tokens: torch.Tensor, pred_ma
         rows = keep[start:start + chunk_tokens]
         logp = flat_logits[rows].float().log_softmax(-1)
         ce -= float(logp.gather(1, targets[rows, None]).sum())
-        if reference is not None:
-            logp_ref = reference[start:start + chunk_tokens] if given_log_probs else \
-                flat_reference[rows].float().log_softmax(-1)
+        if reference_log_probs is not None:
+            logp_ref = reference_log_probs[start:start + chunk_tokens]
             kl += float((logp_ref.exp() * (logp_ref - logp)).sum())
     return ce, kl
+
+
+def _cross_entropy_of(log_probs: torch.Tensor, tokens: torch.Tensor, pred_mask: torch.Tensor,
+                      chunk_tokens: int = EVAL_CHUNK_TOKENS) -> float:
+    """The sum of next-token cross entropy over the positions of `pred_mask` from their
+    log-probabilities `log_probs` [n_kept, vocab] (`next_token_log_probs`)."""
+    targets = tokens[:, 1:].reshape(-1)[pred_mask.reshape(-1)]
+    return -sum(float(log_probs[start:start + chunk_tokens].gather(1, targets[start:start + chunk_tokens, None]).sum())
+                for start in range(0, len(targets), chunk_tokens))
 
 
 def next_token_log_probs(logits: torch.Tensor, pred_mask: torch.Tensor,
@@ -392,8 +398,8 @@ def _evaluation_sums(model: LanguageModel, saes: Sequence, token_batches: Iterab
         sequence_index = mask.nonzero()[:, 0]  # [n] the sequence of each text token
         with model.autocast():
             logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
-        ce_clean += _masked_next_token_stats(logits_clean, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
         clean_log_probs = next_token_log_probs(logits_clean, pred_mask, chunk_tokens)  # (once, for every KL)
+        ce_clean += _cross_entropy_of(clean_log_probs, tokens, pred_mask, chunk_tokens)
         del logits_clean
         zero_ablated: dict[str, tuple[float, float]] = {}
         for sae, hook_out, acc in zip(saes, outputs, sums):
@@ -561,8 +567,8 @@ def evaluate_replacement(model: LanguageModel, replacement, token_batches: Itera
         n_pred += float(pred_mask.sum())
         with model.autocast():
             logits_clean, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, return_cache_object=False)
-        ce_clean += _masked_next_token_stats(logits_clean, tokens, pred_mask, chunk_tokens=chunk_tokens)[0]
         clean_log_probs = next_token_log_probs(logits_clean, pred_mask, chunk_tokens)
+        ce_clean += _cross_entropy_of(clean_log_probs, tokens, pred_mask, chunk_tokens)
         del logits_clean
         x = torch.stack([cache[h][mask].flatten(1) for h in r.hook_names], dim=1)  # [n, L, d_in]
         y = torch.stack([cache[h][mask].flatten(1) for h in r.hooks_out], dim=1)  # [n, L, d_out]

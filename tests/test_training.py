@@ -171,7 +171,7 @@ def test_spliced_forwards_from_the_hooks_block_equal_forwards_from_the_embedding
     """The evaluation runs its spliced and zero-ablated forwards from the block holding the hook (the
     clean run's residual entering it stands for the blocks before): the same CE losses and KL as full
     forwards with the splice, computed here the plain way."""
-    from core.evals import _masked_next_token_stats, _splice
+    from core.evals import _splice
 
     d = tiny_model.hook_width(hook)
     sae = create_dictionary(SAEConfig(architecture="topk", d_sae=4 * d, k=4), d, hook_name=hook,
@@ -187,10 +187,21 @@ def test_spliced_forwards_from_the_hooks_block_equal_forwards_from_the_embedding
         zeroed = tiny_model.bridge.run_with_hooks(tokens, return_type="logits",
                                                   fwd_hooks=[(hook, _splice(mask, torch.zeros_like(x)))])
     n = float(pred.sum())
-    ce, kl = _masked_next_token_stats(spliced, tokens, pred, clean)
+
+    def next_token_log_probs(logits):  # [n_pred, vocab], the predicting positions of text tokens
+        return logits[:, :-1][pred].double().log_softmax(-1)
+
+    targets = tokens[:, 1:][pred]
+
+    def cross_entropy(logits):
+        return float(-next_token_log_probs(logits).gather(1, targets[:, None]).sum())
+
+    reference, logp = next_token_log_probs(clean), next_token_log_probs(spliced)
+    ce, kl = cross_entropy(spliced), float((reference.exp() * (reference - logp)).sum())
+    assert result.ce_loss_clean == pytest.approx(cross_entropy(clean) / n, rel=1e-5)
     assert result.ce_loss_reconstructed == pytest.approx(ce / n, rel=1e-5)
     assert result.kl_divergence == pytest.approx(kl / n, rel=1e-4, abs=1e-7)
-    assert result.ce_loss_zero_ablation == pytest.approx(_masked_next_token_stats(zeroed, tokens, pred)[0] / n, rel=1e-5)
+    assert result.ce_loss_zero_ablation == pytest.approx(cross_entropy(zeroed) / n, rel=1e-5)
     assert result.ce_loss_reconstructed != pytest.approx(result.ce_loss_clean, abs=1e-4)  # the splice counts
 
 

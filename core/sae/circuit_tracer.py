@@ -292,7 +292,7 @@ def _jumprelu_thresholds(architecture: str, threshold: Tensor, d_sae: int, what:
 
 MlpInputAffine = dict[int, tuple[Tensor, Optional[Tensor]]]
 """Layer -> (weight [d], bias [d] or None) of the norm before its MLP, as applied: the MLP's input is
-`ln2.hook_normalized * weight + bias` (`LanguageModel.norm_affine`)."""
+`ln2.hook_normalized * weight + bias` (`LanguageModel.mlp_input_affine`)."""
 
 
 def _fold_mlp_input(tensors: dict[str, Tensor], weight: Tensor, bias: Optional[Tensor], enc: str, b_enc: str,
