@@ -110,10 +110,8 @@ def remove_tree(path: str | Path) -> None:
 
 def sqlite_busy(error: sqlite3.Error) -> bool:
     """Whether an SQLite error is another connection's lock (SQLITE_BUSY or SQLITE_LOCKED)."""
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(error) or "busy" in str(error)
+    code = getattr(error, "sqlite_errorcode", None)  # set on every error sqlite3 raises (Python 3.11+)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def shared_sqlite(path: str | Path, *, timeout_s: float) -> sqlite3.Connection:
